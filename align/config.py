@@ -1,0 +1,346 @@
+"""Recipe schema and loading: every knob is a typed field with a default and a one-line doc.
+
+Unknown keys, wrong types, references to missing sections and impossible stage combinations fail here, at load
+time, before any model is touched. Keys inside a stage block that are not ours pass into the matching TRL config
+(SFTConfig, RewardConfig, DPOConfig) and are checked against that dataclass's field names and types.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import dataclasses
+import functools
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+STAGE_ORDER = ("sft", "reward", "dpo", "eval", "export")
+POLICY_STAGES = ("sft", "dpo")  # stages that produce a chat-model adapter
+StageName = Literal["sft", "reward", "dpo", "eval", "export"]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: the message names the file, the key and what was expected."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSection(Section):
+    name_or_path: str = Field(EMBEDDED_MODEL, description="Hub id, local directory, or the embedded default model.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype of the un-quantised parts: auto = bfloat16 on GPU, float32 on CPU."
+    )
+    chat_template: str | None = Field(
+        None, description="Jinja chat template overriding the tokenizer's; None keeps it (or a default if absent)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the hub.")
+    attn_implementation: str | None = Field(None, description="eager, sdpa or flash_attention_2; None = default.")
+
+
+class QuantizationSection(Section):
+    load_in_4bit: bool = Field(False, description="QLoRA: load the frozen base in 4 bits with bitsandbytes.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; nf4 suits normally distributed weights.")
+    double_quant: bool = Field(True, description="Quantise the quantisation constants too (saves ~0.4 bit/param).")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Dtype of the matmuls on dequantised weights: auto = bfloat16 on GPU, float32 on CPU."
+    )
+
+
+class LoraSection(Section):
+    r: int = Field(16, gt=0, description="LoRA rank: higher = more capacity and memory.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear for every linear layer but the LM head."
+    )
+
+
+class DataSource(Section):
+    """Where rows come from. Exactly one of path / hub / bundled."""
+
+    path: str | None = Field(None, description="Local JSONL, JSON, CSV or Parquet file.")
+    hub: str | None = Field(None, description="Hugging Face datasets name (needs the hub).")
+    bundled: str | None = Field(None, description="A dataset shipped with align: sft, prefs_train, prefs_test.")
+    subset: str | None = Field(None, description="Hub dataset configuration name.")
+    split: str = Field("train", description="Split to read from a hub dataset.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N rows (quick experiments).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return expand_data_shorthand(value)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DataSource:
+        given = [k for k in ("path", "hub", "bundled") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, hub, bundled (got {given or 'none'})")
+        return self
+
+    def describe(self) -> str:
+        if self.path:
+            return self.path
+        return f"hub:{self.hub}[{self.split}]" if self.hub else f"bundled:{self.bundled}"
+
+
+def expand_data_shorthand(value: Any) -> Any:
+    """A dataset given as one string: "bundled:sft", "hub:Anthropic/hh-rlhf", or a file path."""
+    if isinstance(value, str):
+        for prefix in ("bundled", "hub"):
+            if value.startswith(prefix + ":"):
+                return {prefix: value[len(prefix) + 1 :]}
+        return {"path": value}
+    return value
+
+
+class TrlStage(Section):
+    """A training stage: our own fields, plus any field of the stage's TRL config class."""
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
+    trl_config_name: typing.ClassVar[str] = ""
+    dataset: DataSource = Field(description="Training rows.")
+    eval_dataset: DataSource | None = Field(None, description="Held-out rows for evaluation during training.")
+
+    @model_validator(mode="after")
+    def _check_trl_keys(self) -> TrlStage:
+        fields = trl_config_fields(self.trl_config_name)
+        for key, value in (self.model_extra or {}).items():
+            if key not in fields:
+                close = difflib.get_close_matches(key, list(fields), n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ValueError(f"unknown key '{key}': not a field of ours nor of trl.{self.trl_config_name}{hint}")
+            if key in RESERVED_TRL_KEYS:
+                raise ValueError(f"'{key}' is set by align ({RESERVED_TRL_KEYS[key]}); remove it from the recipe")
+            adapter = fields[key]
+            if adapter is not None:
+                try:
+                    self.model_extra[key] = adapter.validate_python(value)
+                except ValidationError as err:
+                    msg = err.errors()[0]["msg"]
+                    raise ValueError(f"'{key}': {msg} (got {value!r})") from None
+        return self
+
+    @property
+    def trl_args(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SFTStage(TrlStage):
+    trl_config_name: typing.ClassVar[str] = "SFTConfig"
+
+
+class RewardStage(TrlStage):
+    trl_config_name: typing.ClassVar[str] = "RewardConfig"
+
+
+class DPOStage(TrlStage):
+    trl_config_name: typing.ClassVar[str] = "DPOConfig"
+
+
+class EvalStage(Section):
+    dataset: DataSource = Field(
+        DataSource(bundled="prefs_test"), description="Held-out rows whose prompts both models answer."
+    )
+    max_prompts: int = Field(64, gt=0, description="Evaluate on at most this many prompts.")
+    max_new_tokens: int = Field(64, gt=0, description="Generation length limit per answer.")
+    batch_size: int = Field(16, gt=0, description="Prompts generated and scored per batch.")
+    baseline: Literal["sft", "base"] = Field("sft", description="What the final policy is compared against.")
+
+
+class ExportStage(Section):
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype of the merged model; never the 4-bit training weights."
+    )
+    check_prompts: list[str] = Field(
+        default_factory=lambda: ["What is the capital of France?", "What is 3 + 4?", "Say hello politely."],
+        description="Prompts on which the reloaded export must reproduce the adapter model's greedy output.",
+    )
+    check_new_tokens: int = Field(24, gt=0, description="Greedy tokens compared per check prompt.")
+    logits_atol: float = Field(
+        1e-3, gt=0, description="Largest allowed |logit difference| between export and adapter model (float32)."
+    )
+
+
+class Recipe(Section):
+    name: str = Field(description="Run name: outputs go to <output_root>/<name>/<stage>/.")
+    description: str = Field("", description="What this recipe is for (goes into the model card).")
+    output_root: str = Field("runs", description="Directory holding run directories.")
+    seed: int = Field(42, description="Seed for data order, LoRA init and sampling.")
+    stages: list[StageName] = Field(description="Stages to run, in order: sft, reward, dpo, eval, export.")
+    model: ModelSection = Field(default_factory=ModelSection, description="Base model shared by every stage.")
+    quantization: QuantizationSection = Field(default_factory=QuantizationSection, description="4-bit loading.")
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapter shape, shared by every stage.")
+    sft: SFTStage | None = Field(None, description="Supervised fine-tuning on demonstrations.")
+    reward: RewardStage | None = Field(None, description="Reward model on preference pairs.")
+    dpo: DPOStage | None = Field(None, description="Direct preference optimisation on preference pairs.")
+    eval: EvalStage = Field(default_factory=EvalStage, description="Reward-model win rate of the final policy.")
+    export: ExportStage = Field(default_factory=ExportStage, description="Merged chat model in HF format.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it becomes a directory name)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> Recipe:
+        stages = self.stages
+        if not stages:
+            raise ValueError("stages: list at least one stage")
+        if len(set(stages)) != len(stages):
+            raise ValueError(f"stages: each stage at most once (got {stages})")
+        if stages != sorted(stages, key=STAGE_ORDER.index):
+            raise ValueError(f"stages: must follow the order {list(STAGE_ORDER)} (got {stages})")
+        for stage in ("sft", "reward", "dpo"):
+            if stage in stages and getattr(self, stage) is None:
+                raise ValueError(f"stages lists '{stage}' but the recipe has no '{stage}:' section")
+        if "eval" in stages:
+            if "reward" not in stages:
+                raise ValueError("stage 'eval' scores answers with the reward model: add 'reward' to stages")
+            if not any(s in stages for s in POLICY_STAGES):
+                raise ValueError("stage 'eval' compares a trained policy: add 'sft' or 'dpo' to stages")
+            if self.eval.baseline == "sft" and not ("sft" in stages and "dpo" in stages):
+                raise ValueError("eval.baseline 'sft' compares dpo against sft: list both, or set eval.baseline: base")
+        if "export" in stages and not any(s in stages for s in POLICY_STAGES):
+            raise ValueError("stage 'export' merges a trained chat adapter: add 'sft' or 'dpo' to stages")
+        return self
+
+    def policy_stage(self) -> str:
+        """The last stage whose adapter is the chat model (what eval compares and export merges)."""
+        return [s for s in self.stages if s in POLICY_STAGES][-1]
+
+
+# Keys of the TRL configs that align sets itself, with the reason shown to the user.
+RESERVED_TRL_KEYS = {
+    "output_dir": "runs/<name>/<stage>/ from the recipe's name and output_root",
+    "model_init_kwargs": "the model is built from the model:/quantization: sections",
+    "seed": "the recipe's top-level seed",
+    "data_seed": "the recipe's top-level seed",
+}
+
+
+@functools.cache
+def trl_config_fields(class_name: str) -> dict[str, TypeAdapter | None]:
+    """Field name -> pydantic validator for its annotation (None where the annotation is not checkable)."""
+    import trl
+
+    cls = getattr(trl, class_name)
+    hints = typing.get_type_hints(cls)
+    out: dict[str, TypeAdapter | None] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        try:
+            out[f.name] = TypeAdapter(hints[f.name], config=ConfigDict(strict=False))
+        except Exception:  # some transformers types (enums of strategies, dicts of objects) are not worth modelling
+            out[f.name] = None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+_REF = re.compile(r"\$\{([^}]+)\}")
+
+
+def _lookup(tree: dict, dotted: str, where: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise RecipeError(f"{where}: reference ${{{dotted}}} points at nothing ('{part}' is missing)")
+        node = node[part]
+    return node
+
+
+def resolve_references(tree: dict) -> dict:
+    """Replace ${a.b} with the value at a.b. A whole-string reference keeps the value's type."""
+
+    def resolve(node: Any, where: str, depth: int = 0) -> Any:
+        if depth > 20:
+            raise RecipeError(f"{where}: references nest too deep (a cycle?)")
+        if isinstance(node, dict):
+            return {k: resolve(v, f"{where}.{k}" if where else str(k), depth) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v, f"{where}[{i}]", depth) for i, v in enumerate(node)]
+        if isinstance(node, str) and "${" in node:
+            whole = _REF.fullmatch(node)
+            if whole:
+                return resolve(_lookup(tree, whole.group(1), where), where, depth + 1)
+            return _REF.sub(lambda m: str(resolve(_lookup(tree, m.group(1), where), where, depth + 1)), node)
+        return node
+
+    return resolve(tree, "")
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply command-line `a.b.c=value` overrides; the value is parsed as YAML (so 3, true, [a, b] work)."""
+    tree = copy.deepcopy(tree)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override '{item}': expected KEY=VALUE, e.g. sft.num_train_epochs=2")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if part in ("dataset", "eval_dataset"):  # so dpo.dataset.limit=16 works on "bundled:prefs_train"
+                node[part] = expand_data_shorthand(node[part])
+            if not isinstance(node[part], dict):
+                raise RecipeError(f"override '{item}': '{part}' is not a section")
+            node = node[part]
+        node[parts[-1]] = value
+    return tree
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: the recipe is not valid:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_recipe(tree: dict, source: str = "<recipe>") -> Recipe:
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping of sections, got {type(tree).__name__}")
+    try:
+        tree = resolve_references(tree)
+    except RecipeError as err:
+        raise RecipeError(f"{source}: {err}") from None
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as err:
+        raise RecipeError(_format_errors(err, source)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        tree = apply_overrides(tree or {}, overrides)
+    return parse_recipe(tree, str(path))
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe, defaults included, as written into every run directory."""
+    data = recipe.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

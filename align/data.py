@@ -1,0 +1,280 @@
+"""Datasets: read rows from files, the hub or the bundled sets, normalise them, and reject bad rows up front.
+
+Every supported layout becomes one of two conversational shapes that all TRL trainers accept:
+  demonstrations  {"prompt": [messages], "completion": [assistant message]}
+  preferences     {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}
+so the chat template is applied by the same tokenizer in SFT, reward and DPO. Errors name the source, the row
+(1-based, as a person counts lines) and the field, and are raised before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from importlib import resources
+from pathlib import Path
+
+from align.config import DataSource
+
+ROLES = ("system", "user", "assistant")
+MAX_ERRORS_SHOWN = 5
+
+
+class DataError(ValueError):
+    """Rows that cannot be trained on; the message names file, row and field."""
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def bundled_path(name: str) -> Path:
+    path = Path(str(resources.files("align") / "bundled" / f"{name}.jsonl"))
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.jsonl"))
+        raise DataError(f"bundled:{name}: no such bundled dataset (available: {', '.join(available)})")
+    return path
+
+
+def read_rows(source: DataSource) -> tuple[list[dict], str]:
+    """Rows as plain dicts, and a name for error messages."""
+    if source.hub:
+        import datasets
+
+        try:
+            rows = list(datasets.load_dataset(source.hub, source.subset, split=source.split))
+        except Exception as err:  # network, missing split, unknown name: say which dataset failed
+            raise DataError(f"hub:{source.hub}: could not load split '{source.split}': {err}") from None
+        where = f"hub:{source.hub}[{source.split}]"
+    else:
+        path = bundled_path(source.bundled) if source.bundled else Path(source.path).expanduser()
+        where = str(path) if source.path else f"bundled:{source.bundled}"
+        rows = read_file(path)
+    if source.limit:
+        rows = rows[: source.limit]
+    if not rows:
+        raise DataError(f"{where}: no rows")
+    return rows, where
+
+
+def read_file(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: row {number}: not valid JSON ({err.msg})") from None
+        return rows
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if isinstance(data, dict) and isinstance(data.get("rows", data.get("data")), list):
+            data = data.get("rows", data.get("data"))
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of rows")
+        return data
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise DataError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+
+
+# ------------------------------------------------------------------------------------------------ normalising
+
+
+def _messages(value, where: str, field: str) -> list[dict]:
+    """A list of {role, content} messages, checked."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{field}' must be a non-empty list of messages")
+    out = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+            raise DataError(f"{where}: field '{field}' message {i}: expected {{'role': ..., 'content': ...}}")
+        if msg["role"] not in ROLES:
+            raise DataError(f"{where}: field '{field}' message {i}: role '{msg['role']}' is not one of {ROLES}")
+        if not isinstance(msg["content"], str):
+            raise DataError(f"{where}: field '{field}' message {i}: content must be a string")
+        if not msg["content"].strip():
+            raise DataError(f"{where}: field '{field}' message {i}: content is empty")
+        out.append({"role": msg["role"], "content": msg["content"]})
+    return out
+
+
+def _text(row: dict, field: str, where: str) -> str:
+    if field not in row or row[field] is None:
+        raise DataError(f"{where}: missing field '{field}'")
+    value = row[field]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{field}' must be a string or a list of messages, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: field '{field}' is empty")
+    return value
+
+
+def _prompt(row: dict, where: str) -> list[dict]:
+    if isinstance(row.get("prompt"), list):
+        return _messages(row["prompt"], where, "prompt")
+    return [{"role": "user", "content": _text(row, "prompt", where)}]
+
+
+def _answer(row: dict, field: str, where: str) -> list[dict]:
+    """One assistant message, from a string or a message list whose last message is the assistant's."""
+    value = row.get(field)
+    if isinstance(value, list):
+        msgs = _messages(value, where, field)
+        if msgs[-1]["role"] != "assistant":
+            raise DataError(f"{where}: field '{field}' must end with an assistant message")
+        return msgs[-1:]
+    return [{"role": "assistant", "content": _text(row, field, where)}]
+
+
+def check_turn_order(messages: list[dict], where: str, field: str) -> None:
+    """system? then user/assistant alternating, starting with user."""
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    for i, msg in enumerate(body):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if msg["role"] != expected:
+            offset = i + (len(messages) - len(body))
+            raise DataError(
+                f"{where}: field '{field}' message {offset}: expected role '{expected}' (system first if any, then "
+                f"user and assistant alternating), got '{msg['role']}'"
+            )
+
+
+def parse_hh_transcript(text: str, where: str, field: str) -> list[dict]:
+    """Anthropic HH-RLHF transcript '\\n\\nHuman: ...\\n\\nAssistant: ...' -> messages."""
+    messages = []
+    for chunk in text.split("\n\nHuman: ")[1:] if text.startswith("\n\nHuman: ") else []:
+        parts = chunk.split("\n\nAssistant: ")
+        messages.append({"role": "user", "content": parts[0]})
+        messages.extend({"role": "assistant", "content": p} for p in parts[1:])
+    if not messages:
+        raise DataError(f"{where}: field '{field}' looks like neither a response nor an HH-RLHF transcript")
+    return _messages(messages, where, field)
+
+
+def is_hh_row(row: dict) -> bool:
+    chosen = row.get("chosen")
+    return "prompt" not in row and isinstance(chosen, str) and chosen.startswith("\n\nHuman: ")
+
+
+def demonstration(row: dict, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with 'messages' or 'prompt'/'completion'")
+    if "messages" in row:
+        messages = _messages(row["messages"], where, "messages")
+        check_turn_order(messages, where, "messages")
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: field 'messages' must end with an assistant message (the demonstration)")
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
+    if "prompt" in row or "completion" in row:
+        prompt = _prompt(row, where)
+        check_turn_order(prompt + [{"role": "assistant", "content": "x"}], where, "prompt")
+        return {"prompt": prompt, "completion": _answer(row, "completion", where)}
+    raise DataError(f"{where}: missing field 'messages' (or 'prompt' and 'completion'); has {sorted(row)}")
+
+
+def preference(row: dict, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with 'prompt', 'chosen', 'rejected'")
+    if is_hh_row(row):
+        chosen = parse_hh_transcript(row["chosen"], where, "chosen")
+        rejected = parse_hh_transcript(_text(row, "rejected", where), where, "rejected")
+        if chosen[:-1] != rejected[:-1]:
+            raise DataError(f"{where}: 'chosen' and 'rejected' transcripts differ before their last turn")
+        prompt, chosen, rejected = chosen[:-1], chosen[-1:], rejected[-1:]
+        if not prompt or chosen[0]["role"] != "assistant" or rejected[0]["role"] != "assistant":
+            raise DataError(f"{where}: HH-RLHF transcripts must end with an Assistant turn after a Human turn")
+    else:
+        for field in ("prompt", "chosen", "rejected"):
+            if field not in row:
+                raise DataError(f"{where}: missing field '{field}' (a preference row has prompt, chosen, rejected)")
+        if isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list) and not row.get("prompt"):
+            # Implicit prompt: two full conversations sharing everything but the last turn.
+            full_chosen = _messages(row["chosen"], where, "chosen")
+            full_rejected = _messages(row["rejected"], where, "rejected")
+            if full_chosen[:-1] != full_rejected[:-1]:
+                raise DataError(f"{where}: 'chosen' and 'rejected' conversations differ before their last turn")
+            prompt = full_chosen[:-1]
+        else:
+            prompt = _prompt(row, where)
+        chosen = _answer(row, "chosen", where)
+        rejected = _answer(row, "rejected", where)
+    check_turn_order(prompt + chosen, where, "prompt")
+    if chosen[0]["content"].strip() == rejected[0]["content"].strip():
+        raise DataError(f"{where}: 'chosen' and 'rejected' are identical, so the pair teaches nothing")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def normalise(rows: list[dict], source_name: str, kind: str) -> list[dict]:
+    """Convert every row, collecting the first few errors so the user can fix them in one go."""
+    convert = demonstration if kind == "demonstrations" else preference
+    out, errors = [], []
+    for number, row in enumerate(rows, start=1):
+        try:
+            out.append(convert(row, f"{source_name}: row {number}"))
+        except DataError as err:
+            errors.append(str(err))
+    if errors:
+        shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
+        more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        raise DataError(f"{len(errors)} of {len(rows)} rows are not valid {kind}:\n  {shown}{more}")
+    return out
+
+
+def load_demonstrations(source: DataSource) -> tuple[list[dict], str]:
+    rows, where = read_rows(source)
+    return normalise(rows, where, "demonstrations"), where
+
+
+def load_preferences(source: DataSource) -> tuple[list[dict], str]:
+    rows, where = read_rows(source)
+    return normalise(rows, where, "preferences"), where
+
+
+# ------------------------------------------------------------------------------------------------ lengths
+
+
+def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where: str, answer_fields: tuple) -> dict:
+    """Refuse rows whose prompt alone fills max_length (truncation would drop the whole response); count the rows
+    that will be cut. Returns {"rows": n, "truncated": k, "longest": tokens}."""
+    if max_length is None:
+        return {"rows": len(examples), "truncated": 0, "longest": None}
+    errors, truncated, longest = [], 0, 0
+    for number, ex in enumerate(examples, start=1):
+        prompt_ids = tokenizer.apply_chat_template(ex["prompt"], tokenize=True, add_generation_prompt=True)
+        prompt_ids = prompt_ids["input_ids"] if isinstance(prompt_ids, dict) else prompt_ids
+        if len(prompt_ids) >= max_length:
+            errors.append(
+                f"{where}: row {number}: the prompt is {len(prompt_ids)} tokens but max_length is {max_length}, "
+                f"so the response would be cut off entirely"
+            )
+            continue
+        for field in answer_fields:
+            full = tokenizer.apply_chat_template(ex["prompt"] + ex[field], tokenize=True)
+            full = full["input_ids"] if isinstance(full, dict) else full
+            longest = max(longest, len(full))
+            if len(full) > max_length:
+                truncated += 1
+                break
+    if errors:
+        shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
+        raise DataError(f"{len(errors)} rows have prompts too long for max_length={max_length}:\n  {shown}")
+    return {"rows": len(examples), "truncated": truncated, "longest": longest}
+
+
+def to_dataset(examples: list[dict]):
+    import datasets
+
+    return datasets.Dataset.from_list(examples)

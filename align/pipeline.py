@@ -1,0 +1,136 @@
+"""Chain a recipe's stages: each stage's output directory is handed to the stages after it, finished stages are
+skipped on re-run, and a finished stage whose recipe section changed is never silently reused or overwritten.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from align.config import Recipe, RecipeError, recipe_to_yaml
+from align.runs import (
+    finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, versions, write_json_atomic,
+    write_text_atomic,
+)
+
+# What each stage reads from earlier stages (besides the recipe).
+NEEDS = {"sft": (), "reward": (), "dpo": ("sft",), "eval": ("reward", "sft", "dpo"), "export": ("sft", "dpo")}
+
+
+def stage_function(stage: str):
+    from align.stages import dpo, evaluate, export, reward, sft
+
+    return {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "eval": evaluate.run, "export": export.run}[stage]
+
+
+def select_stages(recipe: Recipe, only: str | None, start: str | None) -> list[str]:
+    for flag, value in (("--only", only), ("--from", start)):
+        if value is not None and value not in recipe.stages:
+            raise RecipeError(f"{flag} {value}: not in this recipe's stages {recipe.stages}")
+    if only and start:
+        raise RecipeError("give --only or --from, not both")
+    if only:
+        return [only]
+    if start:
+        return recipe.stages[recipe.stages.index(start) :]
+    return list(recipe.stages)
+
+
+def plan(recipe: Recipe, only: str | None = None, start: str | None = None) -> list[tuple[str, str]]:
+    """[(stage, 'run' | 'skip' | 'redo')] and checks that every input a selected stage needs will exist."""
+    selected = select_stages(recipe, only, start)
+    steps = []
+    for stage in recipe.stages:
+        directory = stage_dir(recipe, stage)
+        finished = is_finished(directory)
+        if stage not in selected:
+            steps.append((stage, "skip"))
+            continue
+        if finished and start is None and only is None:
+            if read_stage(directory).get("fingerprint") != stage_fingerprint(recipe, stage):
+                raise RecipeError(
+                    f"stage '{stage}' in {directory} finished with a different recipe (its section, model, lora, "
+                    f"quantization or seed changed). Redo it and the stages after it with --from {stage}, or give "
+                    f"the run a new name (name=...); the old results are kept aside, never deleted."
+                )
+            steps.append((stage, "skip"))
+        else:
+            steps.append((stage, "redo" if finished else "run"))
+    will_exist = {s for s, action in steps if action != "skip" or is_finished(stage_dir(recipe, s))}
+    for stage, action in steps:
+        if action == "skip":
+            continue
+        for need in NEEDS[stage]:
+            if need in recipe.stages and need not in will_exist:
+                raise RecipeError(
+                    f"stage '{stage}' needs the output of '{need}' ({stage_dir(recipe, need)}), which has not "
+                    f"finished; run without --only/--from first"
+                )
+    return steps
+
+
+def run_recipe(recipe: Recipe, only: str | None = None, start: str | None = None) -> dict:
+    """Run the selected stages; return {stage: stage record} for every finished stage."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    steps = plan(recipe, only, start)
+    root = run_dir(recipe)
+    if state.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(root / "recipe.yaml", recipe_to_yaml(recipe))
+        write_json_atomic(root / "versions.json", versions())
+    state.wait_for_everyone()
+
+    records, inputs = {}, {}
+    for stage, action in steps:
+        directory = stage_dir(recipe, stage)
+        if action == "skip":
+            if is_finished(directory):
+                records[stage] = read_stage(directory)
+                inputs[stage] = directory
+                print(f"[{stage}] finished earlier: {directory} (skipped)")
+            continue
+        if action == "redo" and state.is_main_process:
+            aside = directory.with_name(f"{stage}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            directory.rename(aside)  # the user's earlier result is kept, not deleted
+            print(f"[{stage}] earlier result moved to {aside}")
+        state.wait_for_everyone()
+        directory.mkdir(parents=True, exist_ok=True)
+        print(f"[{stage}] starting -> {directory}", flush=True)
+        started = time.time()
+        trains = stage in ("sft", "reward", "dpo")
+        if trains or state.is_main_process:  # trainers run on every process; eval and export on the main one
+            metrics = stage_function(stage)(recipe, directory, dict(inputs))
+            if state.is_main_process:
+                records[stage] = finish_stage(directory, recipe, stage, metrics, time.time() - started, inputs)
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            records[stage] = read_stage(directory)
+        inputs[stage] = directory
+        print(f"[{stage}] done in {records[stage]['seconds']:.0f}s", flush=True)
+    if state.is_main_process:
+        print(summary(recipe, records))
+    return records
+
+
+def summary(recipe: Recipe, records: dict) -> str:
+    lines = ["", f"== {recipe.name}: {run_dir(recipe)} =="]
+    for stage, record in records.items():
+        lines.append(f"  {stage:<7} {record['seconds']:>7.0f}s")
+    reward = records.get("reward", {}).get("metrics", {})
+    if "heldout_accuracy" in reward:
+        lines.append(
+            f"  reward model held-out pairwise accuracy: {reward['heldout_accuracy']:.3f} "
+            f"({reward['heldout_pairs']} pairs, mean margin {reward['heldout_mean_margin']:.2f})"
+        )
+    ev = records.get("eval", {}).get("metrics", {})
+    if "win_rate" in ev:
+        lines.append(
+            f"  {ev['policy']} win rate vs {ev['baseline']} (reward model, {ev['prompts']} held-out prompts): "
+            f"{ev['win_rate']:.3f}  (mean reward {ev['policy_mean_reward']:.2f} vs {ev['baseline_mean_reward']:.2f})"
+        )
+    if "export" in records:
+        model_dir = Path(stage_dir(recipe, "export")) / "model"
+        lines.append(f"  merged chat model: {model_dir}   talk to it: align chat {model_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""Run directories describe themselves: runs/<name>/ holds the resolved recipe and library versions, and each
+runs/<name>/<stage>/ holds its outputs, metrics.jsonl and a stage.json written last (its presence = finished).
+
+Directories that must never look complete while half-written (adapters, exports) are written to a temporary
+sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from align.config import Recipe, recipe_to_yaml
+
+STAGE_FILE = "stage.json"
+LIBRARIES = ("align", "torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate", "gguf")
+
+
+def versions() -> dict:
+    import torch
+
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    out["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    return out
+
+
+def run_dir(recipe: Recipe) -> Path:
+    return Path(recipe.output_root) / recipe.name
+
+
+def stage_dir(recipe: Recipe, stage: str) -> Path:
+    return run_dir(recipe) / stage
+
+
+def is_finished(directory: Path) -> bool:
+    return (directory / STAGE_FILE).is_file()
+
+
+def read_stage(directory: Path) -> dict:
+    return json.loads((directory / STAGE_FILE).read_text())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a fully written directory into place; an older one is kept aside, never deleted blind."""
+    if target.exists():
+        aside = target.with_name(f"{target.name}.old-{int(time.time())}")
+        os.replace(target, aside)
+        os.replace(tmp, target)
+        shutil.rmtree(aside)
+    else:
+        os.replace(tmp, target)
+
+
+def temp_dir_for(target: Path) -> Path:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def stage_fingerprint(recipe: Recipe, stage: str) -> dict:
+    """The parts of the recipe a stage's result depends on; a change means the old result is stale."""
+    data = recipe.model_dump(mode="json")
+    keys = ["model", "quantization", "lora", "seed", stage]
+    return {k: data.get(k) for k in keys}
+
+
+def finish_stage(directory: Path, recipe: Recipe, stage: str, metrics: dict, seconds: float, inputs: dict) -> dict:
+    record = {
+        "stage": stage,
+        "seconds": round(seconds, 1),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": {k: str(v) for k, v in inputs.items()},
+        "metrics": metrics,
+        "versions": versions(),
+        "fingerprint": stage_fingerprint(recipe, stage),
+    }
+    write_text_atomic(directory / "recipe.yaml", recipe_to_yaml(recipe))
+    write_json_atomic(directory / STAGE_FILE, record)  # last: its presence marks the stage finished
+    return record
+
+
+def load_run_recipe(run: Path) -> Recipe:
+    """The resolved recipe a run was made with; later commands need nothing but the run directory."""
+    from align.config import RecipeError, parse_recipe
+
+    path = Path(run) / "recipe.yaml"
+    if not path.is_file():
+        raise RecipeError(f"{run}: not a run directory (no recipe.yaml); runs are made by `align run RECIPE`")
+    return parse_recipe(yaml.safe_load(path.read_text()), str(path))
+
+
+def metrics_callback(directory: Path):
+    """A TrainerCallback appending every log line (loss, lr, eval metrics) to <stage>/metrics.jsonl."""
+    from transformers import TrainerCallback
+
+    class MetricsToJsonl(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                with (directory / "metrics.jsonl").open("a") as fh:
+                    fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+    return MetricsToJsonl()
+
+
+def trainer_defaults(recipe: Recipe, directory: Path) -> dict:
+    """Arguments align sets on every TRL config before the recipe's own stage keys override them."""
+    from align.models import on_gpu, torch_dtype
+
+    bf16 = on_gpu() and torch_dtype(recipe.model.dtype) == __import__("torch").bfloat16
+    return {
+        "output_dir": str(directory / "checkpoints"),
+        "seed": recipe.seed,
+        "data_seed": recipe.seed,
+        "report_to": "none",
+        "logging_steps": 5,
+        "save_strategy": "steps",
+        "save_steps": 50,
+        "save_total_limit": 2,
+        "bf16": bf16,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 8,
+        "dataloader_num_workers": 0,
+    }
+
+
+def last_checkpoint(args) -> str | None:
+    """The newest checkpoint of an interrupted run of this stage, to resume from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+
+
+def save_adapter(trainer, target: Path) -> None:
+    """Save only the trained adapter ('default'; DPO also holds a frozen 'ref' copy) atomically."""
+    if not trainer.accelerator.is_main_process:
+        trainer.accelerator.wait_for_everyone()
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    tmp = temp_dir_for(target)
+    model.save_pretrained(tmp, selected_adapters=["default"])
+    trainer.processing_class.save_pretrained(tmp)
+    replace_dir(tmp, target)
+    trainer.accelerator.wait_for_everyone()

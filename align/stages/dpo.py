@@ -1,0 +1,60 @@
+"""Direct preference optimisation on preference pairs (trl DPOTrainer).
+
+The policy continues the SFT adapter; trl copies it into a frozen 'ref' adapter on the same base, so the
+reference is the SFT model without a second copy of the weights and without merging into a 4-bit base.
+Without an SFT stage the policy is a fresh adapter and the reference is the base (adapter disabled).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from align.config import Recipe
+from align.data import check_lengths, load_preferences, to_dataset
+from align.models import load_policy, load_tokenizer, sync_special_tokens
+from align.runs import last_checkpoint, metrics_callback, save_adapter, trainer_defaults
+
+
+def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    # --- config
+    cfg = recipe.dpo
+    args = DPOConfig(**{**trainer_defaults(recipe, out), **cfg.trl_args})
+    set_seed(recipe.seed)
+
+    # --- data
+    tokenizer = load_tokenizer(recipe.model)
+    train, where = load_preferences(cfg.dataset)
+    lengths = check_lengths(train, tokenizer, args.max_length, where, ("chosen", "rejected"))
+    evaluation = None
+    if cfg.eval_dataset:
+        evaluation, eval_where = load_preferences(cfg.eval_dataset)
+        check_lengths(evaluation, tokenizer, args.max_length, eval_where, ("chosen", "rejected"))
+    print(f"[dpo] {len(train)} pairs from {where}; {lengths['truncated']} longer than max_length get cut")
+
+    # --- model: policy starts from the SFT adapter when there is one
+    sft_adapter = inputs["sft"] / "adapter" if "sft" in inputs else None
+    model = load_policy(recipe, adapter_dir=sft_adapter, gradient_checkpointing=args.gradient_checkpointing)
+    sync_special_tokens(model, tokenizer)
+
+    # --- trainer
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_dataset(train),
+        eval_dataset=to_dataset(evaluation) if evaluation else None,
+        processing_class=tokenizer,
+        callbacks=[metrics_callback(out)],
+    )
+
+    # --- train
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(args))
+    metrics = {"train_loss": result.training_loss, "train_pairs": len(train), "truncated_pairs": lengths["truncated"]}
+    if evaluation:
+        metrics.update(trainer.evaluate())
+
+    # --- save
+    save_adapter(trainer, out / "adapter")
+    return metrics

@@ -1,0 +1,117 @@
+"""Export: merge the final chat adapter into a 16/32-bit copy of the base (never into 4-bit weights) and save a
+plain Hugging Face model (safetensors, tokenizer, chat template, generation config, model card).
+
+The export is then reloaded from disk and must reproduce the adapter model: logits within `logits_atol` and the
+same greedy answers on the check prompts. If not, it is not moved into place and the stage fails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from align.config import Recipe, recipe_to_yaml
+from align.generation import generate_answers
+from align.models import load_tokenizer, resolve_model_path
+from align.runs import read_stage, replace_dir, temp_dir_for
+
+
+class ExportMismatch(RuntimeError):
+    """The reloaded export does not behave like the adapter model it was merged from."""
+
+
+@torch.no_grad()
+def _last_logits(model, tokenizer, prompts: list[list[dict]]) -> torch.Tensor:
+    rows = []
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        rows.append(model(input_ids=ids.to(model.device)).logits[0].float().cpu())
+    return torch.cat(rows)
+
+
+def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    # --- config
+    cfg = recipe.export
+    policy_stage = recipe.policy_stage()
+    adapter = inputs[policy_stage] / "adapter"
+    dtype = getattr(torch, cfg.dtype)
+    prompts = [[{"role": "user", "content": text}] for text in cfg.check_prompts]
+
+    # --- model: the adapter on an un-quantised base, and its reference behaviour before merging
+    tokenizer = load_tokenizer(recipe.model)
+    path = resolve_model_path(recipe.model.name_or_path)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
+                                                revision=recipe.model.revision)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    expected_logits = _last_logits(model, tokenizer, prompts)
+    expected_answers = generate_answers(model, tokenizer, prompts, cfg.check_new_tokens)
+
+    # --- merge and save into a temporary directory
+    merged = model.merge_and_unload()
+    merged.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,  # generation stops at the end of the assistant turn
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    merged.config.pad_token_id = tokenizer.pad_token_id
+    merged.config.eos_token_id = tokenizer.eos_token_id
+    target = out / "model"
+    tmp = temp_dir_for(target)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)  # carries the chat template used in training
+    del merged, model, base
+
+    # --- check: reload from disk and compare with the adapter model
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).eval()
+    reloaded_tokenizer = load_tokenizer(recipe.model.model_copy(update={"name_or_path": str(tmp)}))
+    got_logits = _last_logits(reloaded, reloaded_tokenizer, prompts)
+    got_answers = generate_answers(reloaded, reloaded_tokenizer, prompts, cfg.check_new_tokens)
+    max_diff = (got_logits - expected_logits).abs().max().item()
+    same_answers = [a["text"] for a in got_answers] == [a["text"] for a in expected_answers]
+    if max_diff > cfg.logits_atol or not same_answers:
+        raise ExportMismatch(
+            f"export check failed: max |logit diff| {max_diff:.2e} (allowed {cfg.logits_atol:.0e}), "
+            f"same greedy answers: {same_answers}. The export was left in {tmp} for inspection."
+        )
+
+    # --- model card, then move into place
+    metrics = {"max_logit_diff": max_diff, "check_prompts": len(prompts), "dtype": cfg.dtype, "merged_from": str(adapter)}
+    earlier = {s: read_stage(d)["metrics"] for s, d in inputs.items() if (d / "stage.json").is_file()}
+    (tmp / "README.md").write_text(model_card(recipe, policy_stage, earlier, expected_answers, prompts))
+    replace_dir(tmp, target)
+    print(f"[export] merged {policy_stage} adapter into {cfg.dtype} base: {target} (max |logit diff| {max_diff:.1e})")
+    return metrics
+
+
+def model_card(recipe: Recipe, policy_stage: str, stage_metrics: dict, answers: list[dict], prompts) -> str:
+    samples = "\n".join(f"- **{p[0]['content']}** {a['text']}" for p, a in zip(prompts, answers))
+    figures = "\n".join(f"- `{stage}`: `{json.dumps(m, default=str)}`" for stage, m in stage_metrics.items())
+    return f"""---
+library_name: transformers
+tags: [align, rlhf, {policy_stage}, lora-merged]
+base_model: {recipe.model.name_or_path}
+---
+# {recipe.name}
+
+{recipe.description or 'A chat model aligned with the align toolkit.'}
+
+Base `{recipe.model.name_or_path}`, stages `{' -> '.join(recipe.stages)}`; the `{policy_stage}` LoRA adapter is
+merged into a {recipe.export.dtype} copy of the base. Load it with `AutoModelForCausalLM.from_pretrained(dir)`
+and talk to it with `align chat {{dir}}`; the tokenizer carries the chat template it was trained with.
+
+## Metrics
+{figures or '- none recorded'}
+
+## Greedy answers of this export
+{samples}
+
+## Recipe
+```yaml
+{recipe_to_yaml(recipe)}```
+"""

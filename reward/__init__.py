@@ -1,0 +1,10 @@
+"""Reward models: a sequence-classification head on the chat base, trained on preference pairs, and scoring.
+
+Depends only on libraries (torch, transformers, peft); `align` passes in the resolved model path, load kwargs and
+tokenizer, so the chat template used for scoring is the one used in training.
+"""
+
+from reward.model import load_reward_model
+from reward.scoring import pairwise_accuracy, score_conversations, win_rate
+
+__all__ = ["load_reward_model", "pairwise_accuracy", "score_conversations", "win_rate"]
