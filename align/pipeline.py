@@ -9,7 +9,7 @@ from pathlib import Path
 
 from align.config import Recipe, RecipeError, recipe_to_yaml
 from align.runs import (
-    finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, versions, write_json_atomic,
+    finish_stage, is_finished, trl_args, read_stage, run_dir, stage_dir, stage_fingerprint, versions, write_json_atomic,
     write_text_atomic,
 )
 
@@ -56,6 +56,9 @@ def plan(recipe: Recipe, only: str | None = None, start: str | None = None) -> l
             steps.append((stage, "skip"))
         else:
             steps.append((stage, "redo" if finished else "run"))
+    for stage, action in steps:
+        if action != "skip" and stage in ("sft", "reward", "dpo"):
+            trl_args(recipe, stage, stage_dir(recipe, stage))  # TRL's own checks, before anything trains
     will_exist = {s for s, action in steps if action != "skip" or is_finished(stage_dir(recipe, s))}
     for stage, action in steps:
         if action == "skip":

@@ -12,16 +12,16 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import check_lengths, load_preferences, to_dataset
 from align.models import load_policy, load_tokenizer, sync_special_tokens
-from align.runs import last_checkpoint, metrics_callback, save_adapter, trainer_defaults
+from align.runs import last_checkpoint, metrics_callback, save_adapter, trl_args
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     from transformers import set_seed
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     # --- config
     cfg = recipe.dpo
-    args = DPOConfig(**{**trainer_defaults(recipe, out), **cfg.trl_args})
+    args = trl_args(recipe, "dpo", out)
     set_seed(recipe.seed)
 
     # --- data

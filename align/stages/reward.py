@@ -11,17 +11,17 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import check_lengths, load_preferences, to_dataset
 from align.models import load_kwargs, load_tokenizer, lora_config, resolve_model_path
-from align.runs import last_checkpoint, metrics_callback, save_adapter, trainer_defaults
+from align.runs import last_checkpoint, metrics_callback, save_adapter, trl_args
 from reward import load_reward_model, pairwise_accuracy
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     from transformers import set_seed
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
     # --- config
     cfg = recipe.reward
-    args = RewardConfig(**{**trainer_defaults(recipe, out), **cfg.trl_args})
+    args = trl_args(recipe, "reward", out)
     set_seed(recipe.seed)
 
     # --- data

@@ -10,16 +10,16 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import check_lengths, load_demonstrations, to_dataset
 from align.models import load_policy, load_tokenizer, sync_special_tokens
-from align.runs import last_checkpoint, metrics_callback, save_adapter, trainer_defaults
+from align.runs import last_checkpoint, metrics_callback, save_adapter, trl_args
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     # --- config
     cfg = recipe.sft
-    args = SFTConfig(**{**trainer_defaults(recipe, out), "completion_only_loss": True, **cfg.trl_args})
+    args = trl_args(recipe, "sft", out)
     set_seed(recipe.seed)
 
     # --- data: checked before the model loads, so bad rows fail in seconds

@@ -1,0 +1,173 @@
+"""Every stage on tiny random-weight models: weights change, losses are finite, files are written, reloads work,
+finished stages are skipped, and a changed recipe never silently reuses or overwrites a result."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from align.config import RecipeError
+from align.pipeline import run_recipe
+from align.runs import read_stage
+
+
+def adapter_tensors(stage_dir):
+    return load_file(stage_dir / "adapter" / "adapter_model.safetensors")
+
+
+def logged_losses(stage_dir, key="loss"):
+    rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in rows if key in r]
+
+
+@pytest.fixture(scope="module")
+def llama_run(tiny_llama, tmp_path_factory):
+    """The whole method once on tiny-llama; several tests read its outputs."""
+    from align.config import parse_recipe
+    from tests.conftest import tiny_recipe
+
+    root = tmp_path_factory.mktemp("runs")
+    recipe = parse_recipe(tiny_recipe(tiny_llama, root, ["sft", "reward", "dpo", "eval", "export"]))
+    records = run_recipe(recipe)
+    return recipe, records, root / "tiny"
+
+
+def test_sft_trains_the_adapter(llama_run):
+    _, records, run = llama_run
+    tensors = adapter_tensors(run / "sft")
+    lora_b = [t for name, t in tensors.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b), "lora_B starts at zero; training must move it"
+    losses = logged_losses(run / "sft")
+    assert len(losses) >= 3 and all(math.isfinite(x) for x in losses)
+    assert math.isfinite(records["sft"]["metrics"]["train_loss"])
+    assert (run / "sft" / "adapter" / "adapter_config.json").is_file()
+    assert (run / "sft" / "recipe.yaml").is_file() and records["sft"]["versions"]["trl"] == "1.16.0"
+
+
+def test_reward_saves_score_head_and_reports_heldout_accuracy(llama_run):
+    _, records, run = llama_run
+    tensors = adapter_tensors(run / "reward")
+    assert any("score" in name for name in tensors), "the new score head must be saved beside the adapter"
+    metrics = records["reward"]["metrics"]
+    assert 0.0 <= metrics["heldout_accuracy"] <= 1.0 and metrics["heldout_pairs"] == 6
+    assert math.isfinite(metrics["heldout_mean_margin"])
+
+
+def test_reward_adapter_reloads_to_same_scores(llama_run, tiny_llama):
+    from align.data import load_preferences
+    from align.models import load_kwargs, load_tokenizer
+    from reward import load_reward_model, pairwise_accuracy
+
+    recipe, records, run = llama_run
+    tokenizer = load_tokenizer(recipe.model)
+    model = load_reward_model(str(tiny_llama), load_kwargs(recipe.model, recipe.quantization),
+                              tokenizer.pad_token_id, adapter_dir=run / "reward" / "adapter", trainable=False)
+    pairs, _ = load_preferences(recipe.reward.eval_dataset)
+    again = pairwise_accuracy(model, tokenizer, pairs)
+    assert again["accuracy"] == pytest.approx(records["reward"]["metrics"]["heldout_accuracy"])
+    assert again["mean_margin"] == pytest.approx(records["reward"]["metrics"]["heldout_mean_margin"], abs=1e-4)
+
+
+def test_dpo_continues_from_sft_and_moves_away(llama_run):
+    _, records, run = llama_run
+    sft, dpo = adapter_tensors(run / "sft"), adapter_tensors(run / "dpo")
+    assert sft.keys() == dpo.keys()
+    assert any(not torch.equal(sft[k], dpo[k]) for k in sft), "DPO must change the adapter it starts from"
+    assert records["dpo"]["inputs"]["sft"].endswith("sft")
+    assert all(math.isfinite(x) for x in logged_losses(run / "dpo"))
+
+
+def test_eval_reports_win_rate_on_heldout_prompts(llama_run):
+    _, records, run = llama_run
+    metrics = records["eval"]["metrics"]
+    assert metrics["policy"] == "dpo" and metrics["baseline"] == "sft" and metrics["prompts"] == 4
+    assert 0.0 <= metrics["win_rate"] <= 1.0
+    samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and {"policy_answer", "baseline_answer", "policy_reward"} <= samples[0].keys()
+
+
+def test_export_is_a_plain_model_that_reloads_and_stops(llama_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, records, run = llama_run
+    model_dir = run / "export" / "model"
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "README.md").is_file()
+    assert records["export"]["metrics"]["max_logit_diff"] <= 1e-3
+    assert not list(run.glob("export/.model.tmp-*")), "no temporary directory may be left behind"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert tokenizer.chat_template and model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    card = (model_dir / "README.md").read_text()
+    assert "heldout_accuracy" in card and "stages: " not in card.split("## Recipe")[0]
+
+
+def test_rerun_skips_finished_stages(llama_run):
+    recipe, records, run = llama_run
+    before = {s: (run / s / "stage.json").stat().st_mtime_ns for s in recipe.stages}
+    again = run_recipe(recipe)
+    assert {s: (run / s / "stage.json").stat().st_mtime_ns for s in recipe.stages} == before
+    assert again["eval"]["metrics"] == records["eval"]["metrics"]
+
+
+def test_changed_recipe_is_refused_then_redone_with_from(llama_run):
+    recipe, _, run = llama_run
+    changed = recipe.model_copy(deep=True)
+    changed.dpo.model_extra["beta"] = 0.5
+    with pytest.raises(RecipeError, match="--from dpo"):
+        run_recipe(changed)
+    old_adapter = adapter_tensors(run / "dpo")
+    records = run_recipe(changed, start="dpo")
+    assert records["dpo"]["fingerprint"]["dpo"]["beta"] == 0.5
+    kept = list(run.glob("dpo.replaced-*"))
+    assert kept, "the earlier DPO result must be kept aside, not deleted"
+    assert torch.equal(adapter_tensors(kept[0])["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"],
+                       old_adapter["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"])
+
+
+def test_only_needs_finished_inputs(tiny_llama, make_recipe):
+    recipe = make_recipe(tiny_llama, ["sft", "dpo"])
+    with pytest.raises(RecipeError, match="needs the output of 'sft'"):
+        run_recipe(recipe, only="dpo")
+
+
+def test_gpt2_without_chat_template_trains_and_exports(tiny_gpt2, make_recipe):
+    """GPT-2: Conv1D layers, no chat template (align's default), no pad token (EOS)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = make_recipe(tiny_gpt2, ["sft", "dpo", "export"])
+    records = run_recipe(recipe)
+    run = __import__("pathlib").Path(recipe.output_root) / recipe.name
+    assert any("c_attn.lora_A" in name for name in adapter_tensors(run / "sft"))
+    exported = run / "export" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+    assert "### Assistant" in tokenizer.chat_template
+    assert records["export"]["metrics"]["max_logit_diff"] <= 1e-3
+    model = AutoModelForCausalLM.from_pretrained(exported)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_qlora_4bit_sft_on_cpu(tiny_llama, make_recipe):
+    """bitsandbytes nf4 base with a trainable LoRA adapter: the QLoRA path, exercised on CPU."""
+    import bitsandbytes as bnb
+
+    from align.models import load_policy
+
+    recipe = make_recipe(tiny_llama, ["sft", "export"], quantization={"load_in_4bit": True})
+    model = load_policy(recipe)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    del model
+    records = run_recipe(recipe)
+    run = __import__("pathlib").Path(recipe.output_root) / recipe.name
+    lora_b = [t for n, t in adapter_tensors(run / "sft").items() if "lora_B" in n]
+    assert all(t.abs().sum() > 0 for t in lora_b)
+    # Export merges into a float copy of the base, never into the 4-bit weights.
+    assert records["export"]["metrics"]["dtype"] == "float32"
+    assert read_stage(run / "export")["metrics"]["max_logit_diff"] <= 1e-3
