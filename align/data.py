@@ -246,6 +246,13 @@ def load_preferences(source: DataSource) -> tuple[list[dict], str]:
 # ------------------------------------------------------------------------------------------------ lengths
 
 
+def token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of a conversation rendered with the chat template, exactly as the TRL trainers tokenise it."""
+    return tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
+    )["input_ids"]
+
+
 def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where: str, answer_fields: tuple) -> dict:
     """Refuse rows whose prompt alone fills max_length (truncation would drop the whole response); count the rows
     that will be cut. Returns {"rows": n, "truncated": k, "longest": tokens}."""
@@ -253,8 +260,7 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where
         return {"rows": len(examples), "truncated": 0, "longest": None}
     errors, truncated, longest = [], 0, 0
     for number, ex in enumerate(examples, start=1):
-        prompt_ids = tokenizer.apply_chat_template(ex["prompt"], tokenize=True, add_generation_prompt=True)
-        prompt_ids = prompt_ids["input_ids"] if isinstance(prompt_ids, dict) else prompt_ids
+        prompt_ids = token_ids(tokenizer, ex["prompt"], add_generation_prompt=True)
         if len(prompt_ids) >= max_length:
             errors.append(
                 f"{where}: row {number}: the prompt is {len(prompt_ids)} tokens but max_length is {max_length}, "
@@ -262,8 +268,7 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where
             )
             continue
         for field in answer_fields:
-            full = tokenizer.apply_chat_template(ex["prompt"] + ex[field], tokenize=True)
-            full = full["input_ids"] if isinstance(full, dict) else full
+            full = token_ids(tokenizer, ex["prompt"] + ex[field])
             longest = max(longest, len(full))
             if len(full) > max_length:
                 truncated += 1
