@@ -1,0 +1,34 @@
+"""The stages run unchanged under `accelerate launch` with 2 CPU processes (DDP over gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_recipe
+
+
+@pytest.mark.multiprocess
+def test_two_processes_run_sft_reward_dpo(tiny_llama, tmp_path):
+    recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["sft", "reward", "dpo", "export"])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    # accelerate's --cpu means one process; the torchrun launcher (--multi_gpu) falls back to gloo DDP on CPU.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "align", "run", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_LOG_LEVEL": "error"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    run = tmp_path / "runs" / "tiny"
+    for stage in ("sft", "reward", "dpo", "export"):
+        assert (run / stage / "stage.json").is_file(), f"{stage} did not finish"
+    # 4 steps x 2 rows per process x 2 processes = 16 rows = 2 epochs of the 8 rows; one process would do 1 epoch.
+    last = [json.loads(line) for line in (run / "sft" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["epoch"] == pytest.approx(2.0)
+    assert json.loads((run / "export" / "stage.json").read_text())["metrics"]["max_logit_diff"] <= 1e-3
