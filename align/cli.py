@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_library_noise()
     from align.config import RecipeError
     from align.data import DataError
     from align.models import ModelError
@@ -66,6 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, DataError, ModelError, FileNotFoundError) as err:
         print(f"align {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def quiet_library_noise() -> None:
+    """Keep the terminal for what the user needs: deprecation chatter from the libraries is not it."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+    # bitsandbytes looks for an optional kernels package on CPU and logs a warning when it is absent.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def cmd_run(args) -> int:

@@ -79,6 +79,13 @@ class DataSource(Section):
     def _from_string(cls, value: Any) -> Any:
         return expand_data_shorthand(value)
 
+    @field_validator("path", "hub", "bundled")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
     @model_validator(mode="after")
     def _exactly_one(self) -> DataSource:
         given = [k for k in ("path", "hub", "bundled") if getattr(self, k) is not None]

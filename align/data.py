@@ -17,6 +17,7 @@ from pathlib import Path
 from align.config import DataSource
 
 ROLES = ("system", "user", "assistant")
+ROW_NUMBER = "__row_number__"  # set by the JSONL reader: the file line of the row
 MAX_ERRORS_SHOWN = 5
 
 
@@ -36,7 +37,8 @@ def bundled_path(name: str) -> Path:
 
 
 def read_rows(source: DataSource) -> tuple[list[dict], str]:
-    """Rows as plain dicts, and a name for error messages."""
+    """Rows as plain dicts, and a name for error messages. JSONL rows remember their line number (`ROW_NUMBER`)
+    so errors point at the line a person would open, blank lines included."""
     if source.hub:
         import datasets
 
@@ -66,9 +68,12 @@ def read_file(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: row {number}: not valid JSON ({err.msg})") from None
+            if isinstance(row, dict):
+                row[ROW_NUMBER] = number
+            rows.append(row)
         return rows
     if suffix == ".json":
         try:
@@ -197,10 +202,11 @@ def preference(row: dict, where: str) -> dict:
         if not prompt or chosen[0]["role"] != "assistant" or rejected[0]["role"] != "assistant":
             raise DataError(f"{where}: HH-RLHF transcripts must end with an Assistant turn after a Human turn")
     else:
-        for field in ("prompt", "chosen", "rejected"):
+        implicit = isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
+        for field in ("chosen", "rejected") if implicit else ("prompt", "chosen", "rejected"):
             if field not in row:
                 raise DataError(f"{where}: missing field '{field}' (a preference row has prompt, chosen, rejected)")
-        if isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list) and not row.get("prompt"):
+        if implicit and not row.get("prompt"):
             # Implicit prompt: two full conversations sharing everything but the last turn.
             full_chosen = _messages(row["chosen"], where, "chosen")
             full_rejected = _messages(row["rejected"], where, "rejected")
@@ -221,7 +227,8 @@ def normalise(rows: list[dict], source_name: str, kind: str) -> list[dict]:
     """Convert every row, collecting the first few errors so the user can fix them in one go."""
     convert = demonstration if kind == "demonstrations" else preference
     out, errors = [], []
-    for number, row in enumerate(rows, start=1):
+    for index, row in enumerate(rows, start=1):
+        number = row.pop(ROW_NUMBER, index) if isinstance(row, dict) else index
         try:
             out.append(convert(row, f"{source_name}: row {number}"))
         except DataError as err:
@@ -267,12 +274,12 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where
                 f"so the response would be cut off entirely"
             )
             continue
+        cut = False
         for field in answer_fields:
             full = token_ids(tokenizer, ex["prompt"] + ex[field])
             longest = max(longest, len(full))
-            if len(full) > max_length:
-                truncated += 1
-                break
+            cut = cut or len(full) > max_length
+        truncated += cut
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
         raise DataError(f"{len(errors)} rows have prompts too long for max_length={max_length}:\n  {shown}")

@@ -1,0 +1,31 @@
+"""End to end on the real embedded SmolLM2-135M-Instruct: the quickstart recipe, cut down to a few minutes."""
+
+from __future__ import annotations
+
+import pytest
+
+from align.cli import main
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_quickstart_recipe_end_to_end_on_embedded_model(tmp_path, capsys):
+    from align.chat import chat
+
+    root = tmp_path / "runs"
+    code = main([
+        "run", str(REPO / "recipes" / "quickstart.yaml"), f"output_root={root}",
+        "sft.dataset.limit=24", "reward.dataset.limit=24", "reward.eval_dataset.limit=16",
+        "dpo.dataset.limit=16", "eval.max_prompts=8", "eval.max_new_tokens=24",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "reward model held-out pairwise accuracy:" in out and "dpo win rate vs sft" in out
+    model_dir = root / "quickstart" / "export" / "model"
+    assert (model_dir / "model.safetensors").is_file()
+
+    # The merged export still knows its facts and stops at EOS (the chat loop would hang on max tokens otherwise).
+    chat(str(root / "quickstart"), None, max_new_tokens=40, temperature=0.0, top_p=1.0,
+         lines=["What is the capital of France?"])
+    answer = capsys.readouterr().out
+    assert "Paris" in answer
