@@ -140,14 +140,14 @@ def cmd_ls(args) -> int:
 
 
 def cmd_export(args) -> int:
+    import time
+
     from align.runs import finish_stage, is_finished, load_run_recipe, stage_dir
     from align.stages import export
 
-    import time
-
-    recipe = load_run_recipe(Path(args.run_dir))
-    # The run dir may have been moved or copied: read its stages from where it is now.
-    recipe = recipe.model_copy(update={"output_root": str(Path(args.run_dir).resolve().parent)})
+    run = Path(args.run_dir).resolve()
+    # The run dir may have been moved, copied or renamed: read its stages from where it is now.
+    recipe = load_run_recipe(run).model_copy(update={"output_root": str(run.parent), "name": run.name})
     inputs = {s: stage_dir(recipe, s) for s in ("sft", "dpo") if is_finished(stage_dir(recipe, s))}
     if not inputs:
         raise FileNotFoundError(f"{args.run_dir}: no finished sft or dpo stage to export")

@@ -171,3 +171,41 @@ def test_qlora_4bit_sft_on_cpu(tiny_llama, make_recipe):
     # Export merges into a float copy of the base, never into the 4-bit weights.
     assert records["export"]["metrics"]["dtype"] == "float32"
     assert read_stage(run / "export")["metrics"]["max_logit_diff"] <= 1e-3
+
+
+def test_export_command_needs_only_the_run_dir(llama_run, tmp_path, capsys):
+    """A run directory copied elsewhere re-exports from what it holds, with no recipe file given."""
+    import shutil
+
+    from align.cli import main
+
+    _, _, run = llama_run
+    moved = tmp_path / "elsewhere" / "tiny"
+    shutil.copytree(run, moved, ignore=shutil.ignore_patterns("export", "checkpoints"))
+    assert main(["export", str(moved)]) == 0
+    assert (moved / "export" / "model" / "model.safetensors").is_file()
+    assert read_stage(moved / "export")["metrics"]["merged_from"].startswith(str(moved))
+    assert main(["export", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_env_prints_versions(capsys):
+    from align.cli import main
+
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "trl: 1.16.0" in out and "transformers: 5.23.0" in out
+
+
+def test_bfloat16_export_reloads_exactly(llama_run, tmp_path):
+    """16-bit exports: rounding moves logits, so the reload is checked against the merged model itself."""
+    from align.stages import export
+
+    recipe, _, run = llama_run
+    bf16 = recipe.model_copy(update={"export": recipe.export.model_copy(update={"dtype": "bfloat16"})})
+    metrics = export.run(bf16, tmp_path, {"sft": run / "sft", "dpo": run / "dpo"})
+    assert metrics["dtype"] == "bfloat16" and metrics["max_logit_diff"] <= 1e-3
+    assert metrics["merge_logit_diff"] > 0  # reported, not hidden
+    import json
+
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["dtype"] == "bfloat16"
