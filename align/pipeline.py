@@ -13,6 +13,8 @@ from align.runs import (
     write_text_atomic,
 )
 
+BARRIER_TIMEOUT_HOURS = 3
+
 # What each stage reads from earlier stages (besides the recipe).
 NEEDS = {"sft": (), "reward": (), "dpo": ("sft",), "eval": ("reward", "sft", "dpo"), "export": ("sft", "dpo")}
 
@@ -74,9 +76,13 @@ def plan(recipe: Recipe, only: str | None = None, start: str | None = None) -> l
 
 def run_recipe(recipe: Recipe, only: str | None = None, start: str | None = None) -> dict:
     """Run the selected stages; return {stage: stage record} for every finished stage."""
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    state = PartialState()
+    # Created before anything else touches the process group: while the main process evaluates and exports
+    # (an 8B merge can take a long time), the other ranks wait at a barrier, past torch's 10-minute default.
+    state = PartialState(timeout=timedelta(hours=BARRIER_TIMEOUT_HOURS))
     steps = plan(recipe, only, start)
     root = run_dir(recipe)
     if state.is_main_process:
