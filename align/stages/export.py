@@ -24,7 +24,7 @@ class ExportMismatch(RuntimeError):
 
 
 @torch.no_grad()
-def _last_logits(model, tokenizer, prompts: list[list[dict]]) -> torch.Tensor:
+def _prompt_logits(model, tokenizer, prompts: list[list[dict]]) -> torch.Tensor:
     rows = []
     for prompt in prompts:
         ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_tensors="pt",
@@ -50,13 +50,13 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
                                                 revision=recipe.model.revision)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    expected_logits = _last_logits(model, tokenizer, prompts)
+    expected_logits = _prompt_logits(model, tokenizer, prompts)
     expected_answers = generate_answers(model, tokenizer, prompts, cfg.check_new_tokens)
 
     # --- merge; in 16 bits rounding moves logits by more than any useful tolerance, so there the merged model
     # itself becomes the reference for the save/reload check, and its gap to the adapter model is reported.
     merged = model.merge_and_unload()
-    merged_logits = _last_logits(merged, tokenizer, prompts)
+    merged_logits = _prompt_logits(merged, tokenizer, prompts)
     merge_diff = (merged_logits - expected_logits).abs().max().item()
     if cfg.dtype == "float32" and merge_diff > cfg.logits_atol:
         raise ExportMismatch(f"merging changed the logits by {merge_diff:.2e} (allowed {cfg.logits_atol:.0e})")
@@ -79,7 +79,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # --- check: reload from disk and compare with the adapter model
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).eval()
     reloaded_tokenizer = load_tokenizer(recipe.model.model_copy(update={"name_or_path": str(tmp)}))
-    got_logits = _last_logits(reloaded, reloaded_tokenizer, prompts)
+    got_logits = _prompt_logits(reloaded, reloaded_tokenizer, prompts)
     got_answers = generate_answers(reloaded, reloaded_tokenizer, prompts, cfg.check_new_tokens)
     max_diff = (got_logits - expected_logits).abs().max().item()
     same_answers = [a["text"] for a in got_answers] == [a["text"] for a in expected_answers]
