@@ -9,8 +9,8 @@ from pathlib import Path
 
 from align.config import Recipe, RecipeError, recipe_to_yaml
 from align.runs import (
-    finish_stage, is_finished, trl_args, read_stage, run_dir, stage_dir, stage_fingerprint, versions, write_json_atomic,
-    write_text_atomic,
+    finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, trl_args, versions,
+    write_json_atomic, write_text_atomic,
 )
 
 BARRIER_TIMEOUT_HOURS = 3

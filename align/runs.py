@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from align.config import Recipe, recipe_to_yaml
+from align.config import Recipe, RecipeError, parse_recipe, recipe_to_yaml
 
 STAGE_FILE = "stage.json"
 LIBRARIES = ("align", "torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate", "gguf")
@@ -106,8 +106,6 @@ def finish_stage(directory: Path, recipe: Recipe, stage: str, metrics: dict, sec
 
 def load_run_recipe(run: Path) -> Recipe:
     """The resolved recipe a run was made with; later commands need nothing but the run directory."""
-    from align.config import RecipeError, parse_recipe
-
     path = Path(run) / "recipe.yaml"
     if not path.is_file():
         raise RecipeError(f"{run}: not a run directory (no recipe.yaml); runs are made by `align run RECIPE`")
@@ -165,8 +163,6 @@ def trl_args(recipe: Recipe, stage: str, directory: Path):
     try:
         return cls(**{**trainer_defaults(recipe, directory), **TRL_EXTRA_DEFAULTS[stage], **section.trl_args})
     except (ValueError, TypeError) as err:
-        from align.config import RecipeError
-
         raise RecipeError(f"{stage}: trl.{cls.__name__} rejects these settings: {err}") from None
 
 

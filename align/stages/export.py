@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from align.config import Recipe, recipe_to_yaml
+from align.data import token_ids
 from align.generation import generate_answers
 from align.models import load_tokenizer, resolve_model_path
 from align.runs import read_stage, replace_dir, temp_dir_for
@@ -27,9 +28,8 @@ class ExportMismatch(RuntimeError):
 def _prompt_logits(model, tokenizer, prompts: list[list[dict]]) -> torch.Tensor:
     rows = []
     for prompt in prompts:
-        ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"]
-        rows.append(model(input_ids=ids.to(model.device)).logits[0].float().cpu())
+        ids = torch.tensor([token_ids(tokenizer, prompt, add_generation_prompt=True)], device=model.device)
+        rows.append(model(input_ids=ids).logits[0].float().cpu())
     return torch.cat(rows)
 
 
@@ -50,18 +50,20 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
                                                 revision=recipe.model.revision)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    expected_logits = _prompt_logits(model, tokenizer, prompts)
-    expected_answers = generate_answers(model, tokenizer, prompts, cfg.check_new_tokens)
+    adapter_logits = _prompt_logits(model, tokenizer, prompts)
+    exact = cfg.dtype == "float32"
+    if exact:
+        expected_answers = generate_answers(model, tokenizer, prompts, cfg.check_new_tokens)
 
     # --- merge; in 16 bits rounding moves logits by more than any useful tolerance, so there the merged model
     # itself becomes the reference for the save/reload check, and its gap to the adapter model is reported.
     merged = model.merge_and_unload()
     merged_logits = _prompt_logits(merged, tokenizer, prompts)
-    merge_diff = (merged_logits - expected_logits).abs().max().item()
-    if cfg.dtype == "float32" and merge_diff > cfg.logits_atol:
+    merge_diff = (merged_logits - adapter_logits).abs().max().item()
+    if exact and merge_diff > cfg.logits_atol:
         raise ExportMismatch(f"merging changed the logits by {merge_diff:.2e} (allowed {cfg.logits_atol:.0e})")
-    if cfg.dtype != "float32":
-        expected_logits = merged_logits
+    expected_logits = adapter_logits if exact else merged_logits
+    if not exact:
         expected_answers = generate_answers(merged, tokenizer, prompts, cfg.check_new_tokens)
     merged.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
@@ -76,7 +78,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     tokenizer.save_pretrained(tmp)  # carries the chat template used in training
     del merged, model, base
 
-    # --- check: reload from disk and compare with the adapter model
+    # --- check: reload from disk and compare with the reference (adapter model in float32, merged model in 16 bits)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).eval()
     reloaded_tokenizer = load_tokenizer(recipe.model.model_copy(update={"name_or_path": str(tmp)}))
     got_logits = _prompt_logits(reloaded, reloaded_tokenizer, prompts)
@@ -90,7 +92,13 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         )
 
     # --- model card, then move into place
-    metrics = {"max_logit_diff": max_diff, "merge_logit_diff": merge_diff, "check_prompts": len(prompts), "dtype": cfg.dtype, "merged_from": str(adapter)}
+    metrics = {
+        "max_logit_diff": max_diff,
+        "merge_logit_diff": merge_diff,
+        "check_prompts": len(prompts),
+        "dtype": cfg.dtype,
+        "merged_from": str(adapter),
+    }
     earlier = {s: read_stage(d)["metrics"] for s, d in inputs.items() if (d / "stage.json").is_file()}
     (tmp / "README.md").write_text(model_card(recipe, policy_stage, earlier, expected_answers, prompts))
     replace_dir(tmp, target)
