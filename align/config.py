@@ -20,9 +20,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
-STAGE_ORDER = ("sft", "reward", "dpo", "eval", "export")
-POLICY_STAGES = ("sft", "dpo")  # stages that produce a chat-model adapter
-StageName = Literal["sft", "reward", "dpo", "eval", "export"]
+STAGE_ORDER = ("sft", "reward", "dpo", "ppo", "eval", "export")
+POLICY_STAGES = ("sft", "dpo", "ppo")  # stages that produce a chat-model adapter
+StageName = Literal["sft", "reward", "dpo", "ppo", "eval", "export"]
 
 
 class RecipeError(ValueError):
@@ -153,6 +153,89 @@ class DPOStage(TrlStage):
     trl_config_name: typing.ClassVar[str] = "DPOConfig"
 
 
+class PPOStage(Section):
+    """Online RL against the reward model: sample answers, score them, clipped PPO updates with a value function,
+    GAE and a per-token KL penalty to the reference (the model the stage starts from)."""
+
+    dataset: DataSource = Field(description="Prompts to answer: prompt, messages, demonstration or preference rows.")
+    steps: int = Field(40, gt=0, description="PPO iterations; each samples one rollout batch and optimises on it.")
+    rollout_batch_size: int = Field(16, gt=0, description="Prompts answered per iteration, per process.")
+    mini_batch_size: int = Field(8, gt=0, description="Responses per optimiser step; divides rollout_batch_size.")
+    ppo_epochs: int = Field(2, gt=0, description="Optimisation passes over each rollout batch.")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of the policy adapter.")
+    value_learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the value adapter and head.")
+    lr_schedule: Literal["constant", "linear"] = Field("linear", description="Learning rates constant or decaying to 0.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping of policy and value parameters.")
+    clip_range: float = Field(0.2, gt=0, description="PPO policy ratio clip: ratios outside 1 +- this get no gradient.")
+    value_clip_range: float = Field(0.2, gt=0, description="Value predictions move at most this far from the old.")
+    kl_coef: float = Field(0.05, ge=0, description="(Initial) weight of the per-token KL penalty to the reference.")
+    kl_controller: Literal["fixed", "adaptive"] = Field("fixed", description="Keep kl_coef, or adapt it to target_kl.")
+    target_kl: float = Field(6.0, gt=0, description="Adaptive controller: the per-response KL (nats) to steer to.")
+    kl_horizon: int = Field(10000, gt=0, description="Adaptive controller: responses over which kl_coef adapts.")
+    max_kl: float | None = Field(None, gt=0, description="Stop early (keeping the last checkpoint) above this KL.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount over response tokens.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda: bias (0) versus variance (1) of advantages.")
+    reward_normalization: Literal["none", "batch", "running"] = Field(
+        "none", description="Scale scores by the batch's or a running mean/std before the KL penalty is added."
+    )
+    reward_clip: float | None = Field(None, gt=0, description="Clip (normalised) scores to +- this.")
+    whiten_advantages: bool = Field(True, description="Normalise advantages to zero mean, unit variance per batch.")
+    max_prompt_length: int = Field(256, gt=0, description="Refuse prompts longer than this many tokens.")
+    max_new_tokens: int = Field(48, gt=0, description="Response length limit in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts (log-probs use it too).")
+    top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0 = off.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
+    missing_eos: Literal["penalty", "zero", "keep"] = Field(
+        "penalty", description="Score of responses cut off before EOS: minus missing_eos_penalty, zero, or as is."
+    )
+    missing_eos_penalty: float = Field(1.0, ge=0, description="Subtracted from cut-off responses' scores.")
+    use_reward_model: bool = Field(True, description="Score with the reward model (this run's, or reward_model_path).")
+    reward_model_path: str | None = Field(
+        None, description="A separate sequence-classification reward model directory (own tokenizer) instead of "
+        "this run's reward stage."
+    )
+    reward_functions: list[str] = Field(
+        default_factory=list, description="Python reward functions 'module:function' or 'file.py:function'."
+    )
+    reward_weights: list[float] | None = Field(
+        None, description="Weights of the reward model then each function, summed into the score; None = all 1."
+    )
+    value_init: Literal["reward", "fresh"] = Field(
+        "reward", description="Value adapter and head start as a copy of the reward model, or fresh."
+    )
+    rollout_cache: Literal["dynamic", "static"] = Field(
+        "dynamic", description="KV cache of rollout generation; static allows compiled decoding on GPU."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    save_steps: int = Field(10, gt=0, description="Checkpoint (adapters, optimiser, RNG, KL state) every N steps.")
+    save_total_limit: int = Field(2, gt=0, description="Keep this many newest checkpoints.")
+    sample_every: int = Field(10, gt=0, description="Write example rollouts to samples.jsonl every N steps.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PPOStage:
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ValueError(
+                f"mini_batch_size {self.mini_batch_size} must divide rollout_batch_size {self.rollout_batch_size}"
+            )
+        if not self.use_reward_model and not self.reward_functions:
+            raise ValueError("no reward: set use_reward_model: true or list reward_functions")
+        if self.reward_model_path and not self.use_reward_model:
+            raise ValueError("reward_model_path is set but use_reward_model is false")
+        sources = int(self.use_reward_model) + len(self.reward_functions)
+        if self.reward_weights is not None and len(self.reward_weights) != sources:
+            raise ValueError(
+                f"reward_weights has {len(self.reward_weights)} entries for {sources} reward sources "
+                f"(the reward model if used, then each reward function)"
+            )
+        if self.value_init == "reward" and (self.reward_model_path or not self.use_reward_model):
+            self.value_init = "fresh"  # only a reward adapter on the shared base can seed the value model
+        from align.reward_functions import load_reward_function
+
+        for spec in self.reward_functions:
+            load_reward_function(spec)  # import now: a typo fails at load time, not after SFT
+        return self
+
+
 class EvalStage(Section):
     dataset: DataSource = Field(
         DataSource(bundled="prefs_test"), description="Held-out rows whose prompts both models answer."
@@ -189,6 +272,7 @@ class Recipe(Section):
     sft: SFTStage | None = Field(None, description="Supervised fine-tuning on demonstrations.")
     reward: RewardStage | None = Field(None, description="Reward model on preference pairs.")
     dpo: DPOStage | None = Field(None, description="Direct preference optimisation on preference pairs.")
+    ppo: PPOStage | None = Field(None, description="PPO against the reward model with a KL penalty.")
     eval: EvalStage = Field(default_factory=EvalStage, description="Reward-model win rate of the final policy.")
     export: ExportStage = Field(default_factory=ExportStage, description="Merged chat model in HF format.")
 
@@ -208,16 +292,22 @@ class Recipe(Section):
             raise ValueError(f"stages: each stage at most once (got {stages})")
         if stages != sorted(stages, key=STAGE_ORDER.index):
             raise ValueError(f"stages: must follow the order {list(STAGE_ORDER)} (got {stages})")
-        for stage in ("sft", "reward", "dpo"):
+        for stage in ("sft", "reward", "dpo", "ppo"):
             if stage in stages and getattr(self, stage) is None:
                 raise ValueError(f"stages lists '{stage}' but the recipe has no '{stage}:' section")
+        if "ppo" in stages and self.ppo.use_reward_model and not self.ppo.reward_model_path and "reward" not in stages:
+            raise ValueError("stage 'ppo' scores with this run's reward model: add 'reward' to stages, or set "
+                             "ppo.reward_model_path / ppo.use_reward_model: false with reward_functions")
         if "eval" in stages:
             if "reward" not in stages:
                 raise ValueError("stage 'eval' scores answers with the reward model: add 'reward' to stages")
             if not any(s in stages for s in POLICY_STAGES):
                 raise ValueError("stage 'eval' compares a trained policy: add 'sft' or 'dpo' to stages")
-            if self.eval.baseline == "sft" and not ("sft" in stages and "dpo" in stages):
-                raise ValueError("eval.baseline 'sft' compares dpo against sft: list both, or set eval.baseline: base")
+            if self.eval.baseline == "sft" and not ("sft" in stages and self.policy_stage() != "sft"):
+                raise ValueError(
+                    "eval.baseline 'sft' compares the final policy (dpo or ppo) against sft: list both, or set "
+                    "eval.baseline: base"
+                )
         if "export" in stages and not any(s in stages for s in POLICY_STAGES):
             raise ValueError("stage 'export' merges a trained chat adapter: add 'sft' or 'dpo' to stages")
         return self
@@ -225,6 +315,11 @@ class Recipe(Section):
     def policy_stage(self) -> str:
         """The last stage whose adapter is the chat model (what eval compares and export merges)."""
         return [s for s in self.stages if s in POLICY_STAGES][-1]
+
+    def starting_policy(self, stage: str) -> str | None:
+        """The policy stage before `stage` whose adapter it continues (dpo and ppo start from sft), if any."""
+        earlier = [s for s in self.stages[: self.stages.index(stage)] if s in POLICY_STAGES]
+        return earlier[-1] if earlier else None
 
 
 # Keys of the TRL configs that align sets itself, with the reason shown to the user.

@@ -223,9 +223,35 @@ def preference(row: dict, where: str) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+ROW_FIELDS = ("prompt", "messages", "completion", "chosen", "rejected")
+
+
+def prompt_row(row: dict, where: str) -> dict:
+    """A prompt for online RL (PPO) from any row that has one: {prompt}, {messages} (a trailing assistant turn is
+    dropped), demonstrations, or preference pairs. Other fields (e.g. a reference answer) ride along for reward
+    functions."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with 'prompt' or 'messages'")
+    if "prompt" in row and row["prompt"] is not None:
+        prompt = _prompt(row, where)
+    elif "messages" in row:
+        prompt = _messages(row["messages"], where, "messages")
+        if prompt[-1]["role"] == "assistant":
+            prompt = prompt[:-1]
+        if not prompt:
+            raise DataError(f"{where}: field 'messages' has no user turn to answer")
+    elif "chosen" in row:
+        prompt = preference(row, where)["prompt"]
+    else:
+        raise DataError(f"{where}: missing field 'prompt' (or 'messages'); has {sorted(row)}")
+    check_turn_order(prompt + [{"role": "assistant", "content": "x"}], where, "prompt")
+    extras = {k: v for k, v in row.items() if k not in ROW_FIELDS and k != ROW_NUMBER}
+    return {"prompt": prompt, **extras}
+
+
 def normalise(rows: list[dict], source_name: str, kind: str) -> list[dict]:
     """Convert every row, collecting the first few errors so the user can fix them in one go."""
-    convert = demonstration if kind == "demonstrations" else preference
+    convert = {"demonstrations": demonstration, "preferences": preference, "prompts": prompt_row}[kind]
     out, errors = [], []
     for index, row in enumerate(rows, start=1):
         number = row.pop(ROW_NUMBER, index) if isinstance(row, dict) else index
@@ -248,6 +274,11 @@ def load_demonstrations(source: DataSource) -> tuple[list[dict], str]:
 def load_preferences(source: DataSource) -> tuple[list[dict], str]:
     rows, where = read_rows(source)
     return normalise(rows, where, "preferences"), where
+
+
+def load_prompts(source: DataSource) -> tuple[list[dict], str]:
+    rows, where = read_rows(source)
+    return normalise(rows, where, "prompts"), where
 
 
 # ------------------------------------------------------------------------------------------------ lengths

@@ -16,13 +16,22 @@ from align.runs import (
 BARRIER_TIMEOUT_HOURS = 3
 
 # What each stage reads from earlier stages (besides the recipe).
-NEEDS = {"sft": (), "reward": (), "dpo": ("sft",), "eval": ("reward", "sft", "dpo"), "export": ("sft", "dpo")}
+NEEDS = {
+    "sft": (),
+    "reward": (),
+    "dpo": ("sft",),
+    "ppo": ("sft", "dpo", "reward"),
+    "eval": ("reward", "sft", "dpo", "ppo"),
+    "export": ("sft", "dpo", "ppo"),
+}
+TRAINING_STAGES = ("sft", "reward", "dpo", "ppo")  # run on every process under accelerate launch
 
 
 def stage_function(stage: str):
-    from align.stages import dpo, evaluate, export, reward, sft
+    from align.stages import dpo, evaluate, export, ppo, reward, sft
 
-    return {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "eval": evaluate.run, "export": export.run}[stage]
+    return {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "ppo": ppo.run, "eval": evaluate.run,
+            "export": export.run}[stage]
 
 
 def select_stages(recipe: Recipe, only: str | None, start: str | None) -> list[str]:
@@ -108,7 +117,7 @@ def run_recipe(recipe: Recipe, only: str | None = None, start: str | None = None
         directory.mkdir(parents=True, exist_ok=True)
         print(f"[{stage}] starting -> {directory}", flush=True)
         started = time.time()
-        trains = stage in ("sft", "reward", "dpo")
+        trains = stage in TRAINING_STAGES
         if trains or state.is_main_process:  # trainers run on every process; eval and export on the main one
             metrics = stage_function(stage)(recipe, directory, dict(inputs))
             if state.is_main_process:
@@ -137,7 +146,15 @@ def summary(recipe: Recipe, records: dict) -> str:
     if "win_rate" in ev:
         lines.append(
             f"  {ev['policy']} win rate vs {ev['baseline']} (reward model, {ev['prompts']} held-out prompts): "
-            f"{ev['win_rate']:.3f}  (mean reward {ev['policy_mean_reward']:.2f} vs {ev['baseline_mean_reward']:.2f})"
+            f"{ev['win_rate']:.3f}  (mean reward {ev['policy_mean_reward']:.2f} vs {ev['baseline_mean_reward']:.2f}; "
+            f"KL from {ev['baseline']} {ev['kl_to_baseline']:.2f} nats per answer)"
+        )
+    ppo = records.get("ppo", {}).get("metrics", {})
+    if "final_kl" in ppo:
+        lines.append(
+            f"  ppo last step: reward {ppo['final_reward_mean']:.3f}, KL to reference {ppo['final_kl']:.3f}, "
+            f"{ppo['final_rollout_tokens_per_second']:.0f} rollout tokens/s"
+            + (f"; stopped early: {ppo['stopped_early']}" if ppo.get("stopped_early") else "")
         )
     if "export" in records:
         model_dir = Path(stage_dir(recipe, "export")) / "model"

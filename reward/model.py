@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 
 def load_reward_model(
     path: str,
@@ -42,3 +44,81 @@ def load_reward_model(
     if not trainable:
         model.eval()
     return model
+
+
+# ------------------------------------------------------------------------------------------------ shared base
+# PPO keeps one frozen base and switches LoRA adapters on it. A reward model trained as a sequence classifier
+# (backbone + LoRA + score head) runs on the causal LM's backbone with its LoRA loaded as one more adapter; the
+# backbone is the same module in both classes, only the head differs.
+
+HEAD_NAMES = ("score", "classifier")
+
+
+class AdapterHead(torch.nn.Module):
+    """A scalar head reading the hidden states of one named LoRA adapter on a shared causal-LM PeftModel."""
+
+    def __init__(self, peft_model, adapter_name: str, head: torch.nn.Linear, pad_token_id: int, trainable: bool):
+        super().__init__()
+        self.peft_model = [peft_model]  # a list: not registered as a submodule, the head owns only itself
+        self.adapter_name, self.head, self.pad_token_id, self.trainable = adapter_name, head, pad_token_id, trainable
+        self.head.requires_grad_(trainable)
+
+    def hidden_states(self, input_ids, attention_mask, position_ids=None):
+        model = self.peft_model[0]
+        model.set_adapter(self.adapter_name, inference_mode=not self.trainable)
+        backbone = model.get_base_model().base_model
+        return backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+
+    def values(self, input_ids, attention_mask, position_ids=None):
+        """A scalar at every position: [batch, sequence]."""
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        """Like AutoModelForSequenceClassification: the score at the rightmost token that is not padding."""
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        per_position = self.values(input_ids, attention_mask)
+        non_pad = (input_ids != self.pad_token_id).int()
+        last = (torch.arange(input_ids.shape[1], device=input_ids.device) * non_pad).argmax(-1)
+        return SequenceClassifierOutput(logits=per_position[torch.arange(len(last)), last].unsqueeze(-1))
+
+
+def attach_reward_adapter(peft_model, adapter_dir: str | Path, adapter_name: str, trainable: bool = False):
+    """Load a reward-stage adapter (LoRA + score head) onto a causal-LM PeftModel as `adapter_name`.
+
+    Returns (head, lora_state) where head is a float32 Linear copy of the score head and lora_state the adapter's
+    LoRA tensors (so a value adapter can start from the same weights)."""
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    config = LoraConfig.from_pretrained(str(adapter_dir))
+    if config.task_type != "SEQ_CLS":
+        raise ValueError(f"{adapter_dir}: not a reward-model adapter (task type {config.task_type}, expected SEQ_CLS)")
+    config.task_type, config.modules_to_save, config.inference_mode = "CAUSAL_LM", None, not trainable
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    head_tensors = {k: v for k, v in tensors.items() if k.split(".")[-2] in HEAD_NAMES}
+    lora_state = {k: v for k, v in tensors.items() if k not in head_tensors}
+    weight = next((v for k, v in head_tensors.items() if k.endswith("weight")), None)
+    if weight is None or weight.shape[0] != 1:
+        raise ValueError(f"{adapter_dir}: no scalar score head among {sorted(head_tensors)}")
+    bias = next((v for k, v in head_tensors.items() if k.endswith("bias")), None)
+    head = torch.nn.Linear(weight.shape[1], 1, bias=bias is not None, device=peft_model.device, dtype=torch.float32)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        if bias is not None:
+            head.bias.copy_(bias)
+    add_lora_adapter(peft_model, adapter_name, config, lora_state, f"{adapter_dir}")
+    return head, lora_state
+
+
+def add_lora_adapter(peft_model, adapter_name: str, config, lora_state: dict, source: str) -> None:
+    """Add a LoRA adapter and load its tensors, refusing tensors that do not fit (a different base model)."""
+    from peft import set_peft_model_state_dict
+
+    peft_model.add_adapter(adapter_name, config)
+    result = set_peft_model_state_dict(peft_model, lora_state, adapter_name=adapter_name)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise ValueError(f"{source}: adapter does not fit this base model (e.g. {unexpected[0]})")

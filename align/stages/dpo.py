@@ -35,8 +35,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     print(f"[dpo] {len(train)} pairs from {where}; {lengths['truncated']} longer than max_length get cut")
 
     # --- model: policy starts from the SFT adapter when there is one
-    sft_adapter = inputs["sft"] / "adapter" if "sft" in inputs else None
-    model = load_policy(recipe, adapter_dir=sft_adapter, gradient_checkpointing=args.gradient_checkpointing)
+    start = recipe.starting_policy("dpo")
+    start_adapter = inputs[start] / "adapter" if start else None
+    model = load_policy(recipe, adapter_dir=start_adapter, gradient_checkpointing=args.gradient_checkpointing)
     sync_special_tokens(model, tokenizer)
 
     # --- trainer
