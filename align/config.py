@@ -20,9 +20,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
-STAGE_ORDER = ("sft", "reward", "dpo", "ppo", "eval", "export")
-POLICY_STAGES = ("sft", "dpo", "ppo")  # stages that produce a chat-model adapter
-StageName = Literal["sft", "reward", "dpo", "ppo", "eval", "export"]
+STAGE_ORDER = ("sft", "reward", "dpo", "ppo", "rloo", "grpo", "eval", "export")
+POLICY_STAGES = ("sft", "dpo", "ppo", "rloo", "grpo")  # stages that produce a chat-model adapter
+ONLINE_STAGES = ("ppo", "rloo", "grpo")  # sample answers and score them with the reward model and/or functions
+StageName = Literal["sft", "reward", "dpo", "ppo", "rloo", "grpo", "eval", "export"]
 
 
 class RecipeError(ValueError):
@@ -153,6 +154,34 @@ class DPOStage(TrlStage):
     trl_config_name: typing.ClassVar[str] = "DPOConfig"
 
 
+class OnlineTrlStage(TrlStage):
+    """RLOO / GRPO through trl: the policy samples several answers per prompt and learns from their relative
+    rewards; the reward is this run's reward model and/or Python functions (weights: trl's reward_weights)."""
+
+    use_reward_model: bool = Field(True, description="Score answers with this run's reward model.")
+    reward_functions: list[str] = Field(
+        default_factory=list, description="Python reward functions 'module:function' or 'file.py:function'."
+    )
+
+    @model_validator(mode="after")
+    def _check_rewards(self) -> OnlineTrlStage:
+        if not self.use_reward_model and not self.reward_functions:
+            raise ValueError("no reward: set use_reward_model: true or list reward_functions")
+        from align.reward_functions import load_reward_function
+
+        for spec in self.reward_functions:
+            load_reward_function(spec)
+        return self
+
+
+class RLOOStage(OnlineTrlStage):
+    trl_config_name: typing.ClassVar[str] = "RLOOConfig"
+
+
+class GRPOStage(OnlineTrlStage):
+    trl_config_name: typing.ClassVar[str] = "GRPOConfig"
+
+
 class PPOStage(Section):
     """Online RL against the reward model: sample answers, score them, clipped PPO updates with a value function,
     GAE and a per-token KL penalty to the reference (the model the stage starts from)."""
@@ -273,6 +302,8 @@ class Recipe(Section):
     reward: RewardStage | None = Field(None, description="Reward model on preference pairs.")
     dpo: DPOStage | None = Field(None, description="Direct preference optimisation on preference pairs.")
     ppo: PPOStage | None = Field(None, description="PPO against the reward model with a KL penalty.")
+    rloo: RLOOStage | None = Field(None, description="REINFORCE leave-one-out (trl RLOOTrainer).")
+    grpo: GRPOStage | None = Field(None, description="Group relative policy optimisation (trl GRPOTrainer).")
     eval: EvalStage = Field(default_factory=EvalStage, description="Reward-model win rate of the final policy.")
     export: ExportStage = Field(default_factory=ExportStage, description="Merged chat model in HF format.")
 
@@ -292,12 +323,17 @@ class Recipe(Section):
             raise ValueError(f"stages: each stage at most once (got {stages})")
         if stages != sorted(stages, key=STAGE_ORDER.index):
             raise ValueError(f"stages: must follow the order {list(STAGE_ORDER)} (got {stages})")
-        for stage in ("sft", "reward", "dpo", "ppo"):
+        for stage in ("sft", "reward", "dpo", *ONLINE_STAGES):
             if stage in stages and getattr(self, stage) is None:
                 raise ValueError(f"stages lists '{stage}' but the recipe has no '{stage}:' section")
-        if "ppo" in stages and self.ppo.use_reward_model and not self.ppo.reward_model_path and "reward" not in stages:
-            raise ValueError("stage 'ppo' scores with this run's reward model: add 'reward' to stages, or set "
-                             "ppo.reward_model_path / ppo.use_reward_model: false with reward_functions")
+        for stage in ONLINE_STAGES:
+            section = getattr(self, stage)
+            if stage in stages and section.use_reward_model and not getattr(section, "reward_model_path", None):
+                if "reward" not in stages:
+                    raise ValueError(
+                        f"stage '{stage}' scores with this run's reward model: add 'reward' to stages, or set "
+                        f"{stage}.use_reward_model: false and list reward_functions"
+                    )
         if "eval" in stages:
             if "reward" not in stages:
                 raise ValueError("stage 'eval' scores answers with the reward model: add 'reward' to stages")
@@ -305,7 +341,7 @@ class Recipe(Section):
                 raise ValueError("stage 'eval' compares a trained policy: add 'sft' or 'dpo' to stages")
             if self.eval.baseline == "sft" and not ("sft" in stages and self.policy_stage() != "sft"):
                 raise ValueError(
-                    "eval.baseline 'sft' compares the final policy (dpo or ppo) against sft: list both, or set "
+                    "eval.baseline 'sft' compares the final policy (dpo, ppo, rloo, grpo) against sft: list both, or set "
                     "eval.baseline: base"
                 )
         if "export" in stages and not any(s in stages for s in POLICY_STAGES):

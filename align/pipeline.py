@@ -9,7 +9,7 @@ from pathlib import Path
 
 from align.config import Recipe, RecipeError, recipe_to_yaml
 from align.runs import (
-    finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, trl_args, versions,
+    TRL_STAGES, finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, trl_args, versions,
     write_json_atomic, write_text_atomic,
 )
 
@@ -21,17 +21,19 @@ NEEDS = {
     "reward": (),
     "dpo": ("sft",),
     "ppo": ("sft", "dpo", "reward"),
-    "eval": ("reward", "sft", "dpo", "ppo"),
-    "export": ("sft", "dpo", "ppo"),
+    "rloo": ("sft", "dpo", "ppo", "reward"),
+    "grpo": ("sft", "dpo", "ppo", "rloo", "reward"),
+    "eval": ("reward", "sft", "dpo", "ppo", "rloo", "grpo"),
+    "export": ("sft", "dpo", "ppo", "rloo", "grpo"),
 }
-TRAINING_STAGES = ("sft", "reward", "dpo", "ppo")  # run on every process under accelerate launch
+TRAINING_STAGES = ("sft", "reward", "dpo", "ppo", "rloo", "grpo")  # run on every process under accelerate launch
 
 
 def stage_function(stage: str):
-    from align.stages import dpo, evaluate, export, ppo, reward, sft
+    from align.stages import dpo, evaluate, export, group_rl, ppo, reward, sft
 
-    return {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "ppo": ppo.run, "eval": evaluate.run,
-            "export": export.run}[stage]
+    return {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "ppo": ppo.run, "rloo": group_rl.run_rloo,
+            "grpo": group_rl.run_grpo, "eval": evaluate.run, "export": export.run}[stage]
 
 
 def select_stages(recipe: Recipe, only: str | None, start: str | None) -> list[str]:
@@ -68,7 +70,7 @@ def plan(recipe: Recipe, only: str | None = None, start: str | None = None) -> l
         else:
             steps.append((stage, "redo" if finished else "run"))
     for stage, action in steps:
-        if action != "skip" and stage in ("sft", "reward", "dpo"):
+        if action != "skip" and stage in TRL_STAGES:
             trl_args(recipe, stage, stage_dir(recipe, stage))  # TRL's own checks, before anything trains
     will_exist = {s for s, action in steps if action != "skip" or is_finished(stage_dir(recipe, s))}
     for stage, action in steps:

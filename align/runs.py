@@ -150,7 +150,11 @@ def trainer_defaults(recipe: Recipe, directory: Path) -> dict:
     }
 
 
-TRL_EXTRA_DEFAULTS = {"sft": {"completion_only_loss": True}, "reward": {}, "dpo": {}}
+# LoRA takes larger steps than trl's full-fine-tuning default of 1e-6 for online RL; answers stay short on CPU.
+ONLINE_DEFAULTS = {"learning_rate": 1e-5, "max_completion_length": 128}
+TRL_EXTRA_DEFAULTS = {"sft": {"completion_only_loss": True}, "reward": {}, "dpo": {}, "rloo": ONLINE_DEFAULTS,
+                      "grpo": ONLINE_DEFAULTS}
+TRL_STAGES = tuple(TRL_EXTRA_DEFAULTS)
 
 
 def trl_args(recipe: Recipe, stage: str, directory: Path):
@@ -158,7 +162,8 @@ def trl_args(recipe: Recipe, stage: str, directory: Path):
     stage before the first one trains, so TRL's own cross-field checks fail at start, not mid-run."""
     import trl
 
-    cls = {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig}[stage]
+    cls = {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig, "rloo": trl.RLOOConfig,
+           "grpo": trl.GRPOConfig}[stage]
     section = getattr(recipe, stage)
     try:
         return cls(**{**trainer_defaults(recipe, directory), **TRL_EXTRA_DEFAULTS[stage], **section.trl_args})

@@ -14,8 +14,10 @@ from tests.conftest import tiny_recipe
 
 
 @pytest.mark.multiprocess
-def test_two_processes_run_sft_reward_dpo(tiny_llama, tmp_path):
-    recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["sft", "reward", "dpo", "export"])
+def test_two_processes_run_sft_reward_dpo_ppo(tiny_llama, tmp_path):
+    ppo = {"dataset": {"bundled": "prefs_train", "limit": 16}, "steps": 2, "rollout_batch_size": 2,
+           "mini_batch_size": 2, "max_new_tokens": 6, "save_steps": 1}
+    recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["sft", "reward", "dpo", "ppo", "export"], ppo=ppo)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     # accelerate's --cpu means one process; the torchrun launcher (--multi_gpu) falls back to gloo DDP on CPU.
@@ -26,9 +28,13 @@ def test_two_processes_run_sft_reward_dpo(tiny_llama, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     run = tmp_path / "runs" / "tiny"
-    for stage in ("sft", "reward", "dpo", "export"):
+    for stage in ("sft", "reward", "dpo", "ppo", "export"):
         assert (run / stage / "stage.json").is_file(), f"{stage} did not finish"
     # 4 steps x 2 rows per process x 2 processes = 16 rows = 2 epochs of the 8 rows; one process would do 1 epoch.
     last = [json.loads(line) for line in (run / "sft" / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["epoch"] == pytest.approx(2.0)
     assert json.loads((run / "export" / "stage.json").read_text())["metrics"]["max_logit_diff"] <= 1e-3
+    # PPO: both processes sampled their own prompts, saved their RNG in every checkpoint, and stayed in step.
+    assert json.loads((run / "ppo" / "stage.json").read_text())["metrics"]["processes"] == 2
+    assert sorted(p.name for p in (run / "ppo/checkpoints/step-2").iterdir()) == ["rng-0.pt", "rng-1.pt", "state.pt"]
+    assert [r["step"] for r in map(json.loads, (run / "ppo" / "metrics.jsonl").read_text().splitlines())] == [1, 2]

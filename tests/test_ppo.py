@@ -235,3 +235,23 @@ def test_overlong_prompts_are_refused_before_loading_the_model(tiny_llama, tmp_p
            "reward_functions": ["tests.toy_rewards:letter_e_fraction"]}
     with pytest.raises(DataError, match="max_prompt_length=5"):
         run_recipe(parse_recipe(tiny_recipe(tiny_llama, tmp_path, ["ppo"], ppo=ppo)))
+
+
+@pytest.mark.parametrize("stage", ["rloo", "grpo"])
+def test_trl_online_stages_use_the_reward_model_and_functions(tiny_llama, tmp_path, stage):
+    section = {"dataset": {"bundled": "prefs_train", "limit": 8}, "max_steps": 2, "per_device_train_batch_size": 4,
+               "num_generations": 2, "max_completion_length": 6, "logging_steps": 1, "learning_rate": 1e-3,
+               "beta": 0.05, "reward_functions": ["tests.toy_rewards:letter_e_fraction"], "reward_weights": [1.0, 2.0]}
+    recipe = parse_recipe(tiny_recipe(tiny_llama, tmp_path / "runs", ["sft", "reward", stage], **{stage: section}))
+    records = run_recipe(recipe)
+    run = tmp_path / "runs/tiny"
+    rows = metric_rows(run / stage)
+    assert {"rewards/reward_model/mean", "rewards/letter_e_fraction/mean", "kl"} <= rows[0].keys()
+    # trl sums the weighted rewards: reward = 1 * reward model + 2 * letter_e_fraction
+    weighted = rows[0]["rewards/reward_model/mean"] + 2 * rows[0]["rewards/letter_e_fraction/mean"]
+    assert rows[0]["reward"] == pytest.approx(weighted, abs=1e-4)
+    sft = load_file(run / "sft/adapter/adapter_model.safetensors")
+    tuned = load_file(run / stage / "adapter/adapter_model.safetensors")
+    assert sft.keys() == tuned.keys(), "the saved adapter is the policy alone (not trl's 'ref' copy)"
+    assert any(not torch.equal(sft[k], tuned[k]) for k in sft)
+    assert math.isfinite(records[stage]["metrics"]["final_reward"])

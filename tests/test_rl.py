@@ -105,3 +105,23 @@ def test_prompt_order_covers_each_prompt_once_per_pass_across_processes():
     seen = [i for step in range(2) for rank in range(2) for i in prompt_indices(step, 8, 2, seed=3, rank=rank, world=2)]
     assert sorted(seen) == list(range(8))
     assert prompt_indices(5, 8, 2, 3, 1, 2) == prompt_indices(5, 8, 2, 3, 1, 2)  # a pure function of the step
+
+
+def test_prompt_rows_from_every_layout():
+    from align.data import DataError, normalise
+
+    rows = [
+        {"prompt": "What is 2 + 2?", "expected": "4"},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+        {"prompt": "Q", "chosen": "good", "rejected": "bad"},
+        {"chosen": "\n\nHuman: Q2\n\nAssistant: good", "rejected": "\n\nHuman: Q2\n\nAssistant: bad"},
+    ]
+    prompts = normalise(rows, "p.jsonl", "prompts")
+    assert prompts[0] == {"prompt": [{"role": "user", "content": "What is 2 + 2?"}], "expected": "4"}
+    assert prompts[1] == {"prompt": [{"role": "user", "content": "Hi"}]}  # the demonstration's answer is dropped
+    assert prompts[2]["prompt"] == [{"role": "user", "content": "Q"}] and "chosen" not in prompts[2]
+    assert prompts[3]["prompt"] == [{"role": "user", "content": "Q2"}]
+    with pytest.raises(DataError, match=r"p.jsonl: row 1: missing field 'prompt'"):
+        normalise([{"question": "?"}], "p.jsonl", "prompts")
+    with pytest.raises(DataError, match=r"row 1: field 'messages' has no user turn"):
+        normalise([{"messages": [{"role": "assistant", "content": "x"}]}], "p.jsonl", "prompts")
