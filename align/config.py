@@ -193,7 +193,7 @@ class PPOStage(Section):
     ppo_epochs: int = Field(2, gt=0, description="Optimisation passes over each rollout batch.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of the policy adapter.")
     value_learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the value adapter and head.")
-    lr_schedule: Literal["constant", "linear"] = Field("linear", description="Learning rates constant or decaying to 0.")
+    lr_schedule: Literal["constant", "linear"] = Field("linear", description="Constant rates, or decaying to 0.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping of policy and value parameters.")
     clip_range: float = Field(0.2, gt=0, description="PPO policy ratio clip: ratios outside 1 +- this get no gradient.")
     value_clip_range: float = Field(0.2, gt=0, description="Value predictions move at most this far from the old.")
@@ -341,8 +341,8 @@ class Recipe(Section):
                 raise ValueError("stage 'eval' compares a trained policy: add 'sft' or 'dpo' to stages")
             if self.eval.baseline == "sft" and not ("sft" in stages and self.policy_stage() != "sft"):
                 raise ValueError(
-                    "eval.baseline 'sft' compares the final policy (dpo, ppo, rloo, grpo) against sft: list both, or set "
-                    "eval.baseline: base"
+                    "eval.baseline 'sft' compares the final policy (dpo, ppo, rloo, grpo) against sft: list both, "
+                    "or set eval.baseline: base"
                 )
         if "export" in stages and not any(s in stages for s in POLICY_STAGES):
             raise ValueError("stage 'export' merges a trained chat adapter: add 'sft' or 'dpo' to stages")

@@ -87,5 +87,6 @@ def mask_after_eos(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """1 up to and including the first EOS of each row (the whole row when there is none), 0 after."""
     is_eos = responses == eos_token_id
     steps = responses.shape[1]
-    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], steps - 1, dtype=torch.long))
+    no_eos = torch.full_like(is_eos[:, 0], steps - 1, dtype=torch.long)
+    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), no_eos)
     return (torch.arange(steps, device=responses.device)[None, :] <= first_eos[:, None]).long()

@@ -124,6 +124,16 @@ def load_kwargs(model: ModelSection, quantization: QuantizationSection) -> dict:
     return kwargs
 
 
+def on_this_process_device(model):
+    """Move a model loaded without a device_map (not 4-bit) to this process's device; trainers do this themselves,
+    the stages that run models directly (PPO, eval) call this."""
+    from accelerate import PartialState
+
+    if getattr(model, "hf_device_map", None) is None:
+        model.to(PartialState().device)
+    return model
+
+
 def load_tokenizer(model: ModelSection):
     """The tokenizer with the chat template every stage uses, a pad token, and right padding for training."""
     from transformers import AutoTokenizer

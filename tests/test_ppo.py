@@ -92,7 +92,8 @@ def test_ppo_continues_sft_and_reports_every_step(chatgpt_run):
     rows = metric_rows(run / "ppo")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["kl"] == 0.0, "the reference is the SFT adapter the policy starts from"
-    sft, ppo = load_file(run / "sft/adapter/adapter_model.safetensors"), load_file(run / "ppo/adapter/adapter_model.safetensors")
+    sft = load_file(run / "sft/adapter/adapter_model.safetensors")
+    ppo = load_file(run / "ppo/adapter/adapter_model.safetensors")
     assert sft.keys() == ppo.keys()
     assert any(not torch.equal(sft[k], ppo[k]) for k in sft), "PPO must move the policy away from SFT"
     assert sorted(p.name for p in (run / "ppo/checkpoints").glob("step-*")) == ["step-2", "step-4"]

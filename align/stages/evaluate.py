@@ -15,7 +15,7 @@ import torch
 from align.config import Recipe
 from align.data import load_preferences, token_ids
 from align.generation import generate_answers
-from align.models import load_kwargs, load_tokenizer, resolve_model_path
+from align.models import load_kwargs, load_tokenizer, on_this_process_device, resolve_model_path
 from reward import load_reward_model, score_conversations, win_rate
 
 
@@ -36,14 +36,14 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # --- models
     path = resolve_model_path(recipe.model.name_or_path)
     kwargs = load_kwargs(recipe.model, recipe.quantization)
-    base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    base = on_this_process_device(AutoModelForCausalLM.from_pretrained(path, **kwargs))
     chat = PeftModel.from_pretrained(base, str(inputs[policy_stage] / "adapter"), adapter_name="policy")
     if cfg.baseline == "sft":
         chat.load_adapter(str(inputs["sft"] / "adapter"), adapter_name="baseline")
     chat.eval()
-    reward_model = load_reward_model(
+    reward_model = on_this_process_device(load_reward_model(
         path, kwargs, tokenizer.pad_token_id, adapter_dir=inputs["reward"] / "adapter", trainable=False
-    )
+    ))
 
     # --- generate and score
     answers = {}

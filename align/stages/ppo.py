@@ -28,7 +28,10 @@ import torch
 from align.config import ModelSection, Recipe
 from align.data import DataError, load_prompts, token_ids
 from align.generation import sample_responses
-from align.models import load_kwargs, load_tokenizer, lora_config, resolve_model_path, sync_special_tokens, torch_dtype
+from align.models import (
+    load_kwargs, load_tokenizer, lora_config, on_this_process_device, resolve_model_path, sync_special_tokens,
+    torch_dtype,
+)
 from align.reward_functions import call_reward_function, load_reward_function
 from align.rl import (
     AdaptiveKLController, FixedKLController, RunningMoments, entropy_from_logits, gae, masked_mean, masked_whiten,
@@ -249,7 +252,7 @@ def load_roles(recipe: Recipe, inputs: dict, tokenizer):
     cfg = recipe.ppo
     path = resolve_model_path(recipe.model.name_or_path)
     kwargs = load_kwargs(recipe.model, recipe.quantization)
-    base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    base = on_this_process_device(AutoModelForCausalLM.from_pretrained(path, **kwargs))
     if recipe.quantization.load_in_4bit:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
