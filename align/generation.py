@@ -64,19 +64,27 @@ def sample_responses(model, prompt_ids: list[list[int]], pad_token_id: int, eos_
     inference server) can replace `generate` here without touching the PPO update. Returns (prompt_ids,
     prompt_mask, response_ids, response_mask): tokens after the first EOS are padding and masked out; the EOS
     itself is part of the response, so ending is learned."""
+    from transformers import GenerationConfig
+
     input_ids, attention = left_pad(prompt_ids, pad_token_id, next(model.parameters()).device)
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention,
+    # A fresh config: the model's own (repetition_penalty, top_k=50, min_p, ...) would make the samples come from
+    # another distribution than the one whose log-probs PPO computes.
+    config = GenerationConfig(
         do_sample=True,
         temperature=temperature,
-        top_k=top_k,  # 0 = off (the generation config's default of 50 would silently truncate)
+        top_k=top_k,  # 0 = off
         top_p=top_p,
         max_new_tokens=max_new_tokens,
         pad_token_id=pad_token_id,
         eos_token_id=eos_token_id,
         cache_implementation=None if cache == "dynamic" else cache,
     )
+    was_training = model.training
+    model.eval()  # with gradient checkpointing, train mode would switch the KV cache off
+    try:
+        output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
+    finally:
+        model.train(was_training)
     responses = output[:, input_ids.shape[1] :]
     response_mask = mask_after_eos(responses, eos_token_id)
     responses = responses.masked_fill(response_mask == 0, pad_token_id)

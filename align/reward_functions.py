@@ -70,8 +70,11 @@ def call_reward_function(function: Callable, name: str, prompts: list[list[dict]
         raise RewardFunctionError(f"reward function '{name}' returned {got} values for {len(texts)} completions")
     out = []
     for i, score in enumerate(scores):
-        value = 0.0 if score is None else score
-        if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        try:
+            value = 0.0 if score is None else float(score)  # numpy and 0-d tensor scalars convert too
+        except (TypeError, ValueError):
+            value = math.nan
+        if isinstance(score, (str, bytes)) or not math.isfinite(value):
             raise RewardFunctionError(f"reward function '{name}': value {i} is {score!r}, expected a finite number")
-        out.append(float(value))
+        out.append(value)
     return out

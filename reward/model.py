@@ -72,7 +72,8 @@ class AdapterHead(torch.nn.Module):
     def values(self, input_ids, attention_mask, position_ids=None):
         """A scalar at every position: [batch, sequence]."""
         hidden = self.hidden_states(input_ids, attention_mask, position_ids)
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # a float32 head stays float32 under bf16 autocast
+            return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
     def forward(self, input_ids, attention_mask=None, **_):
         """Like AutoModelForSequenceClassification: the score at the rightmost token that is not padding."""

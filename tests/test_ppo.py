@@ -164,10 +164,12 @@ def test_reward_function_reads_dataset_columns(tiny_llama, tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": f"Repeat the number {n}.", "expected": n}) + "\n"
                                for n in range(8)))
     ppo = {"dataset": str(prompts), "steps": 2, "rollout_batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 4,
-           "use_reward_model": False, "reward_functions": ["tests.toy_rewards:says_expected"]}
+           "use_reward_model": False, "reward_functions": ["tests.toy_rewards:says_expected"],
+           "gradient_checkpointing": True}
     recipe = parse_recipe(tiny_recipe(tiny_llama, tmp_path / "runs", ["ppo"], ppo=ppo))
     metrics = run_recipe(recipe)["ppo"]["metrics"]
     assert metrics["steps"] == 2 and math.isfinite(metrics["final_reward_mean"])
+    assert metric_rows(tmp_path / "runs/tiny/ppo")[0]["kl"] == 0.0  # no dropout: train mode changes nothing
 
 
 def test_interrupted_ppo_resumes_on_the_same_trajectory(tiny_llama, tmp_path):

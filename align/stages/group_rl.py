@@ -1,7 +1,8 @@
 """RLOO and GRPO through trl (RLOOTrainer, GRPOTrainer): several sampled answers per prompt, each rewarded
 relative to the others, so no value model is needed.
 
-The policy continues the previous policy stage's adapter (trl keeps a frozen 'ref' copy of it for the KL term);
+The policy continues the previous policy stage's adapter; with a KL term (`beta` > 0: RLOO's default 0.05, GRPO's
+default is 0, no reference) trl keeps a frozen 'ref' copy of that adapter as the reference;
 the reward is this run's reward model, wrapped as a trl reward function that scores the decoded conversation
 exactly as in reward training, plus any Python reward functions. Unlike PPO the reward model here is a second
 copy of the base (trl calls reward functions outside the policy model).
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from align.config import Recipe
 from align.data import load_prompts, to_dataset
-from align.models import load_kwargs, load_policy, load_tokenizer, resolve_model_path, sync_special_tokens
+from align.models import (
+    load_kwargs, load_policy, load_tokenizer, on_this_process_device, resolve_model_path, sync_special_tokens,
+)
 from align.reward_functions import call_reward_function, load_reward_function
 from align.runs import last_checkpoint, metrics_callback, save_adapter, trl_args
 from reward import load_reward_model, score_conversations
@@ -47,10 +50,10 @@ def run(recipe: Recipe, out: Path, inputs: dict, stage: str, trainer_class) -> d
     # --- rewards
     reward_funcs = []
     if cfg.use_reward_model:
-        reward_model = load_reward_model(
+        reward_model = on_this_process_device(load_reward_model(
             resolve_model_path(recipe.model.name_or_path), load_kwargs(recipe.model, recipe.quantization),
             tokenizer.pad_token_id, adapter_dir=inputs["reward"] / "adapter", trainable=False,
-        )
+        ))  # trl moves reward models it recognises; this one is wrapped in a function
         reward_funcs.append(reward_model_function(reward_model, tokenizer, args.per_device_train_batch_size))
     reward_funcs += [trl_reward_function(spec) for spec in cfg.reward_functions]
 

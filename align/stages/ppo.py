@@ -74,6 +74,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     value_params += list(value_model.head.parameters())
     for p in policy_params + value_params:
         p.requires_grad_(True)
+    broadcast_from_main(policy_params + value_params, state)  # every process starts from the same weights
     optimizer = torch.optim.AdamW(
         [{"params": policy_params, "lr": cfg.learning_rate}, {"params": value_params, "lr": cfg.value_learning_rate}],
         eps=1e-5,
@@ -92,8 +93,11 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, model, value_model, optimizer, scheduler, kl_controller, moments,
                                      state.process_index)
-        trim_log(out / "metrics.jsonl", start_step)
-        print(f"[ppo] resuming from {checkpoint} at step {start_step}")
+        if state.is_main_process:
+            trim_log(out / "metrics.jsonl", start_step)
+            trim_log(out / "samples.jsonl", start_step)
+            print(f"[ppo] resuming from {checkpoint} at step {start_step}")
+        state.wait_for_everyone()
 
     # --- train
     metrics, stopped = {}, None
@@ -219,25 +223,29 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         # checkpoint; stop when the policy runs away from the reference
         if cfg.max_kl is not None and metrics["kl"] > cfg.max_kl:
             stopped = f"KL {metrics['kl']:.2f} exceeded ppo.max_kl={cfg.max_kl} at step {step + 1}"
-            print(f"[ppo] stopping early: {stopped}; keeping the checkpoint before it")
+            print(f"[ppo] stopping early: {stopped}")
             break
         if (step + 1) % cfg.save_steps == 0 or step + 1 == cfg.steps:
             save_checkpoint(out, step + 1, model, value_model, optimizer, scheduler, kl_controller, moments, state,
                             cfg.save_total_limit)
 
     # --- save the policy adapter (the newest checkpoint's when stopped early)
+    steps_done = step + 1 if metrics else start_step
     if stopped:
         last = newest_checkpoint(out)
         if last is not None:
-            load_checkpoint(last, model, value_model, optimizer, scheduler, kl_controller, moments,
-                            state.process_index)
+            steps_done = load_checkpoint(last, model, value_model, optimizer, scheduler, kl_controller, moments,
+                                         state.process_index)
+            print(f"[ppo] keeping the policy of {last}")
+        else:
+            print("[ppo] no checkpoint before the stop: keeping the policy as it was when it stopped")
     if state.is_main_process:
         tmp = temp_dir_for(out / "adapter")
         model.save_pretrained(tmp, selected_adapters=["default"])
         tokenizer.save_pretrained(tmp)
         replace_dir(tmp, out / "adapter")
     state.wait_for_everyone()
-    return {**{f"final_{k}": v for k, v in metrics.items()}, "steps": step + 1 if metrics else start_step,
+    return {**{f"final_{k}": v for k, v in metrics.items()}, "steps": steps_done,
             "prompts": len(rows), "stopped_early": stopped, "processes": state.num_processes}
 
 
@@ -264,7 +272,11 @@ def load_roles(recipe: Recipe, inputs: dict, tokenizer):
     else:
         model = get_peft_model(base, lora_config(recipe.lora, "CAUSAL_LM"))
     sync_special_tokens(model, tokenizer)
-    model.eval()  # no dropout: old and new log-probs must agree before the first update
+    # Train mode (gradient checkpointing acts only there) with every dropout off: old and new log-probs must agree.
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.train()
 
     hidden = model.get_base_model().config.get_text_config().hidden_size
     device = next(model.parameters()).device
@@ -314,12 +326,16 @@ def response_logprobs(model, adapter: str, sequences, attention, responses, cont
                       with_entropy: bool = False):
     """log p(response token) under one role, from the hidden states that predict each response token."""
     with use_adapter(model, adapter):
-        base = model.get_base_model()
-        hidden = base.base_model(input_ids=sequences, attention_mask=attention,
-                                 position_ids=position_ids(attention)).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, context - 1 : -1]) / temperature
+        # The model's own forward, so any final logit processing (soft-capping, scaling) is the one generate saw;
+        # logits_to_keep computes the LM head only at the positions that predict response tokens.
+        steps = sequences.shape[1] - context
+        logits = model(input_ids=sequences, attention_mask=attention, position_ids=position_ids(attention),
+                       logits_to_keep=steps + 1, use_cache=False).logits[:, :-1] / temperature
     logprobs = token_logprobs(logits, responses)
-    return logprobs, entropy_from_logits(logits) if with_entropy else None
+    if not with_entropy:
+        return logprobs, None
+    with torch.no_grad():
+        return logprobs, entropy_from_logits(logits.detach())
 
 
 def response_values(value_model: AdapterHead, sequences, attention, context: int) -> torch.Tensor:
@@ -359,6 +375,16 @@ def average_gradients(params: list[torch.Tensor], state) -> None:
     for p, g in zip(params, grads):
         p.grad = flat[offset : offset + g.numel()].view_as(g).to(p.dtype)
         offset += g.numel()
+
+
+def broadcast_from_main(params: list[torch.Tensor], state) -> None:
+    if state.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
 
 
 def mean_over_processes(values: dict, state) -> dict:
