@@ -101,15 +101,15 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return loss, stats
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at every position."""
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = False):
+    """log p(token) under logits at each position ([batch, steps, vocab] x [batch, steps] -> [batch, steps]), and
+    the entropy of each position's distribution (no gradient) when asked; one log-softmax serves both."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under logits, for each position: [batch, steps, vocab] x [batch, steps] -> [batch, steps]."""
-    return torch.gather(torch.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+    chosen = torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return chosen, None
+    with torch.no_grad():
+        return chosen, -(logp.exp() * logp).sum(-1)
 
 
 class FixedKLController:

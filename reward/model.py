@@ -90,14 +90,10 @@ def attach_reward_adapter(peft_model, adapter_dir: str | Path, adapter_name: str
 
     Returns (head, lora_state) where head is a float32 Linear copy of the score head and lora_state the adapter's
     LoRA tensors (so a value adapter can start from the same weights)."""
-    from peft import LoraConfig
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
-    config = LoraConfig.from_pretrained(str(adapter_dir))
-    if config.task_type != "SEQ_CLS":
-        raise ValueError(f"{adapter_dir}: not a reward-model adapter (task type {config.task_type}, expected SEQ_CLS)")
-    config.task_type, config.modules_to_save, config.inference_mode = "CAUSAL_LM", None, not trainable
+    config = reward_lora_on_causal_lm(adapter_dir, trainable)
     tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
     head_tensors = {k: v for k, v in tensors.items() if k.split(".")[-2] in HEAD_NAMES}
     lora_state = {k: v for k, v in tensors.items() if k not in head_tensors}
@@ -112,6 +108,17 @@ def attach_reward_adapter(peft_model, adapter_dir: str | Path, adapter_name: str
             head.bias.copy_(bias)
     add_lora_adapter(peft_model, adapter_name, config, lora_state, f"{adapter_dir}")
     return head, lora_state
+
+
+def reward_lora_on_causal_lm(adapter_dir: str | Path, trainable: bool):
+    """The LoRA config of a reward-stage adapter, as an adapter of the causal LM's backbone (no score head)."""
+    from peft import LoraConfig
+
+    config = LoraConfig.from_pretrained(str(adapter_dir))
+    if config.task_type != "SEQ_CLS":
+        raise ValueError(f"{adapter_dir}: not a reward-model adapter (task type {config.task_type}, expected SEQ_CLS)")
+    config.task_type, config.modules_to_save, config.inference_mode = "CAUSAL_LM", None, not trainable
+    return config
 
 
 def add_lora_adapter(peft_model, adapter_name: str, config, lora_state: dict, source: str) -> None:

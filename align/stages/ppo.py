@@ -34,12 +34,12 @@ from align.models import (
 )
 from align.reward_functions import call_reward_function, load_reward_function
 from align.rl import (
-    AdaptiveKLController, FixedKLController, RunningMoments, entropy_from_logits, gae, masked_mean, masked_whiten,
+    AdaptiveKLController, FixedKLController, RunningMoments, gae, masked_mean, masked_whiten,
     per_token_rewards, policy_loss, token_logprobs, value_loss,
 )
 from align.runs import replace_dir, temp_dir_for, write_json_atomic
 from reward import AdapterHead, attach_reward_adapter, score_conversations
-from reward.model import add_lora_adapter
+from reward.model import add_lora_adapter, reward_lora_on_causal_lm
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -294,10 +294,7 @@ def load_roles(recipe: Recipe, inputs: dict, tokenizer):
         reward_model.requires_grad_(False)
 
     if cfg.value_init == "reward" and reward_lora is not None:
-        from peft import LoraConfig
-
-        config = LoraConfig.from_pretrained(str(inputs["reward"] / "adapter"))
-        config.task_type, config.modules_to_save, config.inference_mode = "CAUSAL_LM", None, False
+        config = reward_lora_on_causal_lm(inputs["reward"] / "adapter", trainable=True)
         add_lora_adapter(model, "value", config, reward_lora, "value adapter")
         head = copy.deepcopy(reward_model.head)
     else:
@@ -331,11 +328,7 @@ def response_logprobs(model, adapter: str, sequences, attention, responses, cont
         steps = sequences.shape[1] - context
         logits = model(input_ids=sequences, attention_mask=attention, position_ids=position_ids(attention),
                        logits_to_keep=steps + 1, use_cache=False).logits[:, :-1] / temperature
-    logprobs = token_logprobs(logits, responses)
-    if not with_entropy:
-        return logprobs, None
-    with torch.no_grad():
-        return logprobs, entropy_from_logits(logits.detach())
+    return token_logprobs(logits, responses, with_entropy)
 
 
 def response_values(value_model: AdapterHead, sequences, attention, context: int) -> torch.Tensor:
@@ -354,10 +347,13 @@ def prompt_indices(step: int, rows: int, batch: int, seed: int, rank: int, world
     """The prompts process `rank` answers at `step`: a seeded shuffle per pass over the data, dealt out in order.
     A pure function of the step, so a resumed run continues with exactly the prompts it would have seen."""
     per_step = batch * world
+    orders: dict[int, list[int]] = {}
     out = []
     for position in range(step * per_step + rank * batch, step * per_step + (rank + 1) * batch):
         epoch, index = divmod(position, rows)
-        out.append(int(torch.randperm(rows, generator=torch.Generator().manual_seed(seed + epoch))[index]))
+        if epoch not in orders:
+            orders[epoch] = torch.randperm(rows, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        out.append(orders[epoch][index])
     return out
 
 
