@@ -1,7 +1,12 @@
-"""Terminal chat with a model directory (an export, a run directory, or any Hugging Face causal LM)."""
+"""Chat models: terminal chat (`align chat`), and the models that answer in the labelling app and the arena.
+
+A model is named by any of: `embedded`, a hub id, a model directory, an export, a run directory (its export,
+else its final policy adapter on the base), or one stage of a run (`runs/quickstart/sft`: that adapter).
+"""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 
@@ -62,3 +67,83 @@ def chat(target: str, system: str | None, max_new_tokens: int, temperature: floa
             )
         answer = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         history.append({"role": "assistant", "content": answer})
+
+
+def load_chat_model(spec: str):
+    """(model, tokenizer) ready to generate, for any model name in the module docstring."""
+    from transformers import AutoModelForCausalLM
+
+    from align.config import ModelSection, QuantizationSection
+    from align.models import load_kwargs, load_policy, load_tokenizer, on_this_process_device, sync_special_tokens
+    from align.runs import load_run_recipe
+
+    path = Path(spec).expanduser()
+    run, stage = None, None
+    if (path / "recipe.yaml").is_file() and not (path / "adapter").is_dir():
+        run = path
+        if (path / "export" / "model" / "config.json").is_file():
+            path, run = path / "export" / "model", None
+    elif (path / "adapter").is_dir() and (path.parent / "recipe.yaml").is_file():
+        run, stage = path.parent, path.name
+    if run is not None:
+        recipe = load_run_recipe(run)
+        stage = stage or recipe.policy_stage()
+        if not (run / stage / "adapter").is_dir():
+            raise FileNotFoundError(f"{spec}: stage '{stage}' has no adapter yet (run the recipe first)")
+        model = load_policy(recipe, run / stage / "adapter", trainable=False)
+        tokenizer = load_tokenizer(recipe.model)
+    else:
+        section = ModelSection(name_or_path=str(path) if path.exists() else spec)
+        tokenizer = load_tokenizer(section)
+        from align.models import resolve_model_path
+
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(section.name_or_path),
+                                                     **load_kwargs(section, QuantizationSection()))
+    sync_special_tokens(model, tokenizer)
+    return on_this_process_device(model).eval(), tokenizer
+
+
+class ChatModels:
+    """The models of a labelling or arena session, loaded once each and shared by all annotators' requests.
+    One lock: on a small machine two generations at once are each slower than one after the other."""
+
+    def __init__(self, specs: list[str], max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.9,
+                 seed: int = 0):
+        self.specs = list(dict.fromkeys(specs))
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.seed = seed
+        self._loaded: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+
+    def reply(self, spec: str, messages: list[dict], seed: int | None = None) -> str:
+        """One answer to a conversation; `seed` makes a sampled answer repeatable."""
+        import torch
+
+        with self._lock:
+            if spec not in self._loaded:
+                self._loaded[spec] = load_chat_model(spec)
+            model, tokenizer = self._loaded[spec]
+            enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True).to(model.device)
+            sample = self.temperature > 0
+            if sample:
+                torch.manual_seed(self.seed if seed is None else seed)
+            with torch.no_grad():
+                out = model.generate(
+                    **enc, max_new_tokens=self.max_new_tokens, do_sample=sample,
+                    temperature=self.temperature if sample else None, top_p=self.top_p if sample else None,
+                    top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                )
+            return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    def candidates(self, item: dict) -> tuple[str, str]:
+        """The two responses of a generated item. Seeds derive from the item id, so a crash and restart
+        regenerates the same texts; one model sampling twice gets two different seeds (and retries a
+        duplicate answer, which would make a pointless pair)."""
+        base = int(item["item_id"][:8], 16) if all(c in "0123456789abcdef" for c in item["item_id"][:8]) else 0
+        first = self.reply(item["model_1"], item["prompt"], seed=self.seed + base)
+        for attempt in range(1, 4):
+            second = self.reply(item["model_2"], item["prompt"], seed=self.seed + base + attempt)
+            if second != first or item["model_1"] != item["model_2"] or self.temperature == 0:
+                break
+        return first, second

@@ -4,6 +4,8 @@
     align run recipes/quickstart.yaml sft.num_train_epochs=2 --from dpo
     align validate recipes/gpu/qwen2.5-1.5b.yaml      # no training, no downloads
     align export runs/quickstart && align chat runs/quickstart
+    align label --pairs pairs.jsonl --db labels.db --users users.txt   # label in the browser (ui/)
+    align labels stats labels.db && align labels export labels.db prefs.jsonl
 """
 
 from __future__ import annotations
@@ -51,19 +53,85 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=float, default=0.9)
 
     sub.add_parser("env", help="print library versions and the device")
+
+    label = sub.add_parser("label", help="label preference pairs in the browser (Gradio app)",
+                           description="Serve the labelling app. Pairs come from --pairs files, or from --prompts "
+                           "answered by one model (two samples) or two models (e.g. SFT vs DPO), generated as needed. "
+                           "Labels go to the --db SQLite file; run again to continue where you stopped.")
+    label.add_argument("--db", required=True, help="label database (SQLite), created if missing, e.g. labels.db")
+    label.add_argument("--pairs", action="append", metavar="FILE",
+                       help="JSONL/JSON/CSV/Parquet rows: prompt + response_a/response_b (or chosen/rejected); repeatable")
+    label.add_argument("--prompts", metavar="FILE", help="prompts for --models to answer (file, or bundled:NAME)")
+    label.add_argument("--models", nargs="+", metavar="MODEL",
+                       help="one or two models: embedded, hub id, model dir, run dir, or a run's stage dir (runs/x/sft)")
+    label.add_argument("--overlap", type=_positive_int, default=1, help="annotators per pair (for agreement), default 1")
+    label.add_argument("--lease-minutes", type=float, default=60.0,
+                       help="a pair shown but not judged for this long may go to someone else")
+    _serving_options(label)
+
+    arena = sub.add_parser("arena", help="chat with two models side by side (blind) and vote",
+                           description="Serve the arena: both models answer each message in random order, "
+                           "unnamed until you vote. Votes go to the --db label database.")
+    arena.add_argument("model_a", help="embedded, hub id, model dir, run dir, or a run's stage dir")
+    arena.add_argument("model_b")
+    arena.add_argument("--db", required=True, help="label database (SQLite), created if missing")
+    arena.set_defaults(overlap=1, lease_minutes=60.0)
+    _serving_options(arena)
+
+    labels = sub.add_parser("labels", help="statistics, export and accounts of a label database")
+    labels_sub = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    stats = labels_sub.add_parser("stats", help="counts per annotator, agreement (Cohen/Fleiss kappa), position bias")
+    stats.add_argument("db")
+    stats.add_argument("--json", action="store_true", help="print the report as JSON")
+    export_labels = labels_sub.add_parser("export", help="preference pairs as JSONL or a Hugging Face dataset")
+    export_labels.add_argument("db")
+    export_labels.add_argument("out", help="out.jsonl, or a directory for --format hf (datasets.save_to_disk)")
+    export_labels.add_argument("--format", choices=["jsonl", "hf"], default="jsonl")
+    export_labels.add_argument("--keep-ties", action="store_true",
+                               help="keep tie and both-bad judgments (column 'choice' says which); not for training")
+    export_labels.add_argument("--majority", action="store_true",
+                               help="one row per pair: the response more annotators preferred (no strict winner: dropped)")
+    add_user = labels_sub.add_parser("add-user", help="add an annotator account (salted password hash) to a users file")
+    add_user.add_argument("users_file")
+    add_user.add_argument("name")
+    add_user.add_argument("--admin", action="store_true", help="may see the statistics tab")
+    add_user.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _serving_options(parser) -> None:
+    parser.add_argument("--users", metavar="FILE", help="annotator accounts, name:password[:admin] per line "
+                        "(or set ALIGN_LABEL_USERS); required unless --allow-anonymous")
+    parser.add_argument("--allow-anonymous", action="store_true", help="let people label without logging in")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 opens it to your network")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap for model-written responses")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0, help="base seed of model-written responses")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet_library_noise()
+    from align.annotators import AccountError
     from align.config import RecipeError
     from align.data import DataError
+    from align.labels import LabelError
     from align.models import ModelError
 
     try:
         return COMMANDS[args.command](args)
-    except (RecipeError, DataError, ModelError, FileNotFoundError) as err:
+    except (RecipeError, DataError, ModelError, LabelError, AccountError, FileNotFoundError,
+            ModuleNotFoundError) as err:
         print(f"align {args.command}: error: {err}", file=sys.stderr)
         return 2
 
@@ -177,8 +245,73 @@ def cmd_env(args) -> int:
     return 0
 
 
+def serving_module():
+    """The web app lives in ui/ (which imports align, never the reverse at import time): the CLI is the one
+    place that reaches it, and only when asked to serve."""
+    import importlib
+
+    try:
+        return importlib.import_module("ui.serve")
+    except ImportError as err:
+        raise ModuleNotFoundError(f"the labelling app needs the ui extra: pip install 'align[ui]' ({err})") from None
+
+
+def cmd_label(args) -> int:
+    return serving_module().label(args)
+
+
+def cmd_arena(args) -> int:
+    return serving_module().arena(args)
+
+
+def cmd_labels(args) -> int:
+    import json
+
+    from align.labels import LabelError, LabelStore, preference_rows
+
+    if args.labels_command == "add-user":
+        import getpass
+
+        from align.annotators import add_account
+
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(f"password for {args.name}: ")
+        add_account(args.users_file, args.name, password, admin=args.admin)
+        print(f"added {'admin ' if args.admin else ''}{args.name} to {args.users_file}")
+        return 0
+    store = LabelStore(args.db, create=False)
+    judgments = store.judgments()
+    if args.labels_command == "stats":
+        from align.label_stats import format_report, label_report
+
+        report = label_report(judgments)
+        if args.json:
+            print(json.dumps({"counts": store.counts(), **report}, indent=2))
+        else:
+            counts = store.counts()
+            print(f"{args.db}: {counts['items']} pairs, {counts['arena_rounds']} arena rounds, "
+                  f"{counts['judgments']} judgments ({counts['undone']} undone)\n")
+            print(format_report(report))
+        return 0
+    rows = preference_rows(judgments, keep_ties=args.keep_ties, majority=args.majority)
+    if not rows:
+        raise LabelError(f"{args.db}: nothing to export yet ({len(judgments)} judgments, none usable as pairs)")
+    out = Path(args.out)
+    if args.format == "hf":
+        import datasets
+
+        datasets.Dataset.from_list(rows).save_to_disk(str(out))
+    else:
+        from align.runs import write_text_atomic
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"wrote {len(rows)} preference pairs to {out} (use it as a dataset path, or use labels: {args.db})")
+    return 0
+
+
 COMMANDS = {
-    "run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "export": cmd_export, "chat": cmd_chat, "env": cmd_env
+    "run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "export": cmd_export, "chat": cmd_chat, "env": cmd_env,
+    "label": cmd_label, "arena": cmd_arena, "labels": cmd_labels,
 }
 
 if __name__ == "__main__":

@@ -66,11 +66,12 @@ class LoraSection(Section):
 
 
 class DataSource(Section):
-    """Where rows come from. Exactly one of path / hub / bundled."""
+    """Where rows come from. Exactly one of path / hub / bundled / labels."""
 
     path: str | None = Field(None, description="Local JSONL, JSON, CSV or Parquet file.")
     hub: str | None = Field(None, description="Hugging Face datasets name (needs the hub).")
     bundled: str | None = Field(None, description="A dataset shipped with align: sft, prefs_train, prefs_test.")
+    labels: str | None = Field(None, description="A label database from `align label` (its A/B judgments as pairs).")
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split to read from a hub dataset.")
     limit: int | None = Field(None, gt=0, description="Use only the first N rows (quick experiments).")
@@ -80,7 +81,7 @@ class DataSource(Section):
     def _from_string(cls, value: Any) -> Any:
         return expand_data_shorthand(value)
 
-    @field_validator("path", "hub", "bundled")
+    @field_validator("path", "hub", "bundled", "labels")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
@@ -89,21 +90,23 @@ class DataSource(Section):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DataSource:
-        given = [k for k in ("path", "hub", "bundled") if getattr(self, k) is not None]
+        given = [k for k in ("path", "hub", "bundled", "labels") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of path, hub, bundled (got {given or 'none'})")
+            raise ValueError(f"give exactly one of path, hub, bundled, labels (got {given or 'none'})")
         return self
 
     def describe(self) -> str:
         if self.path:
             return self.path
+        if self.labels:
+            return f"labels:{self.labels}"
         return f"hub:{self.hub}[{self.split}]" if self.hub else f"bundled:{self.bundled}"
 
 
 def expand_data_shorthand(value: Any) -> Any:
-    """A dataset given as one string: "bundled:sft", "hub:Anthropic/hh-rlhf", or a file path."""
+    """A dataset given as one string: "bundled:sft", "hub:Anthropic/hh-rlhf", "labels:labels.db", or a file path."""
     if isinstance(value, str):
-        for prefix in ("bundled", "hub"):
+        for prefix in ("bundled", "hub", "labels"):
             if value.startswith(prefix + ":"):
                 return {prefix: value[len(prefix) + 1 :]}
         return {"path": value}
@@ -144,6 +147,14 @@ class TrlStage(Section):
 
 class SFTStage(TrlStage):
     trl_config_name: typing.ClassVar[str] = "SFTConfig"
+
+    @model_validator(mode="after")
+    def _no_label_database(self) -> SFTStage:
+        for name in ("dataset", "eval_dataset"):
+            if getattr(self, name) is not None and getattr(self, name).labels:
+                raise ValueError(f"{name}: a label database holds preference pairs, not demonstrations; "
+                                 "use it in the reward or dpo stage")
+        return self
 
 
 class RewardStage(TrlStage):

@@ -47,6 +47,16 @@ def read_rows(source: DataSource) -> tuple[list[dict], str]:
         except Exception as err:  # network, missing split, unknown name: say which dataset failed
             raise DataError(f"hub:{source.hub}: could not load split '{source.split}': {err}") from None
         where = f"hub:{source.hub}[{source.split}]"
+    elif source.labels:
+        from align.labels import LabelError, read_label_rows
+
+        where = f"labels:{source.labels}"
+        try:
+            rows = read_label_rows(source.labels)
+        except LabelError as err:
+            raise DataError(str(err)) from None
+        if not rows:
+            raise DataError(f"{where}: no A/B judgments yet (ties and both-bad are not training pairs)")
     else:
         path = bundled_path(source.bundled) if source.bundled else Path(source.path).expanduser()
         where = str(path) if source.path else f"bundled:{source.bundled}"
@@ -92,6 +102,8 @@ def read_file(path: Path) -> list[dict]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
+    if suffix in (".db", ".sqlite", ".sqlite3"):
+        raise DataError(f"{path}: a database file; for labels collected with `align label` write labels: {path}")
     raise DataError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
 
 

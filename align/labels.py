@@ -1,0 +1,508 @@
+"""The preference-label store: an SQLite database (WAL) that the labelling app writes and recipes read.
+
+    align label --pairs pairs.jsonl --db labels.db --users users.txt   # annotators fill it (ui/)
+    align labels stats labels.db                                       # counts, agreement, position bias
+    align labels export labels.db prefs.jsonl                          # or use it directly in a recipe:
+    dpo: {dataset: {labels: labels.db}}
+
+Items are prompts with two responses (response 1 and 2). Each annotator gets an item at most once, with the two
+responses in a random left/right order (the `assignments` row records which one was shown as A); at most
+`overlap` annotators get each item. A judgment row keeps the exact texts shown, the mapping, the choice and
+the times, and is committed before the browser hears back, so a killed server loses nothing acknowledged.
+Undo never deletes: it marks the judgment undone and hands the item back to the same annotator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+CHOICES = ("A", "B", "tie", "both_bad")
+SCHEMA_VERSION = "1"
+DEFAULT_LEASE_SECONDS = 3600.0  # an item shown but not judged for this long may go to another annotator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    item_id     TEXT PRIMARY KEY,
+    position    INTEGER NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('pair', 'arena')),
+    source      TEXT NOT NULL,
+    prompt      TEXT NOT NULL,          -- JSON list of chat messages
+    response_1  TEXT,                   -- NULL until a model has generated it
+    response_2  TEXT,
+    model_1     TEXT,
+    model_2     TEXT,
+    extra       TEXT NOT NULL DEFAULT '{}',
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    item_id     TEXT NOT NULL REFERENCES items(item_id),
+    annotator   TEXT NOT NULL,
+    a_response  INTEGER NOT NULL CHECK (a_response IN (1, 2)),
+    assigned_at REAL NOT NULL,
+    done        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (item_id, annotator)
+);
+CREATE TABLE IF NOT EXISTS judgments (
+    judgment_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id      TEXT NOT NULL REFERENCES items(item_id),
+    annotator    TEXT NOT NULL,
+    prompt       TEXT NOT NULL,
+    text_a       TEXT NOT NULL,
+    text_b       TEXT NOT NULL,
+    model_a      TEXT,
+    model_b      TEXT,
+    a_response   INTEGER NOT NULL CHECK (a_response IN (1, 2)),
+    choice       TEXT NOT NULL CHECK (choice IN ('A', 'B', 'tie', 'both_bad')),
+    reason       TEXT NOT NULL DEFAULT '',
+    shown_at     REAL NOT NULL,
+    submitted_at REAL NOT NULL,
+    undone_at    REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_live_judgment ON judgments(item_id, annotator) WHERE undone_at IS NULL;
+CREATE INDEX IF NOT EXISTS judgments_by_annotator ON judgments(annotator, submitted_at);
+"""
+
+
+class LabelError(ValueError):
+    """A label request that cannot be honoured (unknown item, bad choice, nothing to undo, bad source row)."""
+
+
+def item_id_for(prompt: list[dict], response_1: str | None, response_2: str | None, models=(None, None)) -> str:
+    """Content-derived id, so importing the same file twice adds nothing."""
+    key = json.dumps([prompt, response_1, response_2, list(models)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class LabelStore:
+    """One database file; safe to share between the threads of a web server and between processes."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path).expanduser()
+        if not create and not self.path.is_file():
+            raise LabelError(f"{path}: no label database here (labels are collected with `align label`)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self.connection().executescript(SCHEMA)  # executescript commits by itself; every statement is idempotent
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        version = self.meta("schema_version")
+        if version != SCHEMA_VERSION:
+            raise LabelError(f"{path}: label database schema {version}, this align reads {SCHEMA_VERSION}")
+
+    # ------------------------------------------------------------------------------------------ connection
+
+    def connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.DatabaseError as err:
+                raise LabelError(f"{self.path}: not a label database ({err})") from None
+            # FULL: a judgment acknowledged to the browser survives the machine losing power, not just a kill.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE takes the write lock up front, so read-then-write steps (picking an item for an
+        annotator) cannot interleave with another writer's."""
+        db = self.connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def meta(self, key: str) -> str | None:
+        row = self.connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # ------------------------------------------------------------------------------------------ items
+
+    def add_items(self, items: list[dict], source: str, kind: str = "pair") -> int:
+        """Add items {prompt, response_1, response_2, model_1, model_2, id?, extra?}; returns how many were new.
+        An item whose id exists with different content is an error, never a silent overwrite."""
+        added = 0
+        with self.transaction() as db:
+            position = db.execute("SELECT COALESCE(MAX(position), 0) FROM items").fetchone()[0]
+            for item in items:
+                models = (item.get("model_1"), item.get("model_2"))
+                item_id = str(item.get("id") or item_id_for(item["prompt"], item.get("response_1"),
+                                                            item.get("response_2"), models))
+                prompt = json.dumps(item["prompt"], ensure_ascii=False)
+                old = db.execute("SELECT prompt, response_1, response_2, model_1, model_2 FROM items "
+                                 "WHERE item_id = ?", (item_id,)).fetchone()
+                if old is not None:
+                    responses = (item.get("response_1"), item.get("response_2"))
+                    if old["prompt"] != prompt or (old["model_1"], old["model_2"]) != models or (
+                            responses[0] is not None and (old["response_1"], old["response_2"]) != responses):
+                        raise LabelError(f"{item.get('where', source)}: item id '{item_id}' is already in "
+                                         f"{self.path} with a different prompt, responses or models; give it a new id")
+                    continue
+                position += 1
+                db.execute(
+                    "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (item_id, position, kind, source, prompt, item.get("response_1"), item.get("response_2"),
+                     models[0], models[1], json.dumps(item.get("extra") or {}, ensure_ascii=False), time.time()),
+                )
+                added += 1
+        return added
+
+    def set_responses(self, item_id: str, response_1: str, response_2: str) -> None:
+        """Fill a generated item once; a second generator racing for the same item does not overwrite it."""
+        with self.transaction() as db:
+            db.execute("UPDATE items SET response_1 = ?, response_2 = ? WHERE item_id = ? AND response_1 IS NULL",
+                       (response_1, response_2, item_id))
+
+    def item(self, item_id: str) -> dict | None:
+        row = self.connection().execute("SELECT * FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        return _item_dict(row) if row else None
+
+    def items_to_generate(self, limit: int) -> list[dict]:
+        rows = self.connection().execute(
+            "SELECT * FROM items WHERE kind = 'pair' AND response_1 IS NULL ORDER BY position LIMIT ?", (limit,)
+        ).fetchall()
+        return [_item_dict(r) for r in rows]
+
+    # ------------------------------------------------------------------------------------------ labelling
+
+    def next_assignment(self, annotator: str, overlap: int = 1, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                        rng: random.Random | None = None) -> dict | None:
+        """The item this annotator should judge now, or None when nothing is left for them.
+
+        An open assignment (shown, not yet judged; or handed back by undo) comes first, so a page reload shows
+        the same pair in the same order. Otherwise an item they have never been given and that fewer than
+        `overlap` annotators hold (judged, or shown within the lease) is assigned; items already partly covered
+        go first so overlapping judgments, and the agreement figures, accumulate early."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT item_id FROM assignments WHERE annotator = ? AND done = 0 ORDER BY assigned_at DESC LIMIT 1",
+                (annotator,),
+            ).fetchone()
+            if row is None:
+                row = db.execute(
+                    """
+                    SELECT i.item_id, (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.item_id
+                                       AND (a.done = 1 OR a.assigned_at > ?)) AS taken
+                    FROM items i
+                    WHERE i.kind = 'pair'
+                      AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ?)
+                      AND taken < ?
+                    ORDER BY taken DESC, i.position LIMIT 1
+                    """,
+                    (now - lease_seconds, annotator, overlap),
+                ).fetchone()
+                if row is None:
+                    return None
+                a_response = (rng or random).choice((1, 2))
+                db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, 0)", (row["item_id"], annotator, a_response, now))
+        return self.assignment(annotator, row["item_id"])
+
+    def assignment(self, annotator: str, item_id: str) -> dict | None:
+        """What `annotator` sees for `item_id`: prompt, text_a, text_b (None until generated), models, mapping."""
+        row = self.connection().execute(
+            "SELECT i.*, a.a_response, a.assigned_at, a.done FROM assignments a JOIN items i USING (item_id) "
+            "WHERE a.annotator = ? AND a.item_id = ?",
+            (annotator, item_id),
+        ).fetchone()
+        if row is None:
+            return None
+        item = _item_dict(row)
+        first, second = (1, 2) if row["a_response"] == 1 else (2, 1)
+        return {
+            "item_id": item["item_id"],
+            "prompt": item["prompt"],
+            "text_a": item[f"response_{first}"],
+            "text_b": item[f"response_{second}"],
+            "model_a": item[f"model_{first}"],
+            "model_b": item[f"model_{second}"],
+            "a_response": row["a_response"],
+            "shown_at": row["assigned_at"],
+            "done": bool(row["done"]),
+        }
+
+    def submit(self, annotator: str, item_id: str, choice: str, reason: str = "") -> int:
+        """Record a judgment and return its id. Submitting the same choice again (a retry after a lost reply)
+        returns the first id instead of adding a row; a different choice for a judged item is refused."""
+        if choice not in CHOICES:
+            raise LabelError(f"choice '{choice}' is not one of {', '.join(CHOICES)}")
+        reason = (reason or "").strip()
+        with self.transaction() as db:
+            shown = self._assignment_row(db, annotator, item_id)
+            live = db.execute(
+                "SELECT judgment_id, choice FROM judgments WHERE item_id = ? AND annotator = ? AND undone_at IS NULL",
+                (item_id, annotator),
+            ).fetchone()
+            if live is not None:
+                if live["choice"] == choice:
+                    return live["judgment_id"]
+                raise LabelError(f"item {item_id} is already judged '{live['choice']}' by {annotator}; undo it first")
+            view = self.assignment(annotator, item_id)
+            if view["text_a"] is None:
+                raise LabelError(f"item {item_id} has no responses yet (still generating)")
+            cursor = db.execute(
+                "INSERT INTO judgments (item_id, annotator, prompt, text_a, text_b, model_a, model_b, a_response, "
+                "choice, reason, shown_at, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (item_id, annotator, json.dumps(view["prompt"], ensure_ascii=False), view["text_a"], view["text_b"],
+                 view["model_a"], view["model_b"], shown["a_response"], choice, reason, shown["assigned_at"],
+                 time.time()),
+            )
+            db.execute("UPDATE assignments SET done = 1 WHERE item_id = ? AND annotator = ?", (item_id, annotator))
+            return cursor.lastrowid
+
+    def _assignment_row(self, db, annotator: str, item_id: str):
+        shown = db.execute("SELECT * FROM assignments WHERE item_id = ? AND annotator = ?",
+                           (item_id, annotator)).fetchone()
+        if shown is None:
+            raise LabelError(f"item {item_id} was not given to {annotator}; ask for the next pair first")
+        return shown
+
+    def undo_last(self, annotator: str) -> dict:
+        """Mark the annotator's latest pair judgment undone and hand that item back to them (same A/B order)."""
+        with self.transaction() as db:
+            last = db.execute(
+                "SELECT j.judgment_id, j.item_id, j.choice FROM judgments j JOIN items i USING (item_id) "
+                "WHERE j.annotator = ? AND j.undone_at IS NULL AND i.kind = 'pair' "
+                "ORDER BY j.submitted_at DESC, j.judgment_id DESC LIMIT 1",
+                (annotator,),
+            ).fetchone()
+            if last is None:
+                raise LabelError(f"{annotator} has no judgment to undo")
+            now = time.time()
+            db.execute("UPDATE judgments SET undone_at = ? WHERE judgment_id = ?", (now, last["judgment_id"]))
+            # The newest open assignment is shown first, so the undone pair comes straight back.
+            db.execute("UPDATE assignments SET done = 0, assigned_at = ? WHERE item_id = ? AND annotator = ?",
+                       (now, last["item_id"], annotator))
+        return {"judgment_id": last["judgment_id"], "item_id": last["item_id"], "choice": last["choice"]}
+
+    def add_arena_vote(self, annotator: str, prompt: list[dict], text_a: str, text_b: str, model_a: str,
+                       model_b: str, choice: str, reason: str = "", shown_at: float | None = None) -> int:
+        """An arena round: the conversation, both models' answers as shown, and the vote, in one transaction."""
+        if choice not in CHOICES:
+            raise LabelError(f"choice '{choice}' is not one of {', '.join(CHOICES)}")
+        now = time.time()
+        item = {"prompt": prompt, "response_1": text_a, "response_2": text_b, "model_1": model_a, "model_2": model_b}
+        item_id = item_id_for(prompt, text_a, text_b, (model_a, model_b)) + f"-{annotator}-{now:.6f}"
+        with self.transaction() as db:
+            position = db.execute("SELECT COALESCE(MAX(position), 0) FROM items").fetchone()[0] + 1
+            db.execute("INSERT INTO items VALUES (?, ?, 'arena', 'arena', ?, ?, ?, ?, ?, '{}', ?)",
+                       (item_id, position, json.dumps(prompt, ensure_ascii=False), text_a, text_b, model_a, model_b,
+                        now))
+            db.execute("INSERT INTO assignments VALUES (?, ?, 1, ?, 1)", (item_id, annotator, shown_at or now))
+            cursor = db.execute(
+                "INSERT INTO judgments (item_id, annotator, prompt, text_a, text_b, model_a, model_b, a_response, "
+                "choice, reason, shown_at, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                (item_id, annotator, json.dumps(prompt, ensure_ascii=False), text_a, text_b, model_a, model_b,
+                 choice, (reason or "").strip(), shown_at or now, now),
+            )
+            return cursor.lastrowid
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def progress(self, annotator: str, overlap: int = 1, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> dict:
+        """done: this annotator's live judgments; left: items they could still be given (or hold open);
+        all_done / all_needed: judgments so far against items x overlap."""
+        db = self.connection()
+        done = db.execute("SELECT COUNT(*) FROM judgments j JOIN items i USING (item_id) WHERE j.annotator = ? "
+                          "AND j.undone_at IS NULL AND i.kind = 'pair'", (annotator,)).fetchone()[0]
+        left = db.execute(
+            """
+            SELECT COUNT(*) FROM items i WHERE i.kind = 'pair' AND (
+                EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ? AND a.done = 0)
+                OR (NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ?)
+                    AND (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.item_id
+                         AND (a.done = 1 OR a.assigned_at > ?)) < ?))
+            """,
+            (annotator, annotator, time.time() - lease_seconds, overlap),
+        ).fetchone()[0]
+        items = db.execute("SELECT COUNT(*) FROM items WHERE kind = 'pair'").fetchone()[0]
+        all_done = db.execute("SELECT COUNT(*) FROM judgments j JOIN items i USING (item_id) "
+                              "WHERE j.undone_at IS NULL AND i.kind = 'pair'").fetchone()[0]
+        return {"done": done, "left": left, "items": items, "all_done": all_done, "all_needed": items * overlap}
+
+    def judgments(self, include_undone: bool = False) -> list[dict]:
+        """Every judgment (labelling and arena), oldest first, with the prompt decoded."""
+        where = "" if include_undone else "WHERE j.undone_at IS NULL"
+        rows = self.connection().execute(
+            f"SELECT j.*, i.kind, i.source FROM judgments j JOIN items i USING (item_id) {where} "
+            "ORDER BY j.judgment_id"
+        ).fetchall()
+        return [{**dict(r), "prompt": json.loads(r["prompt"])} for r in rows]
+
+    def counts(self) -> dict:
+        db = self.connection()
+        return {
+            "items": db.execute("SELECT COUNT(*) FROM items WHERE kind = 'pair'").fetchone()[0],
+            "arena_rounds": db.execute("SELECT COUNT(*) FROM items WHERE kind = 'arena'").fetchone()[0],
+            "judgments": db.execute("SELECT COUNT(*) FROM judgments WHERE undone_at IS NULL").fetchone()[0],
+            "undone": db.execute("SELECT COUNT(*) FROM judgments WHERE undone_at IS NOT NULL").fetchone()[0],
+        }
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+def _item_dict(row) -> dict:
+    item = dict(row)
+    item["prompt"] = json.loads(item["prompt"])
+    item["extra"] = json.loads(item.get("extra") or "{}")
+    return item
+
+
+# ---------------------------------------------------------------------------------------------- preference rows
+
+
+def preference_rows(judgments: list[dict], keep_ties: bool = False, majority: bool = False) -> list[dict]:
+    """Judgments as preference rows {prompt, chosen, rejected} plus who/what/why columns.
+
+    Each A/B judgment is one row (InstructGPT trains on every comparison; disagreeing annotators cancel out).
+    `majority` instead gives one row per item, for the response more annotators preferred (items without a
+    strict winner are dropped). `keep_ties` keeps ties and both-bad judgments, with response A as "chosen" and
+    the `choice` column saying what the annotator meant: reward and DPO training would read them as real wins,
+    so they are for analysis, not for recipes."""
+    if majority:
+        return _majority_rows(judgments)
+    rows = []
+    for j in judgments:
+        decisive = j["choice"] in ("A", "B")
+        if not decisive and not keep_ties:
+            continue
+        b_won = j["choice"] == "B"
+        rows.append({
+            "prompt": j["prompt"],
+            "chosen": [{"role": "assistant", "content": j["text_b"] if b_won else j["text_a"]}],
+            "rejected": [{"role": "assistant", "content": j["text_a"] if b_won else j["text_b"]}],
+            "choice": j["choice"],
+            "item_id": j["item_id"],
+            "annotator": j["annotator"],
+            "model_chosen": j["model_b"] if b_won else j["model_a"],
+            "model_rejected": j["model_a"] if b_won else j["model_b"],
+            "reason": j["reason"],
+            "judgment_id": j["judgment_id"],
+        })
+    return rows
+
+
+def _majority_rows(judgments: list[dict]) -> list[dict]:
+    by_item: dict[str, list[dict]] = {}
+    for j in judgments:
+        by_item.setdefault(j["item_id"], []).append(j)
+    rows = []
+    for item_id, group in by_item.items():
+        votes = {1: 0, 2: 0}
+        texts, models = {}, {}
+        for j in group:
+            b_response = 3 - j["a_response"]
+            texts[j["a_response"]], texts[b_response] = j["text_a"], j["text_b"]
+            models[j["a_response"]], models[b_response] = j["model_a"], j["model_b"]
+            if j["choice"] in ("A", "B"):
+                votes[j["a_response"] if j["choice"] == "A" else b_response] += 1
+        if votes[1] == votes[2]:
+            continue
+        winner = 1 if votes[1] > votes[2] else 2
+        rows.append({
+            "prompt": group[0]["prompt"],
+            "chosen": [{"role": "assistant", "content": texts[winner]}],
+            "rejected": [{"role": "assistant", "content": texts[3 - winner]}],
+            "choice": "majority",
+            "item_id": item_id,
+            "votes": f"{votes[winner]}-{votes[3 - winner]} of {len(group)}",
+            "model_chosen": models[winner],
+            "model_rejected": models[3 - winner],
+        })
+    return rows
+
+
+def read_label_rows(path: str | Path) -> list[dict]:
+    """Preference rows for training, straight from a label database (every A/B judgment; ties and both-bad
+    are left out because they do not say which response is better)."""
+    store = LabelStore(path, create=False)
+    try:
+        return preference_rows(store.judgments())
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+RESPONSE_FIELDS = (("response_a", "response_b"), ("response_1", "response_2"), ("chosen", "rejected"))
+
+
+def pair_items(source: str) -> list[dict]:
+    """Items from a file (or bundled set) of prompts with two responses each. A row has a prompt (text or chat
+    messages, or `messages`) and two responses under response_a/response_b, response_1/response_2, or
+    chosen/rejected (relabelling an existing preference set: the app hides which was which). Optional: id,
+    model_a/model_b. Other fields ride along in `extra`."""
+    from align.config import DataSource, expand_data_shorthand
+    from align.data import DataError, _answer, _prompt, prompt_row, read_rows
+
+    rows, where = read_rows(DataSource.model_validate(expand_data_shorthand(source)))
+    items, errors = [], []
+    for index, row in enumerate(rows, start=1):
+        at = f"{where}: row {row.pop('__row_number__', index) if isinstance(row, dict) else index}"
+        try:
+            if not isinstance(row, dict):
+                raise DataError(f"{at}: expected an object with a prompt and two responses")
+            fields = next((f for f in RESPONSE_FIELDS if f[0] in row or f[1] in row), None)
+            if fields is None:
+                raise DataError(f"{at}: missing responses: give response_a and response_b (has {sorted(row)})")
+            if fields == ("chosen", "rejected"):
+                from align.data import preference
+
+                pair = preference(dict(row), at)
+                prompt, responses = pair["prompt"], [pair["chosen"][0]["content"], pair["rejected"][0]["content"]]
+            else:
+                prompt = _prompt(row, at) if row.get("prompt") is not None else prompt_row(row, at)["prompt"]
+                responses = [_answer(row, field, at)[0]["content"] for field in fields]
+            item = {"prompt": prompt, "response_1": responses[0], "response_2": responses[1], "where": at,
+                    "model_1": row.get("model_a", row.get("model_1")), "model_2": row.get("model_b", row.get("model_2"))}
+            if row.get("id") is not None:
+                item["id"] = str(row["id"])
+            item["extra"] = {k: v for k, v in row.items() if k not in (*fields, "prompt", "messages", "id", "model_a",
+                                                                      "model_b", "model_1", "model_2")}
+            items.append(item)
+        except DataError as err:
+            errors.append(str(err))
+    if errors:
+        raise DataError(f"{len(errors)} of {len(rows)} rows are not prompt + two responses:\n  " + "\n  ".join(errors[:5]))
+    return items
+
+
+def prompt_items(source: str, models: list[str]) -> list[dict]:
+    """Items whose two responses the given model(s) will generate when first needed: one model samples twice,
+    two models answer once each."""
+    from align.config import DataSource, expand_data_shorthand
+    from align.data import load_prompts
+
+    rows, where = load_prompts(DataSource.model_validate(expand_data_shorthand(source)))
+    model_1, model_2 = (models[0], models[0]) if len(models) == 1 else models
+    items = []
+    for row in rows:
+        prompt = row.pop("prompt")
+        item = {"prompt": prompt, "model_1": model_1, "model_2": model_2, "extra": row}
+        if row.get("id") is not None:
+            item["id"] = f"{row['id']}"
+        items.append(item)
+    return items

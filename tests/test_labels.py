@@ -1,0 +1,237 @@
+"""The label store (SQLite), pair sources, accounts, export and the recipe's `labels:` dataset, without a browser."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+
+import pytest
+
+from align.annotators import AccountError, add_account, load_accounts, parse_accounts, password_matches
+from align.cli import main
+from align.config import DataSource, RecipeError, parse_recipe
+from align.data import DataError, load_preferences
+from align.labels import LabelError, LabelStore, pair_items, preference_rows, prompt_items
+
+
+def pairs(n: int) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": f"question {i}"}], "response_1": f"good {i}",
+             "response_2": f"bad {i}"} for i in range(n)]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = LabelStore(tmp_path / "labels.db")
+    s.add_items(pairs(6), "test")
+    return s
+
+
+def test_database_is_wal_and_import_is_idempotent(store, tmp_path):
+    mode = sqlite3.connect(tmp_path / "labels.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert store.add_items(pairs(6), "again") == 0  # same content, same ids
+    assert store.counts()["items"] == 6
+    clash = pairs(1)
+    clash[0].update(id=store.next_assignment("x")["item_id"], response_1="something else")
+    with pytest.raises(LabelError, match="already in .* with a different"):
+        store.add_items(clash, "clash.jsonl")
+
+
+def test_each_annotator_gets_an_item_once_and_overlap_caps_annotators(store):
+    seen = {}
+    for annotator in ("a", "b", "c"):
+        seen[annotator] = []
+        while (shown := store.next_assignment(annotator, overlap=2)) is not None:
+            seen[annotator].append(shown["item_id"])
+            store.submit(annotator, shown["item_id"], "A")
+    for items in seen.values():
+        assert len(items) == len(set(items))  # never the same pair twice
+    per_item = {}
+    for j in store.judgments():
+        per_item[j["item_id"]] = per_item.get(j["item_id"], 0) + 1
+    assert sorted(per_item.values()) == [2] * 6  # exactly overlap annotators per pair
+    # Partly covered items go first: b completes a's items before c gets anything.
+    assert seen["b"] == seen["a"] and len(seen["c"]) == 0
+
+
+def test_ab_order_is_random_recorded_and_the_exact_texts_are_stored(store):
+    rng = random.Random(3)
+    orders = []
+    for annotator in [f"u{i}" for i in range(12)]:
+        shown = store.next_assignment(annotator, overlap=12, rng=rng)
+        orders.append(shown["a_response"])
+        choice = "A" if shown["a_response"] == 1 else "B"  # always prefer response 1, wherever it sits
+        store.submit(annotator, shown["item_id"], choice, reason=" clearer ")
+        j = store.judgments()[-1]
+        assert (j["text_a"], j["text_b"]) == ((shown["text_a"], shown["text_b"]))
+        assert j["a_response"] == shown["a_response"] and j["reason"] == "clearer"
+        assert j["shown_at"] <= j["submitted_at"]
+    assert set(orders) == {1, 2}
+    rows = preference_rows(store.judgments())
+    assert all(r["chosen"][0]["content"].startswith("good") for r in rows)  # mapping undone correctly
+
+
+def test_reload_shows_the_same_pair_and_retries_do_not_duplicate(store):
+    first = store.next_assignment("a")
+    again = store.next_assignment("a")
+    assert (again["item_id"], again["a_response"]) == (first["item_id"], first["a_response"])
+    jid = store.submit("a", first["item_id"], "B")
+    assert store.submit("a", first["item_id"], "B") == jid  # a retried request after a lost reply
+    with pytest.raises(LabelError, match="already judged 'B'.*undo"):
+        store.submit("a", first["item_id"], "A")
+    with pytest.raises(LabelError, match="not given to b"):
+        store.submit("b", first["item_id"], "A")
+    with pytest.raises(LabelError, match="not one of"):
+        store.submit("a", first["item_id"], "C")
+    assert len(store.judgments()) == 1
+
+
+def test_undo_keeps_the_row_and_hands_the_pair_back(store):
+    first = store.next_assignment("a")
+    store.submit("a", first["item_id"], "A")
+    second = store.next_assignment("a")
+    undone = store.undo_last("a")
+    assert undone["item_id"] == first["item_id"] and undone["choice"] == "A"
+    back = store.next_assignment("a")
+    assert (back["item_id"], back["a_response"]) == (first["item_id"], first["a_response"])
+    store.submit("a", first["item_id"], "tie")
+    assert store.next_assignment("a")["item_id"] == second["item_id"]  # then the pair that was on screen
+    everything = store.judgments(include_undone=True)
+    assert [j["choice"] for j in everything] == ["A", "tie"] and everything[0]["undone_at"] is not None
+    assert [j["choice"] for j in store.judgments()] == ["tie"]
+    assert store.progress("a")["done"] == 1
+    with pytest.raises(LabelError, match="no judgment to undo"):
+        store.undo_last("nobody")
+
+
+def test_an_abandoned_pair_goes_to_someone_else_after_the_lease(store):
+    held = store.next_assignment("a", overlap=1)
+    other = store.next_assignment("b", overlap=1, lease_seconds=3600)
+    assert other["item_id"] != held["item_id"]
+    store.submit("b", other["item_id"], "A")
+    late = store.next_assignment("b", overlap=1, lease_seconds=0)
+    assert late["item_id"] == held["item_id"]
+
+
+def test_parallel_annotators_never_collide(tmp_path):
+    store = LabelStore(tmp_path / "labels.db")
+    store.add_items(pairs(30), "test")
+    errors = []
+
+    def work(name):
+        try:
+            mine = LabelStore(tmp_path / "labels.db")  # its own connections, like a second server process
+            while (shown := mine.next_assignment(name, overlap=3)) is not None:
+                mine.submit(name, shown["item_id"], random.choice(["A", "B", "tie", "both_bad"]))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(f"u{i}",)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    judgments = store.judgments()
+    assert len(judgments) == 90
+    keys = [(j["item_id"], j["annotator"]) for j in judgments]
+    assert len(keys) == len(set(keys))
+    per_item = {}
+    for item, _ in keys:
+        per_item[item] = per_item.get(item, 0) + 1
+    assert set(per_item.values()) == {3}
+
+
+def test_preference_rows_ties_and_majority(store):
+    item = store.next_assignment("a")["item_id"]
+    for annotator, prefer_1 in (("a", True), ("b", True), ("c", False)):
+        shown = store.next_assignment(annotator, overlap=3)
+        assert shown["item_id"] == item
+        store.submit(annotator, item, "A" if (shown["a_response"] == 1) == prefer_1 else "B")
+    shown = store.next_assignment("d", overlap=4)
+    store.submit("d", shown["item_id"], "tie")
+    judgments = store.judgments()
+    assert len(preference_rows(judgments)) == 3
+    with_ties = preference_rows(judgments, keep_ties=True)
+    assert [r["choice"] for r in with_ties].count("tie") == 1
+    (majority,) = preference_rows(judgments, majority=True)
+    assert majority["chosen"][0]["content"] == "good 0" and majority["votes"] == "2-1 of 4"
+
+
+def test_pair_sources_and_their_errors(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"id": 7, "prompt": "Hi", "response_a": "Hello", "response_b": "Yo", "model_a": "m1", "model_b": "m2",
+         "topic": "greeting"},
+        {"messages": [{"role": "user", "content": "2+2?"}], "response_1": "4", "response_2": "5"},
+        {"prompt": "x", "chosen": "yes", "rejected": "no"},
+    ]) + "\n")
+    items = pair_items(str(path))
+    assert items[0]["id"] == "7" and items[0]["model_1"] == "m1" and items[0]["extra"] == {"topic": "greeting"}
+    assert items[1]["prompt"] == [{"role": "user", "content": "2+2?"}] and items[1]["response_2"] == "5"
+    assert (items[2]["response_1"], items[2]["response_2"]) == ("yes", "no")
+    path.write_text(json.dumps({"prompt": "Hi", "answer": "x"}) + "\n" + json.dumps({"prompt": "Hi", "response_a": "x"}))
+    with pytest.raises(DataError, match=r"(?s)row 1: missing responses.*row 2: missing field 'response_b'"):
+        pair_items(str(path))
+    generated = prompt_items("bundled:prefs_test", ["runs/x/sft", "runs/x/dpo"])
+    assert generated[0]["model_1"] == "runs/x/sft" and "response_1" not in generated[0]
+    assert len(prompt_items("bundled:prefs_test", ["embedded"])[0]["prompt"]) == 1
+
+
+def test_accounts_file_env_and_hashes(tmp_path, monkeypatch):
+    users = tmp_path / "users.txt"
+    add_account(str(users), "alice", "correct horse", admin=True)
+    users.write_text(users.read_text() + "# comment\n\nbob:plain-pw\n")
+    monkeypatch.setenv("ALIGN_LABEL_USERS", "carol:pw3")
+    accounts = load_accounts(str(users))
+    assert accounts["alice"]["admin"] and not accounts["bob"]["admin"]
+    assert accounts["alice"]["password"].startswith("pbkdf2_sha256$")
+    assert password_matches(accounts["alice"]["password"], "correct horse")
+    assert not password_matches(accounts["alice"]["password"], "wrong")
+    assert password_matches(accounts["bob"]["password"], "plain-pw") and "carol" in accounts
+    with pytest.raises(AccountError, match="already exists"):
+        add_account(str(users), "alice", "another password")
+    with pytest.raises(AccountError, match="line 2: expected name:password"):
+        parse_accounts(["ok:pw", "broken"], "users.txt")
+    with pytest.raises(AccountError, match="listed twice"):
+        parse_accounts(["a:1", "a:2"], "users.txt")
+    monkeypatch.setenv("ALIGN_LABEL_USERS", "bob:x")
+    with pytest.raises(AccountError, match="also in"):
+        load_accounts(str(users))
+
+
+def test_recipe_reads_labels_and_cli_exports_them(store, tmp_path, capsys):
+    for annotator in ("a", "b"):
+        while (shown := store.next_assignment(annotator, overlap=2)) is not None:
+            store.submit(annotator, shown["item_id"], "A" if shown["a_response"] == 1 else "tie")
+    db = str(tmp_path / "labels.db")
+    rows, where = load_preferences(DataSource.model_validate(f"labels:{db}"))
+    assert where == f"labels:{db}" and len(rows) == 6  # a's 6 decisive judgments; b's ties are not pairs
+    assert all(r["chosen"][0]["content"].startswith("good") for r in rows)
+
+    assert main(["labels", "export", db, str(tmp_path / "out.jsonl"), "--keep-ties"]) == 0
+    exported = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(exported) == 12 and {r["choice"] for r in exported} == {"A", "tie"}
+    assert main(["labels", "export", db, str(tmp_path / "hf"), "--format", "hf"]) == 0
+    import datasets
+
+    assert len(datasets.load_from_disk(str(tmp_path / "hf"))) == 6
+    capsys.readouterr()
+    assert main(["labels", "stats", db, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["judgments"] == 12 and report["items_with_overlap"] == 6
+    assert report["tie_rate"] == 0.5
+    assert main(["labels", "stats", db]) == 0
+    assert "Fleiss" in capsys.readouterr().out
+    assert main(["labels", "stats", str(tmp_path / "missing.db")]) == 2
+
+    with pytest.raises(RecipeError, match="label database holds preference pairs"):
+        parse_recipe({"name": "x", "stages": ["sft"], "sft": {"dataset": f"labels:{db}"}})
+    empty = LabelStore(tmp_path / "empty.db")
+    empty.add_items(pairs(1), "t")
+    with pytest.raises(DataError, match="no A/B judgments yet"):
+        load_preferences(DataSource.model_validate({"labels": str(tmp_path / "empty.db")}))
+    with pytest.raises(DataError, match="write labels:"):
+        load_preferences(DataSource.model_validate(db))

@@ -1,0 +1,289 @@
+"""The labelling web app: pairwise labelling, a blind two-model arena, and an admin view, on one label store.
+
+Started by `align label ...` and `align arena ...` (ui/serve.py). Every handler reads the annotator from the
+logged-in session (gr.Request.username), never from the page, so nobody can write labels under another name.
+The same operations are exposed as API endpoints (/next_pair, /submit_label, /undo_label) for gradio_client.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from align.chat import ChatModels
+from align.label_stats import format_report, label_report
+from align.labels import DEFAULT_LEASE_SECONDS, LabelError, LabelStore
+from ui.render import conversation_html, response_html
+
+CHOICE_LABELS = [("A is better  [1]", "A"), ("B is better  [2]", "B"), ("Tie  [3]", "tie"), ("Both bad  [4]", "both_bad")]
+
+CSS = """
+.response, .conversation { max-height: 28rem; overflow-y: auto; overflow-wrap: anywhere; }
+.response, .conversation { padding: 0.5rem 0.75rem; border: 1px solid var(--border-color-primary);
+                           border-radius: var(--radius-lg); }
+.turn { margin-bottom: 0.5rem; }
+.turn .role { font-size: 0.8rem; font-weight: 600; opacity: 0.7; }
+.side-label { font-weight: 700; font-size: 1.1rem; }
+"""
+
+# 1-4 pick a choice, Enter submits, u undoes; ignored while typing a reason (except Enter) and when the
+# labelling tab is not on screen.
+KEYBOARD_JS = """
+<script>
+document.addEventListener('keydown', (event) => {
+  const submit = document.querySelector('#submit-label');
+  if (!submit || submit.offsetParent === null || event.ctrlKey || event.metaKey || event.altKey) return;
+  const typing = ['TEXTAREA', 'INPUT'].includes(event.target.tagName) && event.target.type !== 'radio';
+  const values = {'1': 'A', '2': 'B', '3': 'tie', '4': 'both_bad'};
+  if (!typing && values[event.key]) {
+    const input = document.querySelector(`#choice input[value="${values[event.key]}"]`);
+    if (input) { input.click(); event.preventDefault(); }
+  } else if (event.key === 'Enter' && !event.shiftKey) {
+    submit.click(); event.preventDefault();
+  } else if (!typing && event.key === 'u') {
+    const undo = document.querySelector('#undo-label');
+    if (undo) { undo.click(); event.preventDefault(); }
+  }
+});
+</script>
+"""
+
+
+@dataclass
+class LabelSession:
+    """What the handlers share: the store, the labelling rules and (optionally) the models that answer."""
+
+    store: LabelStore
+    overlap: int = 1
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    models: ChatModels | None = None
+    arena_models: tuple[str, str] | None = None
+    admins: set[str] = field(default_factory=set)
+    allow_anonymous: bool = False
+
+    def annotator(self, request: gr.Request | None) -> str:
+        name = getattr(request, "username", None) if request is not None else None
+        if name:
+            return name
+        if self.allow_anonymous and request is not None and request.session_hash:
+            return f"anonymous-{request.session_hash[:12]}"
+        raise gr.Error("Log in to label (anonymous labelling is switched off).")
+
+    def current(self, annotator: str) -> dict | None:
+        """The pair this annotator should see now, generating its responses first if a model writes them."""
+        shown = self.store.next_assignment(annotator, self.overlap, self.lease_seconds)
+        if shown is not None and shown["text_a"] is None:
+            if self.models is None:
+                raise gr.Error(f"item {shown['item_id']} has no responses and no model was given to write them")
+            item = self.store.item(shown["item_id"])
+            self.store.set_responses(item["item_id"], *self.models.candidates(item))
+            shown = self.store.assignment(annotator, shown["item_id"])
+        return shown
+
+
+# ---------------------------------------------------------------------------------------------- labelling
+
+
+def progress_text(session: LabelSession, annotator: str) -> str:
+    p = session.store.progress(annotator, session.overlap, session.lease_seconds)
+    return (f"**{annotator}**: {p['done']} judged, {p['left']} left for you  ·  "
+            f"all annotators: {p['all_done']} / {p['all_needed']} judgments ({p['items']} pairs × {session.overlap})")
+
+
+def pair_view(session: LabelSession, annotator: str, status: str = "") -> tuple:
+    """Outputs of the labelling tab: progress, prompt, A, B, item id, choice (cleared), reason (cleared), status."""
+    shown = session.current(annotator)
+    if shown is None:
+        done = "<p><strong>All done</strong>: no pairs are left for you. Thank you!</p>"
+        return progress_text(session, annotator), done, "", "", "", None, "", status
+    return (progress_text(session, annotator), conversation_html(shown["prompt"]), response_html(shown["text_a"], "A"),
+            response_html(shown["text_b"], "B"), shown["item_id"], None, "", status)
+
+
+def build_label_tab(session: LabelSession):
+    """The labelling controls; returns the page-load handler and its outputs (registered by build_app)."""
+    progress = gr.Markdown(elem_id="progress")
+    prompt = gr.HTML(elem_id="prompt")
+    with gr.Row(equal_height=False):
+        text_a = gr.HTML(elem_id="response-a")
+        text_b = gr.HTML(elem_id="response-b")
+    item_id = gr.Textbox(visible=False)
+    choice = gr.Radio(CHOICE_LABELS, label="Which response is better?", elem_id="choice")
+    reason = gr.Textbox(label="Reason (optional)", lines=1, max_lines=3, elem_id="reason")
+    with gr.Row():
+        submit = gr.Button("Submit  [Enter]", variant="primary", elem_id="submit-label")
+        undo = gr.Button("Undo last  [u]", elem_id="undo-label")
+    status = gr.Markdown(elem_id="label-status")
+    outputs = [progress, prompt, text_a, text_b, item_id, choice, reason, status]
+
+    def show(request: gr.Request):
+        return pair_view(session, session.annotator(request))
+
+    def on_submit(item: str, picked: str | None, why: str, request: gr.Request):
+        annotator = session.annotator(request)
+        if not item:
+            return pair_view(session, annotator)
+        if picked is None:
+            gr.Warning("Pick A, B, tie or both bad first (keys 1-4).")
+            return (gr.skip(),) * 7 + ("Pick A, B, tie or both bad first (keys 1-4).",)
+        try:
+            judgment = session.store.submit(annotator, item, picked, why)
+        except LabelError as err:
+            return pair_view(session, annotator, f"Not saved: {err}")
+        return pair_view(session, annotator, f"Saved judgment #{judgment} ({picked}).")
+
+    def on_undo(request: gr.Request):
+        annotator = session.annotator(request)
+        try:
+            undone = session.store.undo_last(annotator)
+        except LabelError as err:
+            return pair_view(session, annotator, str(err))
+        return pair_view(session, annotator, f"Undid judgment #{undone['judgment_id']} ({undone['choice']}): "
+                                             "judge this pair again.")
+
+    submit.click(on_submit, [item_id, choice, reason], outputs, api_visibility="private")
+    undo.click(on_undo, None, outputs, api_visibility="private")
+    return show, outputs
+
+
+# ---------------------------------------------------------------------------------------------- API
+
+
+def add_api(session: LabelSession) -> None:
+    def next_pair(request: gr.Request) -> dict:
+        """The pair to judge now for the logged-in annotator ({} when none is left), with progress."""
+        annotator = session.annotator(request)
+        shown = session.current(annotator)
+        view = {k: shown[k] for k in ("item_id", "prompt", "text_a", "text_b")} if shown else {}
+        return {**view, "progress": session.store.progress(annotator, session.overlap, session.lease_seconds)}
+
+    def submit_label(item_id: str, choice: str, reason: str = "", request: gr.Request = None) -> dict:
+        """Record a judgment (choice: A, B, tie or both_bad) of a pair given by next_pair; returns its id."""
+        annotator = session.annotator(request)
+        try:
+            return {"judgment_id": session.store.submit(annotator, item_id, choice, reason)}
+        except LabelError as err:
+            raise gr.Error(str(err)) from None
+
+    def undo_label(request: gr.Request) -> dict:
+        """Undo the logged-in annotator's latest judgment; the pair comes back to them."""
+        try:
+            return session.store.undo_last(session.annotator(request))
+        except LabelError as err:
+            raise gr.Error(str(err)) from None
+
+    gr.api(next_pair, api_name="next_pair")
+    gr.api(submit_label, api_name="submit_label")
+    gr.api(undo_label, api_name="undo_label")
+
+
+# ---------------------------------------------------------------------------------------------- arena
+
+
+def build_arena_tab(session: LabelSession) -> None:
+    """Both models answer each message, in random left/right order and unnamed until the vote. The preferred
+    answer (A on a tie) continues the shared conversation, so every vote has one prompt both models saw;
+    'both bad' starts over."""
+    gr.Markdown("Chat with two anonymous models at once, then vote. Names are shown after the vote.")
+    conversation = gr.HTML(elem_id="arena-conversation")
+    with gr.Row(equal_height=False):
+        answer_a = gr.HTML(elem_id="arena-a")
+        answer_b = gr.HTML(elem_id="arena-b")
+    message = gr.Textbox(label="Your message", lines=2, elem_id="arena-message")
+    send = gr.Button("Send to both", variant="primary", elem_id="arena-send")
+    with gr.Row():
+        votes = [gr.Button(label, elem_id=f"arena-vote-{value}") for label, value in
+                 [("A is better", "A"), ("B is better", "B"), ("Tie", "tie"), ("Both bad", "both_bad")]]
+    reason = gr.Textbox(label="Reason (optional)", lines=1, elem_id="arena-reason")
+    status = gr.Markdown(elem_id="arena-status")
+    new_chat = gr.Button("New conversation", size="sm")
+    history = gr.State([])
+    pending = gr.State(None)
+
+    def on_send(text: str, past: list, waiting: dict | None, request: gr.Request):
+        session.annotator(request)
+        if waiting is not None:
+            raise gr.Error("Vote on these answers first.")
+        if not text.strip():
+            raise gr.Error("Type a message first.")
+        prompt = past + [{"role": "user", "content": text.strip()}]
+        shown_at = time.time()
+        sides = list(session.arena_models)
+        random.shuffle(sides)
+        seed = random.randrange(2**31)
+        texts = [session.models.reply(spec, prompt, seed=seed + i) for i, spec in enumerate(sides)]
+        waiting = {"prompt": prompt, "text_a": texts[0], "text_b": texts[1], "model_a": sides[0],
+                   "model_b": sides[1], "shown_at": shown_at}
+        return (conversation_html(prompt), response_html(texts[0], "A"), response_html(texts[1], "B"), "",
+                past, waiting, "Which answer is better?")
+
+    def make_vote(choice: str):
+        def on_vote(why: str, past: list, waiting: dict | None, request: gr.Request):
+            annotator = session.annotator(request)
+            if waiting is None:
+                raise gr.Error("Send a message first; then vote on the two answers.")
+            vote_id = session.store.add_arena_vote(annotator, waiting["prompt"], waiting["text_a"], waiting["text_b"],
+                                                   waiting["model_a"], waiting["model_b"], choice, why,
+                                                   waiting["shown_at"])
+            reveal = (f"Saved vote #{vote_id} ({choice}). A was **{waiting['model_a']}**, "
+                      f"B was **{waiting['model_b']}**.")
+            if choice == "both_bad":
+                return "", gr.skip(), gr.skip(), "", [], None, reveal + " Starting over."
+            kept = waiting["text_b"] if choice == "B" else waiting["text_a"]
+            past = waiting["prompt"] + [{"role": "assistant", "content": kept}]
+            return conversation_html(past), gr.skip(), gr.skip(), "", past, None, reveal + " Continue the chat."
+        return on_vote
+
+    outputs = [conversation, answer_a, answer_b, reason, history, pending, status]
+    send.click(on_send, [message, history, pending], outputs, api_visibility="private").then(
+        lambda: "", None, message, api_visibility="private")
+    for button, (_, value) in zip(votes, CHOICE_LABELS):
+        button.click(make_vote(value), [reason, history, pending], outputs, api_visibility="private")
+    new_chat.click(lambda: ("", "", "", "", [], None, "New conversation."), None, outputs, api_visibility="private")
+
+
+# ---------------------------------------------------------------------------------------------- admin
+
+
+def build_admin_tab(session: LabelSession) -> None:
+    report = gr.Markdown("Press refresh.", elem_id="admin-report")
+    refresh = gr.Button("Refresh statistics", elem_id="admin-refresh")
+
+    def on_refresh(request: gr.Request) -> str:
+        if session.annotator(request) not in session.admins:
+            return "Only admins see the statistics (mark an account `:admin` in the users file)."
+        counts = session.store.counts()
+        head = (f"{counts['items']} pairs, {counts['arena_rounds']} arena rounds, {counts['judgments']} judgments "
+                f"({counts['undone']} undone, kept in the database). Overlap {session.overlap}.\n\n")
+        return head + format_report(label_report(session.store.judgments()))
+
+    refresh.click(on_refresh, None, report, api_visibility="private")
+
+
+# ---------------------------------------------------------------------------------------------- app
+
+
+def build_app(session: LabelSession, label_tab: bool = True) -> gr.Blocks:
+    if session.arena_models is not None and session.models is None:
+        raise ValueError("the arena needs models to answer")
+    with gr.Blocks(title="align: preference labelling") as app:
+        gr.Markdown("## Which response is better?" if label_tab else "## Arena")
+        on_load = None
+        with gr.Tabs():
+            if label_tab:
+                with gr.Tab("Label", id="label"):
+                    on_load = build_label_tab(session)
+            if session.arena_models is not None:
+                with gr.Tab("Arena", id="arena"):
+                    build_arena_tab(session)
+            with gr.Tab("Admin", id="admin"):
+                build_admin_tab(session)
+        if on_load is not None:
+            show, outputs = on_load
+            app.load(show, None, outputs, api_visibility="private")
+        add_api(session)
+    app.queue(default_concurrency_limit=16)
+    return app

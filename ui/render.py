@@ -1,0 +1,33 @@
+"""Model output as HTML that cannot run anything: Markdown rendered with raw HTML turned off.
+
+Responses are untrusted text. markdown-it with html=False prints any tag in them as visible text and refuses
+javascript:/vbscript:/data: links, so `<script>` or `<img onerror=...>` in an answer shows up as what it is.
+"""
+
+from __future__ import annotations
+
+import html
+
+from markdown_it import MarkdownIt
+
+_markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["table", "strikethrough"])
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def markdown_html(text: str | None) -> str:
+    return _markdown.render(text or "")
+
+
+def conversation_html(messages: list[dict]) -> str:
+    """A prompt (one or more turns) as labelled blocks."""
+    turns = []
+    for message in messages:
+        role = message.get("role", "user")
+        turns.append(f'<div class="turn turn-{html.escape(role)}"><div class="role">{ROLE_NAMES.get(role, "?")}</div>'
+                     f'{markdown_html(message.get("content", ""))}</div>')
+    return '<div class="conversation">' + "".join(turns) + "</div>"
+
+
+def response_html(text: str | None, side: str) -> str:
+    body = markdown_html(text) if text is not None else "<p><em>generating…</em></p>"
+    return f'<div class="side-label">{side}</div><div class="response" data-side="{side}">{body}</div>'
