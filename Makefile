@@ -1,10 +1,10 @@
 # make demo   # install into .venv, then run recipes/quickstart.yaml on the embedded model (CPU, ~15 min)
-# make test   # install into .venv (with test extras), then run the whole test suite
+# make test   # install into .venv (with ui and test extras) and Chromium, then run the whole test suite
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install browser clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/align run recipes/quickstart.yaml
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed browser
 	$(BIN)/python -m pytest -q
+
+# The browser tests drive Debian's Chromium through Playwright (Playwright's own browser download needs the
+# internet). Installed here when missing and possible (root with apt-get); otherwise they are skipped outside CI.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		echo "make: could not install chromium (apt-get as root); browser tests will be skipped"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -389,6 +389,8 @@ def preference_rows(judgments: list[dict], keep_ties: bool = False, majority: bo
         decisive = j["choice"] in ("A", "B")
         if not decisive and not keep_ties:
             continue
+        if j["text_a"].strip() == j["text_b"].strip():
+            continue  # two models can write the same answer; a choice between equal texts is not a preference
         b_won = j["choice"] == "B"
         rows.append({
             "prompt": j["prompt"],
@@ -419,7 +421,7 @@ def _majority_rows(judgments: list[dict]) -> list[dict]:
             models[j["a_response"]], models[b_response] = j["model_a"], j["model_b"]
             if j["choice"] in ("A", "B"):
                 votes[j["a_response"] if j["choice"] == "A" else b_response] += 1
-        if votes[1] == votes[2]:
+        if votes[1] == votes[2] or texts[1].strip() == texts[2].strip():
             continue
         winner = 1 if votes[1] > votes[2] else 2
         rows.append({

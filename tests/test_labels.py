@@ -158,6 +158,9 @@ def test_preference_rows_ties_and_majority(store):
     assert [r["choice"] for r in with_ties].count("tie") == 1
     (majority,) = preference_rows(judgments, majority=True)
     assert majority["chosen"][0]["content"] == "good 0" and majority["votes"] == "2-1 of 4"
+    # Two models may write the same text: a choice between equal answers is no training pair.
+    same = [{**judgments[0], "text_b": judgments[0]["text_a"] + " "}]
+    assert preference_rows(same) == [] and preference_rows(same, majority=True) == []
 
 
 def test_pair_sources_and_their_errors(tmp_path):
@@ -203,9 +206,10 @@ def test_accounts_file_env_and_hashes(tmp_path, monkeypatch):
 
 
 def test_recipe_reads_labels_and_cli_exports_them(store, tmp_path, capsys):
-    for annotator in ("a", "b"):
+    for annotator in ("a", "b"):  # a always prefers response 1 (wherever it is shown); b calls every pair a tie
         while (shown := store.next_assignment(annotator, overlap=2)) is not None:
-            store.submit(annotator, shown["item_id"], "A" if shown["a_response"] == 1 else "tie")
+            decisive = "A" if shown["a_response"] == 1 else "B"
+            store.submit(annotator, shown["item_id"], decisive if annotator == "a" else "tie")
     db = str(tmp_path / "labels.db")
     rows, where = load_preferences(DataSource.model_validate(f"labels:{db}"))
     assert where == f"labels:{db}" and len(rows) == 6  # a's 6 decisive judgments; b's ties are not pairs
@@ -213,7 +217,7 @@ def test_recipe_reads_labels_and_cli_exports_them(store, tmp_path, capsys):
 
     assert main(["labels", "export", db, str(tmp_path / "out.jsonl"), "--keep-ties"]) == 0
     exported = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert len(exported) == 12 and {r["choice"] for r in exported} == {"A", "tie"}
+    assert len(exported) == 12 and sum(r["choice"] == "tie" for r in exported) == 6
     assert main(["labels", "export", db, str(tmp_path / "hf"), "--format", "hf"]) == 0
     import datasets
 

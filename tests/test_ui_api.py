@@ -1,0 +1,128 @@
+"""The labelling server through its API (gradio_client), as real processes: logins, labelling, undo, and 20
+annotators at once through a kill -9 and a restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+
+from align.labels import LabelStore  # noqa: E402
+from tests.label_server import USERS, LabelServer, users_env  # noqa: E402
+
+
+def client(server: LabelServer, name: str | None) -> Client:
+    auth = (name, USERS.get(name, f"{name}-pw")) if name else None
+    return Client(server.url, auth=auth, verbose=False)
+
+
+def test_login_labelling_and_undo_through_the_api(tmp_path):
+    db = tmp_path / "labels.db"
+    with LabelServer(["--pairs", "bundled:prefs_test", "--db", str(db), "--overlap", "2"], tmp_path / "log") as server:
+        with pytest.raises(Exception):
+            Client(server.url, auth=("alice", "wrong"), verbose=False)
+        with pytest.raises(Exception):  # no anonymous writes unless --allow-anonymous
+            client(server, None).predict(api_name="/next_pair")
+
+        alice, bob = client(server, "alice"), client(server, "bob")
+        pair = alice.predict(api_name="/next_pair")
+        assert pair["progress"] == {"done": 0, "left": 64, "items": 64, "all_done": 0, "all_needed": 128}
+        assert alice.predict(api_name="/next_pair")["item_id"] == pair["item_id"]  # reload: same pair
+        with pytest.raises(Exception, match="not given to bob"):
+            bob.predict(item_id=pair["item_id"], choice="A", reason="", api_name="/submit_label")
+        ack = alice.predict(item_id=pair["item_id"], choice="B", reason="more accurate", api_name="/submit_label")
+        with pytest.raises(Exception, match="not one of"):
+            alice.predict(item_id=pair["item_id"], choice="maybe", reason="", api_name="/submit_label")
+        after = alice.predict(api_name="/next_pair")
+        assert after["item_id"] != pair["item_id"] and after["progress"]["done"] == 1
+        assert bob.predict(api_name="/next_pair")["item_id"] == pair["item_id"]  # overlap 2: bob gets it too
+        undone = alice.predict(api_name="/undo_label")
+        assert undone["judgment_id"] == ack["judgment_id"]
+        assert alice.predict(api_name="/next_pair")["item_id"] == pair["item_id"]
+
+    rows = LabelStore(db).judgments(include_undone=True)
+    (row,) = rows
+    assert (row["annotator"], row["choice"], row["reason"]) == ("alice", "B", "more accurate")
+    assert row["undone_at"] is not None
+    assert row["text_a"] == pair["text_a"] and row["text_b"] == pair["text_b"]  # exactly what was shown
+
+
+def test_anonymous_labelling_only_when_enabled(tmp_path):
+    db = tmp_path / "labels.db"
+    args = ["--pairs", "bundled:prefs_test", "--db", str(db), "--allow-anonymous"]
+    with LabelServer(args, tmp_path / "log", users="") as server:
+        first, second = client(server, None), client(server, None)
+        for c in (first, second):
+            pair = c.predict(api_name="/next_pair")
+            c.predict(item_id=pair["item_id"], choice="A", reason="", api_name="/submit_label")
+    names = {j["annotator"] for j in LabelStore(db).judgments()}
+    assert len(names) == 2 and all(n.startswith("anonymous-") for n in names)
+
+
+def test_no_accounts_and_no_anonymous_is_refused_at_start(tmp_path):
+    server = LabelServer(["--pairs", "bundled:prefs_test", "--db", str(tmp_path / "l.db")], tmp_path / "log", users="")
+    with pytest.raises(RuntimeError, match="no annotator accounts"):
+        server.start(timeout=60)
+
+
+def test_twenty_annotators_kill_9_and_restart_lose_and_duplicate_nothing(tmp_path):
+    db = tmp_path / "labels.db"
+    names = [f"annotator{i:02d}" for i in range(20)]
+    server = LabelServer(["--pairs", "bundled:prefs_test", "--db", str(db), "--overlap", "2"], tmp_path / "log",
+                         users=users_env(names)).start()
+    acked: list[tuple[str, str, int]] = []
+    lock = threading.Lock()
+    up = threading.Event()
+    up.set()
+    errors: list[str] = []
+
+    def annotate(name: str) -> None:
+        c = None
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            up.wait()
+            try:
+                c = c or client(server, name)
+                pair = c.predict(api_name="/next_pair")
+                if not pair.get("item_id"):
+                    return
+                choice = ["A", "B", "tie", "both_bad"][hash((name, pair["item_id"])) % 4]
+                ack = c.predict(item_id=pair["item_id"], choice=choice, reason="", api_name="/submit_label")
+                with lock:
+                    acked.append((name, pair["item_id"], ack["judgment_id"]))
+            except Exception:  # the server is down (killed): wait for it, then log in again
+                c = None
+                time.sleep(0.5)
+        errors.append(f"{name} did not finish")
+
+    threads = [threading.Thread(target=annotate, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    while len(acked) < 40:
+        time.sleep(0.05)
+    up.clear()
+    server.kill9()  # mid-session, with requests in flight
+    killed_at = len(acked)
+    server.start()
+    up.set()
+    for t in threads:
+        t.join()
+    server.stop()
+
+    assert not errors
+    assert killed_at >= 40 and len(acked) > killed_at
+    judgments = LabelStore(db).judgments(include_undone=True)
+    by_id = {j["judgment_id"]: j for j in judgments}
+    for name, item, judgment_id in acked:  # every acknowledged label is there, as acknowledged
+        assert (by_id[judgment_id]["annotator"], by_id[judgment_id]["item_id"]) == (name, item)
+    keys = [(j["item_id"], j["annotator"]) for j in judgments]
+    assert len(keys) == len(set(keys))  # exactly once: no annotator judged a pair twice
+    assert len(judgments) == 128  # 64 pairs x overlap 2, all done
+    per_item = {}
+    for item, _ in keys:
+        per_item[item] = per_item.get(item, 0) + 1
+    assert set(per_item.values()) == {2}

@@ -1,0 +1,169 @@
+"""A real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright) logs in, labels with the mouse and
+the keyboard, undoes, checks that model output cannot run script, looks at the admin view and votes in the arena.
+`make test` installs Chromium; without it this test fails in CI and is skipped elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from align.labels import LabelStore  # noqa: E402
+from tests.label_server import USERS, LabelServer  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium's background connections are refused on a closed network; these flags keep it quiet and quick.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+XSS_PAIR = {"id": "xss", "prompt": "Write <b>bold</b> HTML for me",
+            "response_a": "<script>window.__xss = 1</script>Here: <img src=x onerror=\"window.__xss = 2\"> ${window.__xss = 3}",
+            "response_b": "**Markdown** works:\n\n- one\n- two\n\n[click](javascript:window.__xss=4)"}
+MULTI_TURN_PAIR = {"id": "multi", "prompt": [{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello!"},
+                                             {"role": "user", "content": "What is 2+2?"}],
+                   "response_a": "4", "response_b": "Five."}
+LONG_PAIR = {"id": "long", "prompt": "Count to 300.", "response_a": " ".join(str(i) for i in range(1, 301)) * 4,
+             "response_b": "1, 2, 3."}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("/usr/bin/chromium is missing: `make test` installs it (apt-get install chromium)")
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium chromium-driver)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def log_in(browser, server: LabelServer, name: str):
+    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+    page.goto(server.url)
+    page.get_by_label("username").fill(name)
+    page.get_by_label("password").fill(USERS[name])
+    page.get_by_role("button", name="Login").click()
+    return page
+
+
+def test_label_with_mouse_and_keyboard_in_chromium(browser, tiny_llama, tiny_gpt2, tmp_path):
+    expect = sync_api.expect
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in (XSS_PAIR, MULTI_TURN_PAIR, LONG_PAIR)))
+    db = tmp_path / "labels.db"
+    args = ["--pairs", str(pairs), "--db", str(db), "--prompts", "bundled:prefs_test", "--models", str(tiny_llama),
+            str(tiny_gpt2), "--max-new-tokens", "12"]
+    with LabelServer(args, tmp_path / "server.log") as server:
+        page = log_in(browser, server, "alice")
+        status = page.locator("#label-status")
+
+        # 1. Untrusted model output is shown as text: no script ran, no element was made from it.
+        expect(page.locator("#prompt")).to_contain_text("Write <b>bold</b> HTML for me")
+        a_side_is_script = "window.__xss = 1" in page.locator("#response-a").inner_text()  # sides are random
+        script_side, markdown_side = ("#response-a", "#response-b") if a_side_is_script else ("#response-b", "#response-a")
+        expect(page.locator(script_side)).to_contain_text("<script>window.__xss = 1</script>Here: <img src=x")
+        assert page.evaluate("window.__xss") is None
+        assert page.locator("#response-a img, #response-b img, #response-a script, #response-b script").count() == 0
+        assert page.locator("#response-a a, #response-b a").count() == 0  # the javascript: link stays text
+        expect(page.locator(f"{markdown_side} strong")).to_have_text("Markdown")  # markdown still renders
+
+        # 2. Enter with nothing chosen saves nothing; then the mouse: pick B, press Submit.
+        page.locator("#progress").click()
+        page.keyboard.press("Enter")
+        expect(status).to_contain_text("Pick A, B, tie or both bad first")
+        page.get_by_text("B is better").click()
+        page.locator("#submit-label").click()
+        expect(status).to_contain_text("Saved judgment #1 (B)")
+
+        # 3. A multi-turn prompt; the keyboard: 1 then Enter.
+        expect(page.locator("#prompt")).to_contain_text("Be brief.")
+        expect(page.locator("#prompt")).to_contain_text("Hello!")
+        page.keyboard.press("1")
+        expect(page.locator("#choice input[value='A']")).to_be_checked()
+        page.keyboard.press("Enter")
+        expect(status).to_contain_text("Saved judgment #2 (A)")
+
+        # 4. A long response scrolls inside its box; 3, a typed reason, Enter.
+        expect(page.locator("#prompt")).to_contain_text("Count to 300.")
+        long_box = page.locator("#response-a .response, #response-b .response").first
+        assert long_box.evaluate("e => getComputedStyle(e).overflowY") == "auto"
+        page.keyboard.press("3")
+        page.locator("#reason textarea").fill("same quality")
+        page.locator("#reason textarea").press("Enter")
+        expect(status).to_contain_text("Saved judgment #3 (tie)")
+
+        # 5. Undo with u brings the pair back; 4 and Enter judge it again.
+        page.locator("#progress").click()  # out of the text box, so u is a shortcut
+        page.keyboard.press("u")
+        expect(status).to_contain_text("Undid judgment #3 (tie)")
+        expect(page.locator("#prompt")).to_contain_text("Count to 300.")
+        page.keyboard.press("4")
+        page.keyboard.press("Enter")
+        expect(status).to_contain_text("Saved judgment #4 (both_bad)")
+        expect(page.locator("#progress")).to_contain_text("alice: 3 judged")
+        # The next pair is written by the two models on the fly.
+        expect(page.locator("#response-a .response")).not_to_contain_text("generating", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "labelling.png"))  # for a person looking into a failure
+
+        # 6. Statistics are for admins only.
+        page.get_by_role("tab", name="Admin").click()
+        page.locator("#admin-refresh").click()
+        expect(page.locator("#admin-report")).to_contain_text("Only admins")
+        admin = log_in(browser, server, "admin")
+        admin.get_by_role("tab", name="Admin").click()
+        admin.locator("#admin-refresh").click()
+        expect(admin.locator("#admin-report")).to_contain_text("3 judgments (1 undone")
+        expect(admin.locator("#admin-report")).to_contain_text("alice")
+
+        # 7. The arena: both models answer, blind; the vote names them and lands in the same store.
+        page.get_by_role("tab", name="Arena").click()
+        page.locator("#arena-message textarea").fill("Name a colour.")
+        page.locator("#arena-send").click()
+        expect(page.locator("#arena-status")).to_contain_text("Which answer is better?", timeout=60_000)
+        page.locator("#arena-vote-B").click()
+        expect(page.locator("#arena-status")).to_contain_text("Saved vote")
+        expect(page.locator("#arena-status")).to_contain_text(str(tiny_llama))
+
+    judgments = LabelStore(db).judgments(include_undone=True)
+    assert [(j["item_id"], j["choice"], j["annotator"]) for j in judgments[:4]] == [
+        ("xss", "B", "alice"), ("multi", "A", "alice"), ("long", "tie", "alice"), ("long", "both_bad", "alice")]
+    assert judgments[2]["reason"] == "same quality" and judgments[2]["undone_at"] is not None
+    assert judgments[0]["text_a"].startswith("<script>") == a_side_is_script  # the row holds what was on screen
+    arena = judgments[4]
+    assert arena["kind"] == "arena" and arena["choice"] == "B" and arena["prompt"][-1]["content"] == "Name a colour."
+    assert {arena["model_a"], arena["model_b"]} == {str(tiny_llama), str(tiny_gpt2)}
+
+
+def test_arena_command_serves_only_the_arena(browser, tiny_llama, tiny_gpt2, tmp_path):
+    expect = sync_api.expect
+    db = tmp_path / "labels.db"
+    args = [str(tiny_llama), str(tiny_gpt2), "--db", str(db), "--max-new-tokens", "8", "--temperature", "0"]
+    with LabelServer(args, tmp_path / "server.log", command="arena") as server:
+        page = log_in(browser, server, "bob")
+        expect(page.get_by_role("tab", name="Arena")).to_be_visible()
+        assert page.get_by_role("tab", name="Label").count() == 0
+        page.locator("#arena-vote-A").click()  # nothing to vote on yet: refused, nothing stored
+        page.locator("#arena-message textarea").fill("Hi")
+        page.locator("#arena-send").click()
+        expect(page.locator("#arena-status")).to_contain_text("Which answer is better?", timeout=60_000)
+        page.locator("#arena-vote-tie").click()
+        expect(page.locator("#arena-status")).to_contain_text("Continue the chat")
+        expect(page.locator("#arena-conversation")).to_contain_text("Hi")
+        page.locator("#arena-message textarea").fill("And again?")
+        page.locator("#arena-send").click()
+        expect(page.locator("#arena-status")).to_contain_text("Which answer is better?", timeout=60_000)
+        page.locator("#arena-vote-both_bad").click()
+        expect(page.locator("#arena-status")).to_contain_text("Starting over")
+    first, second = LabelStore(db).judgments()
+    assert (first["choice"], second["choice"], first["annotator"]) == ("tie", "both_bad", "bob")
+    # The second round's prompt continues from the first round's kept answer (A on a tie).
+    assert second["prompt"] == first["prompt"] + [{"role": "assistant", "content": first["text_a"]},
+                                                {"role": "user", "content": "And again?"}]
