@@ -55,6 +55,9 @@ def parse_accounts(lines: list[str], where: str, unit: str = "line") -> dict[str
         if len(parts) != 2 or not parts[1]:
             raise AccountError(f"{at}: expected name:password or name:password:admin")
         name, password = parts
+        if password.startswith(HASH_PREFIX + "$") and not re.fullmatch(
+                re.escape(HASH_PREFIX) + r"\$\d+\$[^$]+\$[0-9a-f]{64}", password):
+            raise AccountError(f"{at}: password hash of '{name}' is damaged (expected {HASH_PREFIX}$N$salt$hex)")
         if not NAME_PATTERN.match(name):
             raise AccountError(f"{at}: user name '{name}' may use letters, digits and _ . @ - (at most 64)")
         if name in accounts:

@@ -115,14 +115,17 @@ class ChatModels:
         self._loaded: dict[str, tuple] = {}
         self._lock = threading.Lock()
 
+    def load(self, spec: str) -> tuple:
+        if spec not in self._loaded:
+            self._loaded[spec] = load_chat_model(spec)
+        return self._loaded[spec]
+
     def reply(self, spec: str, messages: list[dict], seed: int | None = None) -> str:
         """One answer to a conversation; `seed` makes a sampled answer repeatable."""
         import torch
 
         with self._lock:
-            if spec not in self._loaded:
-                self._loaded[spec] = load_chat_model(spec)
-            model, tokenizer = self._loaded[spec]
+            model, tokenizer = self.load(spec)
             enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                 return_dict=True).to(model.device)
             sample = self.temperature > 0

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("--models", nargs="+", metavar="MODEL",
                        help="one or two models: embedded, hub id, model dir, run dir, or a run's stage dir (runs/x/sft)")
     label.add_argument("--overlap", type=_positive_int, default=1, help="annotators per pair (for agreement), default 1")
-    label.add_argument("--lease-minutes", type=float, default=60.0,
+    label.add_argument("--lease-minutes", type=_positive_float, default=60.0,
                        help="a pair shown but not judged for this long may go to someone else")
     _serving_options(label)
 
@@ -106,6 +106,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive (got {value})")
+    return value
+
+
 def _serving_options(parser) -> None:
     parser.add_argument("--users", metavar="FILE", help="annotator accounts, name:password[:admin] per line "
                         "(or set ALIGN_LABEL_USERS); required unless --allow-anonymous")
@@ -130,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (RecipeError, DataError, ModelError, LabelError, AccountError, FileNotFoundError,
-            ModuleNotFoundError) as err:
+    except (RecipeError, DataError, ModelError, LabelError, AccountError, FileNotFoundError, MissingExtra) as err:
         print(f"align {args.command}: error: {err}", file=sys.stderr)
         return 2
 
@@ -245,15 +251,20 @@ def cmd_env(args) -> int:
     return 0
 
 
+class MissingExtra(RuntimeError):
+    """An optional part of align (the web app) whose libraries are not installed."""
+
+
 def serving_module():
     """The web app lives in ui/ (which imports align, never the reverse at import time): the CLI is the one
     place that reaches it, and only when asked to serve."""
     import importlib
 
     try:
-        return importlib.import_module("ui.serve")
+        importlib.import_module("gradio")
     except ImportError as err:
-        raise ModuleNotFoundError(f"the labelling app needs the ui extra: pip install 'align[ui]' ({err})") from None
+        raise MissingExtra(f"the labelling app needs the ui extra: pip install 'align[ui]' ({err})") from None
+    return importlib.import_module("ui.serve")
 
 
 def cmd_label(args) -> int:

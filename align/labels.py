@@ -26,6 +26,7 @@ from pathlib import Path
 CHOICES = ("A", "B", "tie", "both_bad")
 SCHEMA_VERSION = "1"
 DEFAULT_LEASE_SECONDS = 3600.0  # an item shown but not judged for this long may go to another annotator
+REVOKED = -1  # assignments.done: the lease ran out and the pair went to someone else
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS assignments (
     annotator   TEXT NOT NULL,
     a_response  INTEGER NOT NULL CHECK (a_response IN (1, 2)),
     assigned_at REAL NOT NULL,
-    done        INTEGER NOT NULL DEFAULT 0,
+    done        INTEGER NOT NULL DEFAULT 0,   -- 0 open, 1 judged, -1 revoked (lease ran out)
     PRIMARY KEY (item_id, annotator)
 );
 CREATE TABLE IF NOT EXISTS judgments (
@@ -88,6 +89,8 @@ class LabelStore:
         self.path = Path(path).expanduser()
         if not create and not self.path.is_file():
             raise LabelError(f"{path}: no label database here (labels are collected with `align label`)")
+        if self.path.is_file():
+            self._check_is_label_database()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self.connection().executescript(SCHEMA)  # executescript commits by itself; every statement is idempotent
@@ -96,6 +99,20 @@ class LabelStore:
         version = self.meta("schema_version")
         if version != SCHEMA_VERSION:
             raise LabelError(f"{path}: label database schema {version}, this align reads {SCHEMA_VERSION}")
+
+    def _check_is_label_database(self) -> None:
+        """Look before writing: never add our tables to some other SQLite file."""
+        try:
+            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if tables and not {"meta", "items", "judgments"} <= tables:
+                    raise LabelError(f"{self.path}: an SQLite file, but not a label database (tables: "
+                                     f"{', '.join(sorted(tables))})")
+            finally:
+                probe.close()
+        except sqlite3.Error as err:
+            raise LabelError(f"{self.path}: not a label database ({err})") from None
 
     # ------------------------------------------------------------------------------------------ connection
 
@@ -185,26 +202,30 @@ class LabelStore:
     # ------------------------------------------------------------------------------------------ labelling
 
     def next_assignment(self, annotator: str, overlap: int = 1, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-                        rng: random.Random | None = None) -> dict | None:
+                        rng: random.Random | None = None, generated_only: bool = False) -> dict | None:
         """The item this annotator should judge now, or None when nothing is left for them.
 
         An open assignment (shown, not yet judged; or handed back by undo) comes first, so a page reload shows
         the same pair in the same order. Otherwise an item they have never been given and that fewer than
         `overlap` annotators hold (judged, or shown within the lease) is assigned; items already partly covered
-        go first so overlapping judgments, and the agreement figures, accumulate early."""
+        go first so overlapping judgments, and the agreement figures, accumulate early. `generated_only` skips
+        items whose responses no model has written (a session without models)."""
         now = time.time()
         with self.transaction() as db:
             row = db.execute(
                 "SELECT item_id FROM assignments WHERE annotator = ? AND done = 0 ORDER BY assigned_at DESC LIMIT 1",
                 (annotator,),
             ).fetchone()
-            if row is None:
+            if row is not None:  # still on screen: the lease runs from the latest showing
+                db.execute("UPDATE assignments SET assigned_at = ? WHERE item_id = ? AND annotator = ?",
+                           (now, row["item_id"], annotator))
+            else:
                 row = db.execute(
-                    """
+                    f"""
                     SELECT i.item_id, (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.item_id
-                                       AND (a.done = 1 OR a.assigned_at > ?)) AS taken
+                                       AND (a.done = 1 OR (a.done = 0 AND a.assigned_at > ?))) AS taken
                     FROM items i
-                    WHERE i.kind = 'pair'
+                    WHERE i.kind = 'pair' {"AND i.response_1 IS NOT NULL" if generated_only else ""}
                       AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ?)
                       AND taken < ?
                     ORDER BY taken DESC, i.position LIMIT 1
@@ -213,6 +234,9 @@ class LabelStore:
                 ).fetchone()
                 if row is None:
                     return None
+                # Whoever let their lease on this pair run out loses it, so it never gets more than `overlap`.
+                db.execute("UPDATE assignments SET done = ? WHERE item_id = ? AND done = 0 AND assigned_at <= ?",
+                           (REVOKED, row["item_id"], now - lease_seconds))
                 a_response = (rng or random).choice((1, 2))
                 db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, 0)", (row["item_id"], annotator, a_response, now))
         return self.assignment(annotator, row["item_id"])
@@ -237,7 +261,7 @@ class LabelStore:
             "model_b": item[f"model_{second}"],
             "a_response": row["a_response"],
             "shown_at": row["assigned_at"],
-            "done": bool(row["done"]),
+            "done": row["done"] == 1,
         }
 
     def submit(self, annotator: str, item_id: str, choice: str, reason: str = "") -> int:
@@ -256,6 +280,9 @@ class LabelStore:
                 if live["choice"] == choice:
                     return live["judgment_id"]
                 raise LabelError(f"item {item_id} is already judged '{live['choice']}' by {annotator}; undo it first")
+            if shown["done"] == REVOKED:
+                raise LabelError(f"item {item_id} was given to someone else after it waited longer than the lease; "
+                                 "take the next pair")
             view = self.assignment(annotator, item_id)
             if view["text_a"] is None:
                 raise LabelError(f"item {item_id} has no responses yet (still generating)")
@@ -275,6 +302,12 @@ class LabelStore:
         if shown is None:
             raise LabelError(f"item {item_id} was not given to {annotator}; ask for the next pair first")
         return shown
+
+    def release(self, annotator: str, item_id: str) -> None:
+        """Take back an unjudged pair from an annotator (its responses could not be generated)."""
+        with self.transaction() as db:
+            db.execute("UPDATE assignments SET done = ? WHERE item_id = ? AND annotator = ? AND done = 0",
+                       (REVOKED, item_id, annotator))
 
     def undo_last(self, annotator: str) -> dict:
         """Mark the annotator's latest pair judgment undone and hand that item back to them (same A/B order)."""
@@ -330,7 +363,7 @@ class LabelStore:
                 EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ? AND a.done = 0)
                 OR (NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ?)
                     AND (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.item_id
-                         AND (a.done = 1 OR a.assigned_at > ?)) < ?))
+                         AND (a.done = 1 OR (a.done = 0 AND a.assigned_at > ?))) < ?))
             """,
             (annotator, annotator, time.time() - lease_seconds, overlap),
         ).fetchone()[0]
@@ -381,7 +414,7 @@ def preference_rows(judgments: list[dict], keep_ties: bool = False, majority: bo
     `majority` instead gives one row per item, for the response more annotators preferred (items without a
     strict winner are dropped). `keep_ties` keeps ties and both-bad judgments, with response A as "chosen" and
     the `choice` column saying what the annotator meant: reward and DPO training would read them as real wins,
-    so they are for analysis, not for recipes."""
+    so they are for analysis, not for recipes. Pairs with identical or empty texts are never rows."""
     if majority:
         return _majority_rows(judgments)
     rows = []
@@ -389,8 +422,8 @@ def preference_rows(judgments: list[dict], keep_ties: bool = False, majority: bo
         decisive = j["choice"] in ("A", "B")
         if not decisive and not keep_ties:
             continue
-        if j["text_a"].strip() == j["text_b"].strip():
-            continue  # two models can write the same answer; a choice between equal texts is not a preference
+        if not _trainable_pair(j["text_a"], j["text_b"]):
+            continue
         b_won = j["choice"] == "B"
         rows.append({
             "prompt": j["prompt"],
@@ -407,6 +440,11 @@ def preference_rows(judgments: list[dict], keep_ties: bool = False, majority: bo
     return rows
 
 
+def _trainable_pair(first: str, second: str) -> bool:
+    """Two models can write the same answer, or none at all: a choice there teaches no preference."""
+    return bool(first.strip()) and bool(second.strip()) and first.strip() != second.strip()
+
+
 def _majority_rows(judgments: list[dict]) -> list[dict]:
     by_item: dict[str, list[dict]] = {}
     for j in judgments:
@@ -421,7 +459,7 @@ def _majority_rows(judgments: list[dict]) -> list[dict]:
             models[j["a_response"]], models[b_response] = j["model_a"], j["model_b"]
             if j["choice"] in ("A", "B"):
                 votes[j["a_response"] if j["choice"] == "A" else b_response] += 1
-        if votes[1] == votes[2] or texts[1].strip() == texts[2].strip():
+        if votes[1] == votes[2] or not _trainable_pair(texts[1], texts[2]):
             continue
         winner = 1 if votes[1] > votes[2] else 2
         rows.append({

@@ -113,6 +113,41 @@ def test_an_abandoned_pair_goes_to_someone_else_after_the_lease(store):
     store.submit("b", other["item_id"], "A")
     late = store.next_assignment("b", overlap=1, lease_seconds=0)
     assert late["item_id"] == held["item_id"]
+    # a comes back too late: the pair is b's now, so overlap 1 still means one judgment.
+    with pytest.raises(LabelError, match="given to someone else"):
+        store.submit("a", held["item_id"], "A")
+    store.submit("b", held["item_id"], "B")
+    assert store.next_assignment("a", overlap=1)["item_id"] not in (held["item_id"], other["item_id"])
+    assert [j["annotator"] for j in store.judgments() if j["item_id"] == held["item_id"]] == ["b"]
+
+
+def test_unwritten_pairs_wait_for_a_model_and_failures_move_on(tmp_path):
+    store = LabelStore(tmp_path / "labels.db")
+    store.add_items([{"prompt": [{"role": "user", "content": "q"}], "model_1": "m", "model_2": "m"}], "prompts")
+    store.add_items(pairs(1), "pairs")
+    assert {store.next_assignment("a", generated_only=True)["text_a"]} < {"good 0", "bad 0"}  # no model here
+    store.submit("a", store.next_assignment("a")["item_id"], "A")
+    unwritten = store.next_assignment("a")
+    assert unwritten["text_a"] is None
+    with pytest.raises(LabelError, match="no responses yet"):
+        store.submit("a", unwritten["item_id"], "A")
+    store.release("a", unwritten["item_id"])  # generation failed: the annotator is not stuck on it
+    assert store.next_assignment("a") is None
+
+
+def test_a_foreign_sqlite_file_is_refused_untouched(tmp_path):
+    other = tmp_path / "other.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE meta (a, b, c)")
+    db.commit()
+    db.close()
+    with pytest.raises(LabelError, match="not a label database"):
+        LabelStore(other)
+    tables = {r[0] for r in sqlite3.connect(other).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"meta"}
+    (tmp_path / "text.db").write_text("not sqlite at all, just text " * 10)
+    with pytest.raises(LabelError, match="not a label database"):
+        LabelStore(tmp_path / "text.db", create=False)
 
 
 def test_parallel_annotators_never_collide(tmp_path):
@@ -161,6 +196,8 @@ def test_preference_rows_ties_and_majority(store):
     # Two models may write the same text: a choice between equal answers is no training pair.
     same = [{**judgments[0], "text_b": judgments[0]["text_a"] + " "}]
     assert preference_rows(same) == [] and preference_rows(same, majority=True) == []
+    blank = [{**judgments[0], "text_b": "  "}]
+    assert preference_rows(blank) == [] and preference_rows(blank, majority=True) == []
 
 
 def test_pair_sources_and_their_errors(tmp_path):
@@ -198,6 +235,8 @@ def test_accounts_file_env_and_hashes(tmp_path, monkeypatch):
         add_account(str(users), "alice", "another password")
     with pytest.raises(AccountError, match="line 2: expected name:password"):
         parse_accounts(["ok:pw", "broken"], "users.txt")
+    with pytest.raises(AccountError, match="line 1: password hash of 'a' is damaged"):
+        parse_accounts(["a:pbkdf2_sha256$x"], "users.txt")
     with pytest.raises(AccountError, match="listed twice"):
         parse_accounts(["a:1", "a:2"], "users.txt")
     monkeypatch.setenv("ALIGN_LABEL_USERS", "bob:x")

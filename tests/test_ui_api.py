@@ -63,10 +63,20 @@ def test_anonymous_labelling_only_when_enabled(tmp_path):
     assert len(names) == 2 and all(n.startswith("anonymous-") for n in names)
 
 
-def test_no_accounts_and_no_anonymous_is_refused_at_start(tmp_path):
-    server = LabelServer(["--pairs", "bundled:prefs_test", "--db", str(tmp_path / "l.db")], tmp_path / "log", users="")
-    with pytest.raises(RuntimeError, match="no annotator accounts"):
-        server.start(timeout=60)
+@pytest.mark.parametrize("args, users, message", [
+    ([], "", "no annotator accounts"),
+    (["--allow-anonymous"], None, "--allow-anonymous with accounts"),
+    (["--prompts", "bundled:prefs_test", "--models", "no/such/model"], None, "no/such/model"),
+    (["--prompts", "bundled:prefs_test", "--models", "embedded", "--temperature", "0"], None, "same answer twice"),
+    (["--lease-minutes", "0"], None, "must be positive"),
+])
+def test_bad_serving_settings_are_refused_at_start(tmp_path, args, users, message):
+    server = LabelServer(["--pairs", "bundled:prefs_test", "--db", str(tmp_path / "l.db"), *args], tmp_path / "log",
+                         users=users)
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        server.start(timeout=120)
+    log = (tmp_path / "log").read_text()
+    assert message in log and "Traceback" not in log
 
 
 def test_twenty_annotators_kill_9_and_restart_lose_and_duplicate_nothing(tmp_path):

@@ -74,12 +74,16 @@ class LabelSession:
 
     def current(self, annotator: str) -> dict | None:
         """The pair this annotator should see now, generating its responses first if a model writes them."""
-        shown = self.store.next_assignment(annotator, self.overlap, self.lease_seconds)
+        shown = self.store.next_assignment(annotator, self.overlap, self.lease_seconds,
+                                           generated_only=self.models is None)
         if shown is not None and shown["text_a"] is None:
-            if self.models is None:
-                raise gr.Error(f"item {shown['item_id']} has no responses and no model was given to write them")
             item = self.store.item(shown["item_id"])
-            self.store.set_responses(item["item_id"], *self.models.candidates(item))
+            try:
+                self.store.set_responses(item["item_id"], *self.models.candidates(item))
+            except Exception as err:  # e.g. a prompt longer than the model's context: move on, say why
+                self.store.release(annotator, item["item_id"])
+                raise gr.Error(f"could not generate responses for item {item['item_id']} ({err}); "
+                               "it was skipped: reload for the next pair") from None
             shown = self.store.assignment(annotator, shown["item_id"])
         return shown
 
@@ -238,7 +242,7 @@ def build_arena_tab(session: LabelSession) -> None:
         return on_vote
 
     outputs = [conversation, answer_a, answer_b, reason, history, pending, status]
-    send.click(on_send, [message, history, pending], outputs, api_visibility="private").then(
+    send.click(on_send, [message, history, pending], outputs, api_visibility="private").success(
         lambda: "", None, message, api_visibility="private")
     for button, (_, value) in zip(votes, CHOICE_LABELS):
         button.click(make_vote(value), [reason, history, pending], outputs, api_visibility="private")

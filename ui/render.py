@@ -2,6 +2,7 @@
 
 Responses are untrusted text. markdown-it with html=False prints any tag in them as visible text and refuses
 javascript:/vbscript:/data: links, so `<script>` or `<img onerror=...>` in an answer shows up as what it is.
+Markdown images are shown as their text for the same reason (no requests to addresses a model wrote).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import html
 
 from markdown_it import MarkdownIt
 
-_markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["table", "strikethrough"])
+# Images are off too: a response's ![](http://...) would make every annotator's browser fetch that address.
+_markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["table", "strikethrough"]).disable("image")
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 

@@ -9,6 +9,7 @@ Binds to 127.0.0.1 and never opens a public share link unless asked (--host 0.0.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -21,36 +22,49 @@ from align.labels import LabelError, LabelStore, pair_items, prompt_items
 def prefetch(session, stop: threading.Event, ahead: int = 4) -> None:
     """Generate the responses of the next few model-written items in the background, so annotators rarely wait.
     A request that reaches an item first generates it itself; the seeds make both give the same texts."""
+    failed: set[str] = set()
     while not stop.is_set():
-        try:
-            todo = session.store.items_to_generate(ahead)
-            for item in todo:
-                if stop.is_set():
-                    return
+        todo = [i for i in session.store.items_to_generate(ahead + len(failed)) if i["item_id"] not in failed][:ahead]
+        for item in todo:
+            if stop.is_set():
+                return
+            try:
                 session.store.set_responses(item["item_id"], *session.models.candidates(item))
-        except Exception as err:  # keep serving labels even if a model fails; the request path reports it
-            print(f"align label: background generation failed: {err}", file=sys.stderr)
-            todo = []
+            except Exception as err:  # keep serving; an annotator who reaches this item is told and moves on
+                failed.add(item["item_id"])
+                print(f"align label: could not generate item {item['item_id']}: {err}", file=sys.stderr)
         stop.wait(1.0 if todo else 5.0)
 
 
-def accounts_or_exit(args) -> dict:
+def checked_accounts(args) -> dict:
     accounts = load_accounts(args.users)
     if not accounts and not args.allow_anonymous:
         raise AccountError("no annotator accounts: give --users FILE (see `align labels add-user`) or set "
                            "ALIGN_LABEL_USERS=name:password,...; or pass --allow-anonymous to label without login")
+    if accounts and args.allow_anonymous:
+        where = " and ".join(filter(None, [args.users, "ALIGN_LABEL_USERS" if os.environ.get("ALIGN_LABEL_USERS") else ""]))
+        raise AccountError(f"--allow-anonymous with accounts ({where}): Gradio's login would cover every page, so "
+                           "choose one: accounts, or anonymous labelling without them")
+    if args.allow_anonymous and (args.share or args.host not in ("127.0.0.1", "localhost")):
+        print("align label: warning: anonymous labelling open beyond this machine: anyone who can reach it can "
+              "write labels", file=sys.stderr)
     return accounts
 
 
 def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_specs: list[str]) -> int:
     from ui.app import CSS, KEYBOARD_JS, LabelSession, build_app
 
-    accounts = accounts_or_exit(args)
+    accounts = checked_accounts(args)
+    if args.lease_minutes <= 0:
+        raise LabelError(f"--lease-minutes must be positive (got {args.lease_minutes})")
     store = LabelStore(args.db)
     models = None
     if model_specs:
         models = ChatModels(model_specs, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed)
+        for spec in models.specs:  # a typo fails now, not in front of the annotators
+            print(f"align label: loading {spec}", flush=True)
+            models.load(spec)
     session = LabelSession(store=store, overlap=args.overlap, lease_seconds=args.lease_minutes * 60, models=models,
                            arena_models=arena_models, admins={n for n, a in accounts.items() if a["admin"]},
                            allow_anonymous=args.allow_anonymous)
@@ -71,6 +85,8 @@ def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_sp
         app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=check if accounts else None,
                    auth_message="Log in with your annotator account.", css=CSS, head=KEYBOARD_JS,
                    show_error=True, footer_links=["api"], quiet=False)
+    except OSError as err:  # typically the port is taken
+        raise LabelError(f"cannot serve on {args.host}:{args.port} ({err}); choose another --port") from None
     finally:
         stop.set()
     return 0
@@ -83,6 +99,9 @@ def label(args) -> int:
         raise LabelError("--prompts need one or two --models to answer them (or use --pairs for ready-made pairs)")
     if args.models and len(args.models) > 2:
         raise LabelError(f"--models takes one or two models (got {len(args.models)})")
+    if args.models and len(set(args.models)) == 1 and args.temperature == 0:
+        raise LabelError("one model with --temperature 0 writes the same answer twice: sample (--temperature > 0) "
+                         "or give two models")
     store = LabelStore(args.db)
     added = 0
     for source in args.pairs or []:
