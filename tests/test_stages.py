@@ -87,7 +87,48 @@ def test_eval_reports_win_rate_on_heldout_prompts(llama_run):
     assert metrics["policy"] == "dpo" and metrics["baseline"] == "sft" and metrics["prompts"] == 4
     assert 0.0 <= metrics["win_rate"] <= 1.0
     samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 4 and {"policy_answer", "baseline_answer", "policy_reward"} <= samples[0].keys()
+    assert len(samples) == 4 and {"policy_answer", "baseline_answer", "policy_reward", "reference"} <= samples[0].keys()
+    assert metrics["win_rate_ci_low"] <= metrics["win_rate"] <= metrics["win_rate_ci_high"]
+    assert sum(metrics["wins_ties_losses"]) == 4
+    assert metrics["reward_gap"] == pytest.approx(metrics["policy_mean_reward"] - metrics["baseline_mean_reward"])
+    for name in ("policy", "baseline"):
+        assert metrics[f"{name}_perplexity"] > 1 and 0 <= metrics[f"{name}_repetition_rate"] <= 1
+        assert 0 <= metrics[f"{name}_rougeL"] <= 1 and 0 <= metrics[f"{name}_bleu"] <= 100
+        assert metrics[f"{name}_median_tokens"] <= metrics[f"{name}_p90_tokens"]
+    assert 0 <= metrics["reward_model_accuracy"] <= 1
+
+
+def test_eval_perplexity_matches_the_models_own_loss(tiny_llama):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from align.config import LoraSection, ModelSection
+    from align.data import token_ids
+    from align.models import load_tokenizer, lora_config
+    from align.stages.evaluate import answer_kl, perplexity
+
+    tokenizer = load_tokenizer(ModelSection(name_or_path=str(tiny_llama)))
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    chat = get_peft_model(base, lora_config(LoraSection(r=2, alpha=4, dropout=0.0), "CAUSAL_LM"), adapter_name="policy")
+    chat.eval()
+    prompts = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "Name a colour."}]]
+    answers = ["Four.", "Blue is a colour."]
+    nll = tokens = 0.0
+    for prompt, answer in zip(prompts, answers):  # by hand: the model's mean loss over the answer span
+        context = token_ids(tokenizer, prompt, add_generation_prompt=True)
+        full = token_ids(tokenizer, prompt + [{"role": "assistant", "content": answer}])
+        labels = torch.tensor([[-100] * len(context) + full[len(context):]])
+        with chat.disable_adapter(), torch.no_grad():
+            loss = chat(input_ids=torch.tensor([full]), labels=labels).loss.item()
+        nll += loss * (len(full) - len(context))
+        tokens += len(full) - len(context)
+    expected = math.exp(nll / tokens)
+    # A fresh LoRA adapter starts as the identity, so policy and base agree, and the KL between them is 0.
+    assert perplexity(chat, tokenizer, prompts, answers, "policy", "base") == pytest.approx(expected, rel=1e-5)
+    assert perplexity(chat, tokenizer, prompts, answers, "baseline", "base") == pytest.approx(expected, rel=1e-5)
+    own = [{"token_ids": token_ids(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": a}])[-4:]}
+           for a in answers]
+    assert answer_kl(chat, tokenizer, prompts, own, "base") == pytest.approx([0.0, 0.0], abs=1e-6)
 
 
 def test_export_is_a_plain_model_that_reloads_and_stops(llama_run):

@@ -1,6 +1,9 @@
 """Does alignment show? The final policy and its baseline answer the same held-out prompts; the reward model
-scores both; the figure is the policy's win rate (ties count half), with mean rewards, lengths and EOS rates, and
-how far the policy moved from its baseline: KL(policy || baseline) summed over the policy's own answer tokens.
+scores both; the figure is the policy's win rate (ties count half, with a 95% Wilson interval), with mean rewards
+and their gap, and how far the policy moved from its baseline: KL(policy || baseline) summed over the policy's own
+answer tokens. Beside it, the signs of reward hacking and degeneration: answer lengths and their correlation with
+the reward, EOS and repetition rates; perplexity of the held-out chosen answers (demonstrations) under each model;
+BLEU and ROUGE-L against those answers; and the reward model's own held-out pairwise accuracy.
 
 One base carries both chat adapters (switched per model), and the reward model is loaded beside it.
 """
@@ -8,6 +11,7 @@ One base carries both chat adapters (switched per model), and the reward model i
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -16,7 +20,8 @@ from align.config import Recipe
 from align.data import load_preferences, token_ids
 from align.generation import generate_answers
 from align.models import load_kwargs, load_tokenizer, on_this_process_device, resolve_model_path
-from reward import load_reward_model, score_conversations, win_rate
+from align.eval_metrics import length_stats, pearson, reference_scores, repetition_rate, spearman, win_rate_with_interval
+from reward import load_reward_model, pairwise_accuracy, score_conversations
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -31,7 +36,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # --- data: prompts the models did not train on
     tokenizer = load_tokenizer(recipe.model)
     rows, where = load_preferences(cfg.dataset)
-    prompts = [r["prompt"] for r in rows[: cfg.max_prompts]]
+    rows = rows[: cfg.max_prompts]
+    prompts = [r["prompt"] for r in rows]
+    references = [r["chosen"][0]["content"] for r in rows]  # the preferred answer: a held-out demonstration
 
     # --- models
     path = resolve_model_path(recipe.model.name_or_path)
@@ -64,6 +71,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     }
 
     kl = answer_kl(chat, tokenizer, prompts, answers["policy"], cfg.baseline)
+    perplexities = {name: perplexity(chat, tokenizer, prompts, references, name, cfg.baseline) for name in answers}
+    reward_accuracy = pairwise_accuracy(reward_model, tokenizer, rows, cfg.batch_size)
 
     # --- save
     with (out / "samples.jsonl").open("w") as fh:
@@ -72,20 +81,68 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                 "prompt": prompt,
                 **{f"{n}_answer": answers[n][i]["text"] for n in answers},
                 **{f"{n}_reward": rewards[n][i] for n in rewards},
+                **{f"{n}_tokens": answers[n][i]["tokens"] for n in answers},
+                "reference": references[i],
             }) + "\n")
     n = len(prompts)
+    win = win_rate_with_interval(rewards["policy"], rewards["baseline"])
     metrics = {
         "policy": policy_stage,
         "baseline": cfg.baseline,
         "prompts": n,
-        "win_rate": win_rate(rewards["policy"], rewards["baseline"]),
+        "win_rate": win["win_rate"],
+        "win_rate_ci_low": win["ci_low"],
+        "win_rate_ci_high": win["ci_high"],
+        "wins_ties_losses": [win["wins"], win["ties"], win["losses"]],
         "kl_to_baseline": sum(kl) / n,
+        "reward_gap": (sum(rewards["policy"]) - sum(rewards["baseline"])) / n,
+        "reward_model_accuracy": reward_accuracy["accuracy"],
+        "reward_model_margin": reward_accuracy["mean_margin"],
     }
     for name in answers:
+        lengths = [a["tokens"] for a in answers[name]]
         metrics[f"{name}_mean_reward"] = sum(rewards[name]) / n
-        metrics[f"{name}_mean_tokens"] = sum(a["tokens"] for a in answers[name]) / n
+        metrics[f"{name}_mean_tokens"] = sum(lengths) / n
+        metrics[f"{name}_median_tokens"] = length_stats(lengths)["median"]
+        metrics[f"{name}_p90_tokens"] = length_stats(lengths)["p90"]
         metrics[f"{name}_eos_rate"] = sum(a["ended_with_eos"] for a in answers[name]) / n
+        metrics[f"{name}_repetition_rate"] = repetition_rate([a["token_ids"] for a in answers[name]])
+        metrics[f"{name}_length_reward_pearson"] = pearson(lengths, rewards[name])
+        metrics[f"{name}_length_reward_spearman"] = spearman(lengths, rewards[name])
+        metrics[f"{name}_perplexity"] = perplexities[name]
+        scores = reference_scores([a["text"] for a in answers[name]], references)
+        metrics[f"{name}_bleu"] = scores["bleu"]
+        metrics[f"{name}_rougeL"] = scores["rougeL"]
     return metrics
+
+
+def use_model(chat, name: str, baseline: str):
+    """Switch the shared base to `name`'s adapter; the 'base' baseline is the base with adapters off."""
+    import contextlib
+
+    if name == "baseline" and baseline == "base":
+        return chat.disable_adapter()
+    chat.set_adapter(name)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def perplexity(chat, tokenizer, prompts: list[list[dict]], answers: list[str], name: str, baseline: str) -> float:
+    """exp(mean negative log-likelihood per answer token) of reference answers after their prompts, over the
+    tokens the chat template adds for the assistant turn (what SFT trains on)."""
+    device = next(chat.parameters()).device
+    nll, count = 0.0, 0
+    for prompt, answer in zip(prompts, answers):
+        context = token_ids(tokenizer, prompt, add_generation_prompt=True)
+        full = token_ids(tokenizer, prompt + [{"role": "assistant", "content": answer}])
+        if full[: len(context)] != context or len(full) <= len(context):
+            continue  # a template that renders the prompt differently once answered: no clean answer span
+        ids = torch.tensor([full], device=device)
+        with use_model(chat, name, baseline):
+            logits = chat(input_ids=ids).logits[0, len(context) - 1 : -1].float()
+        nll += torch.nn.functional.cross_entropy(logits, ids[0, len(context):], reduction="sum").item()
+        count += len(full) - len(context)
+    return math.exp(nll / count) if count else float("nan")
 
 
 @torch.no_grad()
