@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("env", help="print library versions and the device")
 
+    report = sub.add_parser("report", help="(re)write RUN_DIR/report.html: curves, evaluation table, samples")
+    report.add_argument("run_dir")
+
     label = sub.add_parser("label", help="label preference pairs in the browser (Gradio app)",
                            description="Serve the labelling app. Pairs come from --pairs files, or from --prompts "
                            "answered by one model (two samples) or two models (e.g. SFT vs DPO), generated as needed. "
@@ -243,6 +246,16 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from align.report import write_report
+
+    run = Path(args.run_dir)
+    if not (run / "recipe.yaml").is_file():
+        raise FileNotFoundError(f"{args.run_dir}: not a run directory (no recipe.yaml)")
+    print(f"wrote {write_report(run)}")
+    return 0
+
+
 def cmd_env(args) -> int:
     from align.runs import versions
 
@@ -322,7 +335,7 @@ def cmd_labels(args) -> int:
 
 COMMANDS = {
     "run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "export": cmd_export, "chat": cmd_chat, "env": cmd_env,
-    "label": cmd_label, "arena": cmd_arena, "labels": cmd_labels,
+    "label": cmd_label, "arena": cmd_arena, "labels": cmd_labels, "report": cmd_report,
 }
 
 if __name__ == "__main__":

@@ -305,6 +305,10 @@ class Recipe(Section):
     description: str = Field("", description="What this recipe is for (goes into the model card).")
     output_root: str = Field("runs", description="Directory holding run directories.")
     seed: int = Field(42, description="Seed for data order, LoRA init and sampling.")
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers the stages log to; tensorboard writes <stage>/tensorboard/. [] for none.",
+    )
     stages: list[StageName] = Field(description="Stages to run, in order: sft, reward, dpo, eval, export.")
     model: ModelSection = Field(default_factory=ModelSection, description="Base model shared by every stage.")
     quantization: QuantizationSection = Field(default_factory=QuantizationSection, description="4-bit loading.")
@@ -317,6 +321,16 @@ class Recipe(Section):
     grpo: GRPOStage | None = Field(None, description="Group relative policy optimisation (trl GRPOTrainer).")
     eval: EvalStage = Field(default_factory=EvalStage, description="Reward-model win rate of the final policy.")
     export: ExportStage = Field(default_factory=ExportStage, description="Merged chat model in HF format.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value: list[str]) -> list[str]:
+        import importlib.util
+
+        for tracker in value:
+            if importlib.util.find_spec(tracker) is None:
+                raise ValueError(f"'{tracker}' is not installed (pip install {tracker}), or remove it from report_to")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -130,7 +130,10 @@ def run_recipe(recipe: Recipe, only: str | None = None, start: str | None = None
         inputs[stage] = directory
         print(f"[{stage}] done in {records[stage]['seconds']:.0f}s", flush=True)
     if state.is_main_process:
+        from align.report import write_report
+
         print(summary(recipe, records))
+        print(f"  report: {write_report(run_dir(recipe))}")
     return records
 
 
@@ -151,6 +154,12 @@ def summary(recipe: Recipe, records: dict) -> str:
             f"{ev['win_rate']:.3f}  (mean reward {ev['policy_mean_reward']:.2f} vs {ev['baseline_mean_reward']:.2f}; "
             f"KL from {ev['baseline']} {ev['kl_to_baseline']:.2f} nats per answer)"
         )
+    if "win_rate" in ev:
+        from align.report import evaluation_rows
+
+        width = max(len(label) for label, _, _ in evaluation_rows(ev))
+        lines.append(f"  {'':<{width}}  {ev['policy']:<30} {ev['baseline']}")
+        lines.extend(f"  {label:<{width}}  {policy:<30} {baseline}" for label, policy, baseline in evaluation_rows(ev))
     ppo = records.get("ppo", {}).get("metrics", {})
     if "final_kl" in ppo:
         lines.append(

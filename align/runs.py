@@ -133,11 +133,13 @@ def trainer_defaults(recipe: Recipe, directory: Path) -> dict:
 
     # bf16 autocast whenever the base is bf16: on GPU, and on CPUs with bf16 instructions (about 3x float32 here).
     bf16 = torch_dtype(recipe.model.dtype) == torch.bfloat16
+    # transformers' TensorBoard callback takes its directory only from this variable (else ./runs/<date>).
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(directory / "tensorboard")
     return {
         "output_dir": str(directory / "checkpoints"),
         "seed": recipe.seed,
         "data_seed": recipe.seed,
-        "report_to": "none",
+        "report_to": list(recipe.report_to) or "none",
         "logging_steps": 5,
         "save_strategy": "steps",
         "save_steps": 50,

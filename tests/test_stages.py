@@ -3,6 +3,7 @@ finished stages are skipped, and a changed recipe never silently reuses or overw
 
 from __future__ import annotations
 
+import html
 import json
 import math
 
@@ -145,6 +146,37 @@ def test_export_is_a_plain_model_that_reloads_and_stops(llama_run):
     assert not any("lora" in name for name, _ in model.named_parameters())
     card = (model_dir / "README.md").read_text()
     assert "heldout_accuracy" in card and "stages: " not in card.split("## Recipe")[0]
+
+
+def test_run_writes_its_report_and_tensorboard_logs(llama_run):
+    from align.report import evaluation_rows
+
+    _, records, run = llama_run
+    page = (run / "report.html").read_text()
+    for stage in ("sft", "reward", "dpo"):
+        png = run / "report" / f"{stage}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f'src="report/{stage}.png"' in page
+        assert list((run / stage / "tensorboard").glob("events.out.tfevents.*")), f"{stage}: no tensorboard log"
+    ev = records["eval"]["metrics"]
+    assert f"{ev['win_rate']:.3f} [" in page and "ROUGE-L vs chosen answers" in page
+    samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert html.escape(samples[0]["policy_answer"]) in page  # answers side by side, escaped
+    card = (run / "export" / "model" / "README.md").read_text()
+    assert "## Evaluation" in card and all(label in card for label, _, _ in evaluation_rows(ev))
+
+
+def test_report_escapes_model_output(tmp_path):
+    from align.report import write_report
+
+    (tmp_path / "eval").mkdir()
+    metrics = {"policy": "dpo", "baseline": "sft", "prompts": 1, "win_rate": 1.0}
+    (tmp_path / "eval" / "stage.json").write_text(json.dumps({"seconds": 1, "metrics": metrics}))
+    (tmp_path / "eval" / "samples.jsonl").write_text(json.dumps({
+        "prompt": [{"role": "user", "content": "hi"}], "policy_answer": "<script>alert(1)</script>",
+        "baseline_answer": "<b>x</b>", "policy_reward": 1.0, "baseline_reward": 0.0}) + "\n")
+    page = write_report(tmp_path).read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<b>x</b>" not in page
 
 
 def test_rerun_skips_finished_stages(llama_run):

@@ -17,7 +17,7 @@ from align.config import Recipe, recipe_to_yaml
 from align.data import token_ids
 from align.generation import generate_answers
 from align.models import load_tokenizer, resolve_model_path
-from align.runs import read_stage, replace_dir, temp_dir_for
+from align.runs import read_stage, replace_dir, stage_dir, temp_dir_for
 
 
 class ExportMismatch(RuntimeError):
@@ -100,6 +100,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         "merged_from": str(adapter),
     }
     earlier = {s: read_stage(d)["metrics"] for s, d in inputs.items() if (d / "stage.json").is_file()}
+    evaluation = stage_dir(recipe, "eval")
+    if "eval" in recipe.stages and (evaluation / "stage.json").is_file():
+        earlier["eval"] = read_stage(evaluation)["metrics"]
     (tmp / "README.md").write_text(model_card(recipe, policy_stage, earlier, expected_answers, prompts))
     replace_dir(tmp, target)
     print(f"[export] merged {policy_stage} adapter into {cfg.dtype} base: {target} (max |logit diff| {max_diff:.1e})")
@@ -107,8 +110,13 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
 
 def model_card(recipe: Recipe, policy_stage: str, stage_metrics: dict, answers: list[dict], prompts) -> str:
+    from align.report import evaluation_markdown
+
     samples = "\n".join(f"- **{p[0]['content']}** {a['text']}" for p, a in zip(prompts, answers))
     figures = "\n".join(f"- `{stage}`: `{json.dumps(m, default=str)}`" for stage, m in stage_metrics.items())
+    ev = stage_metrics.get("eval", {})
+    evaluation = (f"\n## Evaluation\n{ev['prompts']} held-out prompts, judged by this run's reward model:\n\n"
+                  f"{evaluation_markdown(ev)}\n") if "win_rate" in ev else ""
     return f"""---
 library_name: transformers
 tags: [align, rlhf, {policy_stage}, lora-merged]
@@ -122,6 +130,7 @@ Base `{recipe.model.name_or_path}`, stages `{' -> '.join(recipe.stages)}`; the `
 merged into a {recipe.export.dtype} copy of the base. Load it with `AutoModelForCausalLM.from_pretrained(dir)`
 and talk to it with `align chat {{dir}}`; the tokenizer carries the chat template it was trained with.
 
+{evaluation}
 ## Metrics
 {figures or '- none recorded'}
 

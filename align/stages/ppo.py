@@ -87,6 +87,13 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         kl_controller = FixedKLController(cfg.kl_coef)
     moments = RunningMoments()
 
+    # --- experiment tracking (metrics.jsonl is always written; tensorboard beside it when asked)
+    tensorboard = None
+    if "tensorboard" in recipe.report_to and state.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tensorboard = SummaryWriter(str(out / "tensorboard"))
+
     # --- resume from the newest checkpoint of an interrupted run
     start_step = 0
     checkpoint = newest_checkpoint(out)
@@ -213,6 +220,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         if state.is_main_process:
             with (out / "metrics.jsonl").open("a") as fh:
                 fh.write(json.dumps({"step": step + 1, **metrics}) + "\n")
+            if tensorboard is not None:
+                for key, value in metrics.items():
+                    tensorboard.add_scalar(f"ppo/{key}", value, step + 1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.3f}")
             if step % cfg.sample_every == 0 or step + 1 == cfg.steps:
                 with (out / "samples.jsonl").open("a") as fh:
@@ -239,6 +249,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             print(f"[ppo] keeping the policy of {last}")
         else:
             print("[ppo] no checkpoint before the stop: keeping the policy as it was when it stopped")
+    if tensorboard is not None:
+        tensorboard.close()
     if state.is_main_process:
         tmp = temp_dir_for(out / "adapter")
         model.save_pretrained(tmp, selected_adapters=["default"])
