@@ -54,6 +54,20 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("env", help="print library versions and the device")
 
+    ev = sub.add_parser("eval", help="compare two chat models on held-out prompts (reward model, optionally people)",
+                        description="Both models answer held-out prompts (greedy); a run's reward model judges. "
+                        "Reports win rate with a 95%% interval, reward gap, KL (shared tokenizer), lengths and their "
+                        "correlation with reward, EOS and repetition rates, perplexity, BLEU and ROUGE-L.")
+    ev.add_argument("target", help="embedded, hub id, model dir, export, run dir (its final policy) or stage dir")
+    ev.add_argument("--against", help="the model to compare with (default for a run dir: its sft stage)")
+    ev.add_argument("--reward", metavar="RUN_DIR", help="run whose reward model judges (default: the target's run)")
+    ev.add_argument("--dataset", default="bundled:prefs_test", help="held-out preference rows (prompts + references)")
+    ev.add_argument("--max-prompts", type=_positive_int, default=64)
+    ev.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    ev.add_argument("--out", help="output directory (default: RUN_DIR/compare-<against> or evals/<a>-vs-<b>)")
+    ev.add_argument("--human", metavar="LABELS_DB", help="also queue the pairs for blind labelling (`align label "
+                    "--db LABELS_DB`) and report the human win rate of what is labelled so far")
+
     report = sub.add_parser("report", help="(re)write RUN_DIR/report.html: curves, evaluation table, samples")
     report.add_argument("run_dir")
 
@@ -246,6 +260,20 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from align.compare import compare, default_against, slug
+
+    against = args.against or default_against(args.target)
+    if args.out:
+        out = Path(args.out)
+    elif (Path(args.target) / "recipe.yaml").is_file():
+        out = Path(args.target) / f"compare-{slug(against)}"
+    else:
+        out = Path("evals") / f"{slug(args.target)}-vs-{slug(against)}"
+    compare(args.target, against, args.reward, args.dataset, args.max_prompts, args.max_new_tokens, out, args.human)
+    return 0
+
+
 def cmd_report(args) -> int:
     from align.report import write_report
 
@@ -335,7 +363,7 @@ def cmd_labels(args) -> int:
 
 COMMANDS = {
     "run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "export": cmd_export, "chat": cmd_chat, "env": cmd_env,
-    "label": cmd_label, "arena": cmd_arena, "labels": cmd_labels, "report": cmd_report,
+    "label": cmd_label, "arena": cmd_arena, "labels": cmd_labels, "report": cmd_report, "eval": cmd_eval,
 }
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def evaluation_rows(ev: dict) -> list[tuple[str, str, str]]:
         rows.append(("reward model accuracy on the held-out pairs (margin)",
                      f"{_number(ev['reward_model_accuracy'])} ({_number(ev.get('reward_model_margin'), 2)})", ""))
     if "human_win_rate" in ev:
-        rows.append(("human win rate (blind labels)", _number(ev["human_win_rate"]), ""))
+        rows.append(("human win rate (blind labels, ties half)",
+                     f"{_number(ev['human_win_rate'])} ({ev.get('human_judgments', 0)} judgments)", ""))
     return rows
 
 
