@@ -57,7 +57,7 @@ def compare(target: str, against: str | None, reward: str | None, dataset: str, 
     from align.models import load_kwargs, load_tokenizer
     from align.report import evaluation_markdown, write_report
     from align.runs import load_run_recipe, write_json_atomic
-    from reward import load_reward_model, score_conversations
+    from reward import load_reward_model, pairwise_accuracy, score_conversations
 
     # --- config and data
     started = time.time()
@@ -92,6 +92,8 @@ def compare(target: str, against: str | None, reward: str | None, dataset: str, 
                                                             for p, a in zip(prompts, outs)])
                for name, outs in answers.items()}
 
+    judge_accuracy = pairwise_accuracy(judge, tokenizer, rows)
+
     # --- figures
     n = len(prompts)
     win = win_rate_with_interval(rewards["policy"], rewards["baseline"])
@@ -99,7 +101,8 @@ def compare(target: str, against: str | None, reward: str | None, dataset: str, 
                "win_rate": win["win_rate"], "win_rate_ci_low": win["ci_low"], "win_rate_ci_high": win["ci_high"],
                "wins_ties_losses": [win["wins"], win["ties"], win["losses"]],
                "kl_to_baseline": None if kl is None else sum(kl) / n,
-               "reward_gap": (sum(rewards["policy"]) - sum(rewards["baseline"])) / n}
+               "reward_gap": (sum(rewards["policy"]) - sum(rewards["baseline"])) / n,
+               "reward_model_accuracy": judge_accuracy["accuracy"], "reward_model_margin": judge_accuracy["mean_margin"]}
     for name, outs in answers.items():
         lengths = [a["tokens"] for a in outs]
         stats = length_stats(lengths)

@@ -52,3 +52,29 @@ def test_bleu_and_rouge_match_the_libraries_on_known_cases():
     partial = reference_scores(["the cat is on the mat"], ["the cat sat on the mat"])
     assert partial["rougeL"] == pytest.approx(5 / 6)
     assert reference_scores(["xyz"], ["the cat"])["bleu"] == 0.0
+
+
+def test_kl_along_the_answer_by_hand():
+    """Two fake two-token models with fixed next-token distributions p = (1/4, 3/4) and q = (1/2, 1/2):
+    KL(p || q) = 1/4 ln(1/2) + 3/4 ln(3/2) per position, summed over a 2-token answer."""
+    import types
+
+    import torch
+
+    from align.compare import policy_kl
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+            self.row = torch.tensor(logits)
+
+        def forward(self, input_ids):
+            return types.SimpleNamespace(logits=self.row.expand(1, input_ids.shape[1], 2))
+
+    tokenizer = types.SimpleNamespace(get_vocab=lambda: {"a": 0, "b": 1})
+    models = {"policy": (Fixed([0.0, math.log(3)]), tokenizer), "baseline": (Fixed([0.0, 0.0]), tokenizer)}
+    context = lambda tok, prompt, add_generation_prompt=False: [0, 1, 0]  # noqa: E731
+    kl = policy_kl(models, [[{"role": "user", "content": "x"}]], [{"token_ids": [1, 1]}], context)
+    per_position = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    assert kl == [pytest.approx(2 * per_position)] and per_position == pytest.approx(0.1308, abs=1e-4)
