@@ -134,6 +134,8 @@ def compare(target: str, against: str | None, reward: str | None, dataset: str, 
 
 
 def reference_perplexity(model, tokenizer, prompts, references, token_ids) -> float:
+    """exp(mean negative log-likelihood per token) of the reference answers, over the answer span the chat
+    template renders (prompts whose rendering changes once answered have no clean span and are skipped)."""
     nll, count = 0.0, 0
     for prompt, answer in zip(prompts, references):
         context = token_ids(tokenizer, prompt, add_generation_prompt=True)
@@ -149,18 +151,26 @@ def reference_perplexity(model, tokenizer, prompts, references, token_ids) -> fl
 def policy_kl(models: dict, prompts, answers: list[dict], token_ids) -> list[float] | None:
     """KL(policy || baseline) summed along the policy's answers; None when the tokenizers differ (no shared
     token space to compare distributions in)."""
-    (policy, policy_tok), (baseline, baseline_tok) = models["policy"], models["baseline"]
+    (_, policy_tok), (_, baseline_tok) = models["policy"], models["baseline"]
     if policy_tok.get_vocab() != baseline_tok.get_vocab():
         return None
+    return kl_along_answers(lambda name, ids, start: sequence_logprobs(models[name][0], ids, start),
+                            policy_tok, prompts, answers, token_ids)
+
+
+def kl_along_answers(logprobs_of, tokenizer, prompts, answers: list[dict], token_ids) -> list[float]:
+    """Per answer: the sum over its tokens of KL(policy || baseline) between the two full next-token
+    distributions, along the policy's own answer; exact (no sampling), so deterministic.
+    `logprobs_of(name, ids, start)` gives model `name`'s log-distributions predicting ids[start:]."""
     out = []
     for prompt, answer in zip(prompts, answers):
-        context = token_ids(policy_tok, prompt, add_generation_prompt=True)
+        context = token_ids(tokenizer, prompt, add_generation_prompt=True)
         if not answer["token_ids"]:
             out.append(0.0)
             continue
         ids = context + answer["token_ids"]
-        p = sequence_logprobs(policy, ids, len(context))
-        q = sequence_logprobs(baseline, ids, len(context)).to(p.device)
+        p = logprobs_of("policy", ids, len(context))
+        q = logprobs_of("baseline", ids, len(context)).to(p.device)
         out.append((p.exp() * (p - q)).sum().item())
     return out
 

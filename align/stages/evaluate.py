@@ -11,10 +11,8 @@ One base carries both chat adapters (switched per model), and the reward model i
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import torch
 
 from align.config import Recipe
 from align.data import load_preferences, token_ids
@@ -126,45 +124,22 @@ def use_model(chat, name: str, baseline: str):
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
 def perplexity(chat, tokenizer, prompts: list[list[dict]], answers: list[str], name: str, baseline: str) -> float:
     """exp(mean negative log-likelihood per answer token) of reference answers after their prompts, over the
-    tokens the chat template adds for the assistant turn (what SFT trains on)."""
-    device = next(chat.parameters()).device
-    nll, count = 0.0, 0
-    for prompt, answer in zip(prompts, answers):
-        context = token_ids(tokenizer, prompt, add_generation_prompt=True)
-        full = token_ids(tokenizer, prompt + [{"role": "assistant", "content": answer}])
-        if full[: len(context)] != context or len(full) <= len(context):
-            continue  # a template that renders the prompt differently once answered: no clean answer span
-        ids = torch.tensor([full], device=device)
-        with use_model(chat, name, baseline):
-            logits = chat(input_ids=ids).logits[0, len(context) - 1 : -1].float()
-        nll += torch.nn.functional.cross_entropy(logits, ids[0, len(context):], reduction="sum").item()
-        count += len(full) - len(context)
-    return math.exp(nll / count) if count else float("nan")
+    tokens the chat template adds for the assistant turn (what SFT trains on), under model `name`."""
+    from align.compare import reference_perplexity
+
+    with use_model(chat, name, baseline):
+        return reference_perplexity(chat, tokenizer, prompts, answers, token_ids)
 
 
-@torch.no_grad()
 def answer_kl(chat, tokenizer, prompts: list[list[dict]], answers: list[dict], baseline: str) -> list[float]:
-    """Per answer: sum over its tokens of KL(policy || baseline) between the two next-token distributions, along
-    the policy's own answer. Exact per position (no sampling), so it is deterministic."""
-    device = next(chat.parameters()).device
-    out = []
-    for prompt, answer in zip(prompts, answers):
-        context = token_ids(tokenizer, prompt, add_generation_prompt=True)
-        if not answer["token_ids"]:
-            out.append(0.0)
-            continue
-        ids = torch.tensor([context + answer["token_ids"]], device=device)
-        span = slice(len(context) - 1, ids.shape[1] - 1)  # positions that predict the answer tokens
-        chat.set_adapter("policy")
-        policy = torch.log_softmax(chat(input_ids=ids).logits[0, span].float(), -1)
-        if baseline == "base":
-            with chat.disable_adapter():
-                reference = torch.log_softmax(chat(input_ids=ids).logits[0, span].float(), -1)
-        else:
-            chat.set_adapter("baseline")
-            reference = torch.log_softmax(chat(input_ids=ids).logits[0, span].float(), -1)
-        out.append((policy.exp() * (policy - reference)).sum().item())
-    return out
+    """Per answer: KL(policy || baseline) summed along the policy's own answer (align.compare.kl_along_answers),
+    both models being adapters (or no adapter) on the one base."""
+    from align.compare import kl_along_answers, sequence_logprobs
+
+    def logprobs_of(name, ids, start):
+        with use_model(chat, name, baseline):
+            return sequence_logprobs(chat, ids, start)
+
+    return kl_along_answers(logprobs_of, tokenizer, prompts, answers, token_ids)
