@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from align.config import Recipe
 from align.data import load_preferences, token_ids
 from align.generation import generate_answers
