@@ -159,7 +159,7 @@ def summary(recipe: Recipe, records: dict) -> str:
 
         width = max(len(label) for label, _, _ in evaluation_rows(ev))
         lines.append(f"  {'':<{width}}  {ev['policy']:<30} {ev['baseline']}")
-        lines.extend(f"  {label:<{width}}  {policy:<30} {baseline}" for label, policy, baseline in evaluation_rows(ev))
+        lines.extend(f"  {label:<{width}}  {policy:<30} {baseline}".rstrip() for label, policy, baseline in evaluation_rows(ev))
     ppo = records.get("ppo", {}).get("metrics", {})
     if "final_kl" in ppo:
         lines.append(
