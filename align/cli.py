@@ -151,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     from align.data import DataError
     from align.labels import LabelError
     from align.models import ModelError
+    from align.runs import TrainingDiverged
 
     try:
         return COMMANDS[args.command](args)
-    except (RecipeError, DataError, ModelError, LabelError, AccountError, FileNotFoundError, MissingExtra) as err:
+    except (RecipeError, DataError, ModelError, LabelError, AccountError, FileNotFoundError, MissingExtra,
+            TrainingDiverged) as err:
         print(f"align {args.command}: error: {err}", file=sys.stderr)
         return 2
 

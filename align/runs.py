@@ -8,6 +8,7 @@ sibling and renamed into place.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -112,8 +113,16 @@ def load_run_recipe(run: Path) -> Recipe:
     return parse_recipe(yaml.safe_load(path.read_text()), str(path))
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN or infinite: the stage stops, its earlier checkpoints stay."""
+
+
+WATCHED_FIGURES = ("loss", "grad_norm", "eval_loss")
+
+
 def metrics_callback(directory: Path):
-    """A TrainerCallback appending every log line (loss, lr, eval metrics) to <stage>/metrics.jsonl."""
+    """A TrainerCallback appending every log line (loss, lr, eval metrics) to <stage>/metrics.jsonl, and stopping
+    the stage when a loss or gradient norm stops being a finite number."""
     from transformers import TrainerCallback
 
     class MetricsToJsonl(TrainerCallback):
@@ -121,6 +130,17 @@ def metrics_callback(directory: Path):
             if state.is_world_process_zero and logs:
                 with (directory / "metrics.jsonl").open("a") as fh:
                     fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+            bad = {k: logs[k] for k in WATCHED_FIGURES if isinstance((logs or {}).get(k), (int, float))
+                   and not math.isfinite(logs[k])}
+            if bad:
+                # Raised before this step's checkpoint is written (the trainer logs, then saves), so every
+                # checkpoint on disk was saved after a finite log line.
+                kept = sorted((directory / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+                figures = ", ".join(f"{k} = {v}" for k, v in bad.items())
+                raise TrainingDiverged(
+                    f"{directory.name}: {figures} at step {state.global_step}; the stage stopped. "
+                    + (f"Checkpoints before it are kept (newest: {kept[-1]}). " if kept else "No checkpoint was saved yet. ")
+                    + "Lower the learning rate or max_grad_norm, then `align run` again (or --from this stage).")
 
     return MetricsToJsonl()
 

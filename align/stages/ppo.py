@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import random
 import shutil
 import time
@@ -37,7 +38,7 @@ from align.rl import (
     AdaptiveKLController, FixedKLController, RunningMoments, gae, masked_mean, masked_whiten,
     per_token_rewards, policy_loss, token_logprobs, value_loss,
 )
-from align.runs import replace_dir, temp_dir_for, write_json_atomic
+from align.runs import TrainingDiverged, replace_dir, temp_dir_for, write_json_atomic
 from reward import AdapterHead, attach_reward_adapter, score_conversations
 from reward.model import add_lora_adapter, reward_lora_on_causal_lm
 
@@ -107,7 +108,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         state.wait_for_everyone()
 
     # --- train
-    metrics, stopped = {}, None
+    metrics, stopped, diverged = {}, None, False
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="ppo",
                disable=not state.is_main_process)
     for step in bar:
@@ -118,11 +119,18 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
         # rollout: sample with the policy adapter
         model.set_adapter("default")
-        with autocast():
-            query, query_mask, responses, response_mask = sample_responses(
-                model, batch_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.max_new_tokens,
-                cfg.temperature, cfg.top_k, cfg.top_p, cfg.rollout_cache,
-            )
+        try:
+            with autocast():
+                query, query_mask, responses, response_mask = sample_responses(
+                    model, batch_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.max_new_tokens,
+                    cfg.temperature, cfg.top_k, cfg.top_p, cfg.rollout_cache,
+                )
+        except RuntimeError as err:  # sampling from inf/NaN probabilities: the policy has blown up
+            if "inf" not in str(err) and "nan" not in str(err):
+                raise
+            stopped, diverged = f"the policy's next-token probabilities are not finite at step {step + 1}", True
+            print(f"[ppo] stopping early: {stopped}")
+            break
         rollout_seconds = time.time() - started
         ended = (responses == tokenizer.eos_token_id).any(1) & (response_mask.sum(1) > 0)
         texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
@@ -230,9 +238,16 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                         fh.write(json.dumps({"step": step + 1, "prompt": prompt, "response": text,
                                              "score": score}) + "\n")
 
-        # checkpoint; stop when the policy runs away from the reference
-        if cfg.max_kl is not None and metrics["kl"] > cfg.max_kl:
+        # checkpoint; stop when the policy runs away from the reference or the numbers stop being numbers
+        broken = [k for k in ("reward_mean", "kl", "policy_loss", "value_loss") if not math.isfinite(metrics[k])]
+        if not all(torch.isfinite(p).all() for p in policy_params + value_params):
+            broken.append("adapter weights")  # never checkpoint weights that are already NaN/inf
+        if broken:
+            stopped = f"{', '.join(broken)} not finite at step {step + 1}"
+            diverged = True
+        elif cfg.max_kl is not None and metrics["kl"] > cfg.max_kl:
             stopped = f"KL {metrics['kl']:.2f} exceeded ppo.max_kl={cfg.max_kl} at step {step + 1}"
+        if stopped:
             print(f"[ppo] stopping early: {stopped}")
             break
         if (step + 1) % cfg.save_steps == 0 or step + 1 == cfg.steps:
@@ -247,6 +262,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             steps_done = load_checkpoint(last, model, value_model, optimizer, scheduler, kl_controller, moments,
                                          state.process_index)
             print(f"[ppo] keeping the policy of {last}")
+        elif diverged:
+            raise TrainingDiverged(f"ppo: {stopped}; no checkpoint was saved before it, so there is no good policy "
+                                   "to keep. Lower ppo.learning_rate or max_grad_norm and run again.")
         else:
             print("[ppo] no checkpoint before the stop: keeping the policy as it was when it stopped")
     if tensorboard is not None:

@@ -1,0 +1,54 @@
+"""Training health: a loss or gradient norm that stops being a number ends the stage with a clear message and
+leaves every checkpoint saved before it in place."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+import yaml
+
+from align.cli import main
+from align.runs import TrainingDiverged, is_finished, metrics_callback
+from tests.conftest import tiny_recipe
+
+
+def test_a_nan_log_line_stops_the_stage_and_names_the_newest_checkpoint(tmp_path):
+    for step in (2, 10, 4):
+        (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    callback = metrics_callback(tmp_path)
+    state = types.SimpleNamespace(is_world_process_zero=True, global_step=11, epoch=1.0)
+    callback.on_log(None, state, None, logs={"loss": 0.5, "grad_norm": 1.0})  # finite: carries on
+    with pytest.raises(TrainingDiverged, match=r"loss = nan at step 11.*newest: .*checkpoint-10"):
+        callback.on_log(None, state, None, logs={"loss": math.nan, "grad_norm": 1.0})
+    with pytest.raises(TrainingDiverged, match="grad_norm = inf"):
+        callback.on_log(None, state, None, logs={"loss": 1.0, "grad_norm": math.inf})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-10", "checkpoint-2",
+                                                                            "checkpoint-4"]
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3  # the bad lines are logged too
+
+
+def test_a_diverging_sft_run_stops_with_a_message_not_a_traceback(tiny_llama, tmp_path, capsys):
+    recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["sft"],
+                         sft={"learning_rate": 1e30, "max_steps": 8, "logging_steps": 1, "save_steps": 2})
+    path = tmp_path / "diverge.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the stage stopped" in err and "Lower the learning rate" in err and "= nan" in err
+    assert not is_finished(tmp_path / "runs" / "tiny" / "sft")  # a re-run does not take it for done
+
+
+def test_ppo_that_breaks_before_any_checkpoint_fails_without_saving_a_broken_policy(tiny_llama, tmp_path, capsys):
+    ppo = {"dataset": {"bundled": "sft", "limit": 16}, "use_reward_model": False,
+           "reward_functions": ["tests.toy_rewards:letter_e_fraction"], "steps": 6, "rollout_batch_size": 4,
+           "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 4, "save_steps": 2, "learning_rate": 1e30,
+           "lr_schedule": "constant"}
+    path = tmp_path / "ppo.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tiny_llama, tmp_path / "runs", ["ppo"], ppo=ppo)))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not finite at step" in err and "no good policy to keep" in err
+    stage = tmp_path / "runs" / "tiny" / "ppo"
+    assert not is_finished(stage) and not (stage / "adapter").exists()
