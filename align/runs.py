@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import time
 from importlib import metadata
@@ -194,10 +195,23 @@ def trl_args(recipe: Recipe, stage: str, directory: Path):
 
 
 def last_checkpoint(args) -> str | None:
-    """The newest checkpoint of an interrupted run of this stage, to resume from."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    """The newest complete checkpoint of an interrupted run of this stage, to resume from. The trainer writes
+    trainer_state.json last, so a checkpoint without a readable one was cut off mid-save (kill -9): it is moved
+    aside (never deleted) and the one before it is used."""
+    root = Path(args.output_dir)
+    if not root.is_dir():
+        return None
+    found = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+                   key=lambda p: int(p.name.split("-")[1]), reverse=True)
+    for checkpoint in found:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, ValueError):
+            aside = checkpoint.with_name(f"incomplete-{checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            checkpoint.rename(aside)
+            print(f"[resume] {checkpoint.name} was cut off while being saved; moved aside to {aside.name}")
+    return None
 
 
 def save_adapter(trainer, target: Path) -> None:

@@ -52,3 +52,56 @@ def test_ppo_that_breaks_before_any_checkpoint_fails_without_saving_a_broken_pol
     assert "not finite at step" in err and "no good policy to keep" in err
     stage = tmp_path / "runs" / "tiny" / "ppo"
     assert not is_finished(stage) and not (stage / "adapter").exists()
+
+
+def test_a_checkpoint_cut_off_mid_save_is_set_aside_and_the_previous_one_resumes(tmp_path):
+    from align.runs import last_checkpoint
+
+    root = tmp_path / "checkpoints"
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, '{"global_st'), (8, None)):
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+        (root / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (root / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    args = types.SimpleNamespace(output_dir=str(root))
+    assert last_checkpoint(args) == str(root / "checkpoint-4")
+    names = sorted(p.name for p in root.iterdir())
+    assert names[:2] == ["checkpoint-2", "checkpoint-4"] and len(names) == 4  # nothing deleted
+    assert all(n.startswith("incomplete-checkpoint-") for n in names[2:])
+    assert last_checkpoint(types.SimpleNamespace(output_dir=str(tmp_path / "none"))) is None
+
+
+def test_sft_killed_with_sigkill_resumes_on_the_same_losses(tiny_llama, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def recipe(root):
+        sft = {"max_steps": 8, "save_steps": 4, "logging_steps": 1, "learning_rate": 5e-4}
+        path = root.with_suffix(".yaml")
+        path.write_text(yaml.safe_dump(tiny_recipe(tiny_llama, root, ["sft"], sft=sft)))
+        return path
+
+    def losses(root):
+        rows = [json.loads(line) for line in (root / "tiny" / "sft" / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+    assert main(["run", str(recipe(tmp_path / "straight"))]) == 0
+    killed = recipe(tmp_path / "killed")
+    process = subprocess.Popen([sys.executable, "-m", "align", "run", str(killed)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "tiny" / "sft" / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not state.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert state.is_file(), "the run should have been killed after its step-4 checkpoint"
+    assert not is_finished(tmp_path / "killed" / "tiny" / "sft")
+    assert main(["run", str(killed)]) == 0  # resumes from checkpoint-4
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "killed")
+    for step in range(5, 9):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-4), f"step {step}"
