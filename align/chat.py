@@ -74,7 +74,9 @@ def load_chat_model(spec: str):
     from transformers import AutoModelForCausalLM
 
     from align.config import ModelSection, QuantizationSection
-    from align.models import load_kwargs, load_policy, load_tokenizer, on_this_process_device, sync_special_tokens
+    from align.models import (
+        load_kwargs, load_policy, load_tokenizer, on_this_process_device, resolve_model_path, sync_special_tokens,
+    )
     from align.runs import load_run_recipe
 
     path = Path(spec).expanduser()
@@ -95,8 +97,6 @@ def load_chat_model(spec: str):
     else:
         section = ModelSection(name_or_path=str(path) if path.exists() else spec)
         tokenizer = load_tokenizer(section)
-        from align.models import resolve_model_path
-
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(section.name_or_path),
                                                      **load_kwargs(section, QuantizationSection()))
     sync_special_tokens(model, tokenizer)

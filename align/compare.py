@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from align.chat import load_chat_model
-from align.eval_metrics import length_stats, pearson, reference_scores, repetition_rate, spearman, win_rate_with_interval
+from align.eval_metrics import comparison_figures
 from align.generation import generate_answers
 
 
@@ -54,7 +54,7 @@ def compare(target: str, against: str | None, reward: str | None, dataset: str, 
             out: Path, human_db: str | None = None) -> dict:
     from align.config import DataSource, expand_data_shorthand
     from align.data import load_preferences, token_ids
-    from align.models import load_kwargs, load_tokenizer
+    from align.models import load_kwargs, load_tokenizer, resolve_model_path
     from align.report import evaluation_markdown, write_report
     from align.runs import load_run_recipe, write_json_atomic
     from reward import load_reward_model, pairwise_accuracy, score_conversations
@@ -84,8 +84,6 @@ def compare(target: str, against: str | None, reward: str | None, dataset: str, 
     # --- reward model judges both
     recipe = load_run_recipe(reward_run)
     tokenizer = load_tokenizer(recipe.model)
-    from align.models import resolve_model_path
-
     judge = load_reward_model(resolve_model_path(recipe.model.name_or_path), load_kwargs(recipe.model, recipe.quantization),
                               tokenizer.pad_token_id, adapter_dir=reward_run / "reward" / "adapter", trainable=False)
     rewards = {name: score_conversations(judge, tokenizer, [p + [{"role": "assistant", "content": a["text"] or " "}]
@@ -95,26 +93,8 @@ def compare(target: str, against: str | None, reward: str | None, dataset: str, 
     judge_accuracy = pairwise_accuracy(judge, tokenizer, rows)
 
     # --- figures
-    n = len(prompts)
-    win = win_rate_with_interval(rewards["policy"], rewards["baseline"])
-    metrics = {"policy": target, "baseline": against, "reward_model": str(reward_run), "prompts": n,
-               "win_rate": win["win_rate"], "win_rate_ci_low": win["ci_low"], "win_rate_ci_high": win["ci_high"],
-               "wins_ties_losses": [win["wins"], win["ties"], win["losses"]],
-               "kl_to_baseline": None if kl is None else sum(kl) / n,
-               "reward_gap": (sum(rewards["policy"]) - sum(rewards["baseline"])) / n,
-               "reward_model_accuracy": judge_accuracy["accuracy"], "reward_model_margin": judge_accuracy["mean_margin"]}
-    for name, outs in answers.items():
-        lengths = [a["tokens"] for a in outs]
-        stats = length_stats(lengths)
-        scores = reference_scores([a["text"] for a in outs], references)
-        metrics.update({f"{name}_mean_reward": sum(rewards[name]) / n, f"{name}_mean_tokens": stats["mean"],
-                        f"{name}_median_tokens": stats["median"], f"{name}_p90_tokens": stats["p90"],
-                        f"{name}_eos_rate": sum(a["ended_with_eos"] for a in outs) / n,
-                        f"{name}_repetition_rate": repetition_rate([a["token_ids"] for a in outs]),
-                        f"{name}_length_reward_pearson": pearson(lengths, rewards[name]),
-                        f"{name}_length_reward_spearman": spearman(lengths, rewards[name]),
-                        f"{name}_perplexity": perplexity[name], f"{name}_bleu": scores["bleu"],
-                        f"{name}_rougeL": scores["rougeL"]})
+    metrics = {"policy": target, "baseline": against, "reward_model": str(reward_run), "prompts": len(prompts),
+               **comparison_figures(answers, rewards, references, perplexity, kl, judge_accuracy)}
 
     # --- blind human comparison: queue the pairs, read back whatever has been labelled
     if human_db:

@@ -1,4 +1,4 @@
-"""The numbers an evaluation reports, as plain functions of plain lists (the eval stage feeds them).
+"""The numbers an evaluation reports, as plain functions of plain lists (the eval stage and `align eval` feed them).
 
 Win rate with a confidence interval, correlations (is the reward just rewarding length?), repetition, length
 statistics, and BLEU / ROUGE-L against reference answers through sacrebleu and rouge-score.
@@ -84,3 +84,39 @@ def reference_scores(predictions: list[str], references: list[str]) -> dict:
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
     return {"bleu": bleu, "rougeL": statistics.fmean(rouge) if rouge else 0.0}
+
+
+def comparison_figures(answers: dict[str, list[dict]], rewards: dict[str, list[float]], references: list[str],
+                       perplexities: dict[str, float], kl: list[float] | None, judge_accuracy: dict) -> dict:
+    """Every figure of a "policy" vs "baseline" comparison as flat keys, the same for the eval stage and
+    `align eval`. answers: per model, generate_answers' dicts (text, tokens, ended_with_eos, token_ids)."""
+    n = len(rewards["policy"])
+    win = win_rate_with_interval(rewards["policy"], rewards["baseline"])
+    figures = {
+        "win_rate": win["win_rate"],
+        "win_rate_ci_low": win["ci_low"],
+        "win_rate_ci_high": win["ci_high"],
+        "wins_ties_losses": [win["wins"], win["ties"], win["losses"]],
+        "kl_to_baseline": None if kl is None else sum(kl) / n,
+        "reward_gap": (sum(rewards["policy"]) - sum(rewards["baseline"])) / n,
+        "reward_model_accuracy": judge_accuracy["accuracy"],
+        "reward_model_margin": judge_accuracy["mean_margin"],
+    }
+    for name, outs in answers.items():
+        lengths = [a["tokens"] for a in outs]
+        stats = length_stats(lengths)
+        scores = reference_scores([a["text"] for a in outs], references)
+        figures.update({
+            f"{name}_mean_reward": sum(rewards[name]) / n,
+            f"{name}_mean_tokens": stats["mean"],
+            f"{name}_median_tokens": stats["median"],
+            f"{name}_p90_tokens": stats["p90"],
+            f"{name}_eos_rate": sum(a["ended_with_eos"] for a in outs) / n,
+            f"{name}_repetition_rate": repetition_rate([a["token_ids"] for a in outs]),
+            f"{name}_length_reward_pearson": pearson(lengths, rewards[name]),
+            f"{name}_length_reward_spearman": spearman(lengths, rewards[name]),
+            f"{name}_perplexity": perplexities[name],
+            f"{name}_bleu": scores["bleu"],
+            f"{name}_rougeL": scores["rougeL"],
+        })
+    return figures

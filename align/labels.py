@@ -27,6 +27,9 @@ CHOICES = ("A", "B", "tie", "both_bad")
 SCHEMA_VERSION = "1"
 DEFAULT_LEASE_SECONDS = 3600.0  # an item shown but not judged for this long may go to another annotator
 REVOKED = -1  # assignments.done: the lease ran out and the pair went to someone else
+# How many annotators hold pair i: judged it, or were shown it within the lease (parameter: now - lease).
+HOLDERS = ("(SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.item_id "
+           "AND (a.done = 1 OR (a.done = 0 AND a.assigned_at > ?)))")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -222,8 +225,7 @@ class LabelStore:
             else:
                 row = db.execute(
                     f"""
-                    SELECT i.item_id, (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.item_id
-                                       AND (a.done = 1 OR (a.done = 0 AND a.assigned_at > ?))) AS taken
+                    SELECT i.item_id, {HOLDERS} AS taken
                     FROM items i
                     WHERE i.kind = 'pair' {"AND i.response_1 IS NOT NULL" if generated_only else ""}
                       AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ?)
@@ -358,12 +360,11 @@ class LabelStore:
         done = db.execute("SELECT COUNT(*) FROM judgments j JOIN items i USING (item_id) WHERE j.annotator = ? "
                           "AND j.undone_at IS NULL AND i.kind = 'pair'", (annotator,)).fetchone()[0]
         left = db.execute(
-            """
+            f"""
             SELECT COUNT(*) FROM items i WHERE i.kind = 'pair' AND (
                 EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ? AND a.done = 0)
                 OR (NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ?)
-                    AND (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.item_id
-                         AND (a.done = 1 OR (a.done = 0 AND a.assigned_at > ?))) < ?))
+                    AND {HOLDERS} < ?))
             """,
             (annotator, annotator, time.time() - lease_seconds, overlap),
         ).fetchone()[0]
@@ -496,7 +497,7 @@ def pair_items(source: str) -> list[dict]:
     chosen/rejected (relabelling an existing preference set: the app hides which was which). Optional: id,
     model_a/model_b. Other fields ride along in `extra`."""
     from align.config import DataSource, expand_data_shorthand
-    from align.data import DataError, _answer, _prompt, prompt_row, read_rows
+    from align.data import DataError, _answer, _prompt, preference, prompt_row, read_rows
 
     rows, where = read_rows(DataSource.model_validate(expand_data_shorthand(source)))
     items, errors = [], []
@@ -509,8 +510,6 @@ def pair_items(source: str) -> list[dict]:
             if fields is None:
                 raise DataError(f"{at}: missing responses: give response_a and response_b (has {sorted(row)})")
             if fields == ("chosen", "rejected"):
-                from align.data import preference
-
                 pair = preference(dict(row), at)
                 prompt, responses = pair["prompt"], [pair["chosen"][0]["content"], pair["rejected"][0]["content"]]
             else:

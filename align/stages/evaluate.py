@@ -17,7 +17,7 @@ from align.config import Recipe
 from align.data import load_preferences, token_ids
 from align.generation import generate_answers
 from align.models import load_kwargs, load_tokenizer, on_this_process_device, resolve_model_path
-from align.eval_metrics import length_stats, pearson, reference_scores, repetition_rate, spearman, win_rate_with_interval
+from align.eval_metrics import comparison_figures
 from reward import load_reward_model, pairwise_accuracy, score_conversations
 
 
@@ -81,35 +81,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                 **{f"{n}_tokens": answers[n][i]["tokens"] for n in answers},
                 "reference": references[i],
             }) + "\n")
-    n = len(prompts)
-    win = win_rate_with_interval(rewards["policy"], rewards["baseline"])
-    metrics = {
-        "policy": policy_stage,
-        "baseline": cfg.baseline,
-        "prompts": n,
-        "win_rate": win["win_rate"],
-        "win_rate_ci_low": win["ci_low"],
-        "win_rate_ci_high": win["ci_high"],
-        "wins_ties_losses": [win["wins"], win["ties"], win["losses"]],
-        "kl_to_baseline": sum(kl) / n,
-        "reward_gap": (sum(rewards["policy"]) - sum(rewards["baseline"])) / n,
-        "reward_model_accuracy": reward_accuracy["accuracy"],
-        "reward_model_margin": reward_accuracy["mean_margin"],
-    }
-    for name in answers:
-        lengths = [a["tokens"] for a in answers[name]]
-        metrics[f"{name}_mean_reward"] = sum(rewards[name]) / n
-        metrics[f"{name}_mean_tokens"] = sum(lengths) / n
-        metrics[f"{name}_median_tokens"] = length_stats(lengths)["median"]
-        metrics[f"{name}_p90_tokens"] = length_stats(lengths)["p90"]
-        metrics[f"{name}_eos_rate"] = sum(a["ended_with_eos"] for a in answers[name]) / n
-        metrics[f"{name}_repetition_rate"] = repetition_rate([a["token_ids"] for a in answers[name]])
-        metrics[f"{name}_length_reward_pearson"] = pearson(lengths, rewards[name])
-        metrics[f"{name}_length_reward_spearman"] = spearman(lengths, rewards[name])
-        metrics[f"{name}_perplexity"] = perplexities[name]
-        scores = reference_scores([a["text"] for a in answers[name]], references)
-        metrics[f"{name}_bleu"] = scores["bleu"]
-        metrics[f"{name}_rougeL"] = scores["rougeL"]
+    figures = comparison_figures(answers, rewards, references, perplexities, kl, reward_accuracy)
+    metrics = {"policy": policy_stage, "baseline": cfg.baseline, "prompts": len(prompts), **figures}
     return metrics
 
 
