@@ -194,24 +194,35 @@ def trl_args(recipe: Recipe, stage: str, directory: Path):
         raise RecipeError(f"{stage}: trl.{cls.__name__} rejects these settings: {err}") from None
 
 
-def last_checkpoint(args) -> str | None:
-    """The newest complete checkpoint of an interrupted run of this stage, to resume from. The trainer writes
-    trainer_state.json last, so a checkpoint without a readable one was cut off mid-save (kill -9): it is moved
-    aside (never deleted) and the one before it is used."""
-    root = Path(args.output_dir)
-    if not root.is_dir():
-        return None
+def last_checkpoint(directory: Path) -> str | None:
+    """The newest complete checkpoint of an interrupted run of the stage in `directory`, to resume from.
+
+    The trainer writes trainer_state.json last, so a checkpoint without a readable one was cut off mid-save
+    (kill -9): it is moved aside (never deleted) and the one before it is used. Lines of metrics.jsonl logged
+    after the checkpoint are dropped, since those steps are about to be redone.
+    """
+    root = Path(directory) / "checkpoints"
     found = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
-                   key=lambda p: int(p.name.split("-")[1]), reverse=True)
+                   key=lambda p: int(p.name.split("-")[1]), reverse=True) if root.is_dir() else []
     for checkpoint in found:
         try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
-            return str(checkpoint)
-        except (OSError, ValueError):
+            step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        except (OSError, ValueError, KeyError):
             aside = checkpoint.with_name(f"incomplete-{checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}")
             checkpoint.rename(aside)
             print(f"[resume] {checkpoint.name} was cut off while being saved; moved aside to {aside.name}")
+            continue
+        trim_log(Path(directory) / "metrics.jsonl", step)
+        return str(checkpoint)
+    trim_log(Path(directory) / "metrics.jsonl", 0)  # killed before its first checkpoint: it starts over
     return None
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log lines of steps after `step` (a resumed run redoes them), keeping the file's other lines."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def save_adapter(trainer, target: Path) -> None:

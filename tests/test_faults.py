@@ -3,6 +3,7 @@ leaves every checkpoint saved before it in place."""
 
 from __future__ import annotations
 
+import json
 import math
 import types
 
@@ -63,16 +64,17 @@ def test_a_checkpoint_cut_off_mid_save_is_set_aside_and_the_previous_one_resumes
         (root / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
         if state is not None:
             (root / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
-    args = types.SimpleNamespace(output_dir=str(root))
-    assert last_checkpoint(args) == str(root / "checkpoint-4")
+    (tmp_path / "metrics.jsonl").write_text("".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in range(1, 9)))
+    assert last_checkpoint(tmp_path) == str(root / "checkpoint-4")
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     names = sorted(p.name for p in root.iterdir())
     assert names[:2] == ["checkpoint-2", "checkpoint-4"] and len(names) == 4  # nothing deleted
     assert all(n.startswith("incomplete-checkpoint-") for n in names[2:])
-    assert last_checkpoint(types.SimpleNamespace(output_dir=str(tmp_path / "none"))) is None
+    assert last_checkpoint(tmp_path / "none") is None
 
 
-def test_sft_killed_with_sigkill_resumes_on_the_same_losses(tiny_llama, tmp_path):
-    import json
+@pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
+def test_a_stage_killed_with_sigkill_resumes_on_the_same_losses(stage, tiny_llama, tmp_path):
     import os
     import signal
     import subprocess
@@ -80,28 +82,31 @@ def test_sft_killed_with_sigkill_resumes_on_the_same_losses(tiny_llama, tmp_path
     import time
 
     def recipe(root):
-        sft = {"max_steps": 8, "save_steps": 4, "logging_steps": 1, "learning_rate": 5e-4}
+        settings = {"max_steps": 8, "save_steps": 4, "logging_steps": 1, "learning_rate": 5e-4}
         path = root.with_suffix(".yaml")
-        path.write_text(yaml.safe_dump(tiny_recipe(tiny_llama, root, ["sft"], sft=sft)))
+        path.write_text(yaml.safe_dump(tiny_recipe(tiny_llama, root, [stage], **{stage: settings})))
         return path
 
     def losses(root):
-        rows = [json.loads(line) for line in (root / "tiny" / "sft" / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (root / "tiny" / stage / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in rows if "loss" in r]
+        assert len(steps) == len(set(steps)), f"steps logged twice: {steps}"
         return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
     assert main(["run", str(recipe(tmp_path / "straight"))]) == 0
     killed = recipe(tmp_path / "killed")
     process = subprocess.Popen([sys.executable, "-m", "align", "run", str(killed)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    state = tmp_path / "killed" / "tiny" / "sft" / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state = tmp_path / "killed" / "tiny" / stage / "checkpoints" / "checkpoint-4" / "trainer_state.json"
     deadline = time.time() + 300
     while not state.is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert state.is_file(), "the run should have been killed after its step-4 checkpoint"
-    assert not is_finished(tmp_path / "killed" / "tiny" / "sft")
+    assert not is_finished(tmp_path / "killed" / "tiny" / stage)
     assert main(["run", str(killed)]) == 0  # resumes from checkpoint-4
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "killed")
+    assert sorted(resumed) == sorted(straight) == list(range(1, 9))
     for step in range(5, 9):
-        assert resumed[step] == pytest.approx(straight[step], rel=1e-4), f"step {step}"
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-4), f"{stage} step {step}"

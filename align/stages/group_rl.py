@@ -74,7 +74,7 @@ def run(recipe: Recipe, out: Path, inputs: dict, stage: str, trainer_class) -> d
     )
 
     # --- train
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(args))
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
     metrics = {"train_loss": result.training_loss, "prompts": len(rows)}
     logged = [entry for entry in trainer.state.log_history if "reward" in entry]
     if logged:

@@ -38,7 +38,7 @@ from align.rl import (
     AdaptiveKLController, FixedKLController, RunningMoments, gae, masked_mean, masked_whiten,
     per_token_rewards, policy_loss, token_logprobs, value_loss,
 )
-from align.runs import TrainingDiverged, replace_dir, temp_dir_for, write_json_atomic
+from align.runs import TrainingDiverged, replace_dir, temp_dir_for, trim_log, write_json_atomic
 from reward import AdapterHead, attach_reward_adapter, score_conversations
 from reward.model import add_lora_adapter, reward_lora_on_causal_lm
 
@@ -504,9 +504,3 @@ def load_checkpoint(path: Path, model, value_model, optimizer, scheduler, kl_con
             torch.cuda.set_rng_state(rng["cuda"])
     return saved["step"]
 
-
-def trim_log(path: Path, step: int) -> None:
-    """Drop log lines of steps after the checkpoint: they are about to be redone."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))

@@ -57,7 +57,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     )
 
     # --- train
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(args))
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
     metrics = {"train_loss": result.training_loss, "train_pairs": len(train), "skipped_pairs": lengths["truncated"]}
     if evaluation:
         model.eval()

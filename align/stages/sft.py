@@ -47,7 +47,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     )
 
     # --- train (resumes from the newest checkpoint of an interrupted run)
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(args))
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
     metrics = {"train_loss": result.training_loss, "train_rows": len(train), "truncated_rows": lengths["truncated"]}
     if evaluation:
         metrics.update(trainer.evaluate())
