@@ -198,10 +198,13 @@ def cmd_validate(args) -> int:
 
 
 def check_datasets(recipe, stages, skip_hub: bool = False) -> list[str]:
-    """Read and check every dataset the stages use; returns one line per dataset."""
-    from align.data import load_demonstrations, load_preferences
+    """Read and check every dataset the stages use, then the model path and tokenizer and the rows' lengths, so
+    bad input fails before the first stage trains; returns one line per dataset."""
+    from align.data import check_lengths, load_demonstrations, load_preferences
+    from align.models import is_hub_id, load_tokenizer, resolve_model_path
+    from align.runs import stage_dir, trl_args
 
-    lines = []
+    lines, loaded = [], []
     for stage in stages:
         section = getattr(recipe, stage)
         if stage in ("sft", "reward", "dpo"):
@@ -216,9 +219,22 @@ def check_datasets(recipe, stages, skip_hub: bool = False) -> list[str]:
             if source.hub and skip_hub:
                 lines.append(f"{stage}.{field}: {source.describe()} (hub dataset: checked when the run loads it)")
                 continue
-            loader = load_demonstrations if stage == "sft" else load_preferences
-            rows, where = loader(source)
+            rows, where = (load_demonstrations if stage == "sft" else load_preferences)(source)
             lines.append(f"{stage}.{field}: {len(rows)} valid rows from {where}")
+            loaded.append((len(lines) - 1, stage, rows, where))
+
+    resolve_model_path(recipe.model.name_or_path)  # a missing model directory fails now
+    if skip_hub and is_hub_id(recipe.model.name_or_path):
+        return lines  # `align validate` does not download a tokenizer to check lengths
+    tokenizer = load_tokenizer(recipe.model)
+    for line, stage, rows, where in loaded:
+        if stage == "eval":
+            continue
+        max_length = trl_args(recipe, stage, stage_dir(recipe, stage)).max_length
+        answers = ("completion",) if stage == "sft" else ("chosen", "rejected")
+        # RewardTrainer skips the pairs longer than max_length; the other trainers cut them.
+        lengths = check_lengths(rows, tokenizer, max_length, where, answers, dropped=stage == "reward")
+        lines[line] += f"; {lengths['truncated']} longer than max_length={max_length}"
     return lines
 
 

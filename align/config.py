@@ -473,6 +473,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        # A pass-through trl key names itself in the message ('beta': ...): put it in the path, like our fields.
+        key = re.match(r"(?:unknown key )?'(\w+)'(?::| is set by)", msg)
+        if key:
+            loc = f"{loc}.{key.group(1)}"
+            msg = msg.replace(f"'{key.group(1)}': ", "", 1).replace(f"unknown key '{key.group(1)}':", "unknown key:", 1)
         lines.append(f"  {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
 

@@ -303,9 +303,11 @@ def token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = Fal
     )["input_ids"]
 
 
-def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where: str, answer_fields: tuple) -> dict:
+def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where: str, answer_fields: tuple,
+                  dropped: bool = False) -> dict:
     """Refuse rows whose prompt alone fills max_length (truncation would drop the whole response); count the rows
-    that will be cut. Returns {"rows": n, "truncated": k, "longest": tokens}."""
+    that will be cut, or with `dropped` skipped, refusing a dataset with none left. Returns {"rows": n,
+    "truncated": k, "longest": tokens}."""
     if max_length is None:
         return {"rows": len(examples), "truncated": 0, "longest": None}
     errors, truncated, longest = [], 0, 0
@@ -325,7 +327,11 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where
         truncated += cut
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
-        raise DataError(f"{len(errors)} rows have prompts too long for max_length={max_length}:\n  {shown}")
+        raise DataError(f"{len(errors)} of {len(examples)} rows have prompts too long for max_length={max_length}:"
+                        f"\n  {shown}")
+    if dropped and examples and truncated == len(examples):
+        raise DataError(f"{where}: all {len(examples)} rows are longer than max_length={max_length} and would be "
+                        f"skipped, leaving nothing to train on; raise max_length")
     return {"rows": len(examples), "truncated": truncated, "longest": longest}
 
 

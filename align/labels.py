@@ -25,6 +25,8 @@ from pathlib import Path
 
 CHOICES = ("A", "B", "tie", "both_bad")
 SCHEMA_VERSION = "1"
+MAX_REASON_CHARS = 2000  # a reason is a sentence or two; longer input is refused, not stored
+MAX_ITEM_ID_CHARS = 200
 DEFAULT_LEASE_SECONDS = 3600.0  # an item shown but not judged for this long may go to another annotator
 REVOKED = -1  # assignments.done: the lease ran out and the pair went to someone else
 # How many annotators hold pair i: judged it, or were shown it within the lease (parameter: now - lease).
@@ -77,6 +79,15 @@ CREATE INDEX IF NOT EXISTS judgments_by_annotator ON judgments(annotator, submit
 
 class LabelError(ValueError):
     """A label request that cannot be honoured (unknown item, bad choice, nothing to undo, bad source row)."""
+
+
+def check_judgment(choice: str, reason: str | None) -> None:
+    if choice not in CHOICES:
+        raise LabelError(f"choice '{choice}' is not one of {', '.join(CHOICES)}")
+    if reason is not None and not isinstance(reason, str):
+        raise LabelError(f"reason must be text, got {type(reason).__name__}")
+    if reason and len(reason) > MAX_REASON_CHARS:
+        raise LabelError(f"reason is {len(reason)} characters; at most {MAX_REASON_CHARS} are kept, so shorten it")
 
 
 def item_id_for(prompt: list[dict], response_1: str | None, response_2: str | None, models=(None, None)) -> str:
@@ -269,8 +280,9 @@ class LabelStore:
     def submit(self, annotator: str, item_id: str, choice: str, reason: str = "") -> int:
         """Record a judgment and return its id. Submitting the same choice again (a retry after a lost reply)
         returns the first id instead of adding a row; a different choice for a judged item is refused."""
-        if choice not in CHOICES:
-            raise LabelError(f"choice '{choice}' is not one of {', '.join(CHOICES)}")
+        check_judgment(choice, reason)
+        if not isinstance(item_id, str) or len(item_id) > MAX_ITEM_ID_CHARS:
+            raise LabelError(f"item id must be a string of at most {MAX_ITEM_ID_CHARS} characters")
         reason = (reason or "").strip()
         with self.transaction() as db:
             shown = self._assignment_row(db, annotator, item_id)
@@ -332,8 +344,7 @@ class LabelStore:
     def add_arena_vote(self, annotator: str, prompt: list[dict], text_a: str, text_b: str, model_a: str,
                        model_b: str, choice: str, reason: str = "", shown_at: float | None = None) -> int:
         """An arena round: the conversation, both models' answers as shown, and the vote, in one transaction."""
-        if choice not in CHOICES:
-            raise LabelError(f"choice '{choice}' is not one of {', '.join(CHOICES)}")
+        check_judgment(choice, reason)
         now = time.time()
         item = {"prompt": prompt, "response_1": text_a, "response_2": text_b, "model_1": model_a, "model_2": model_b}
         item_id = item_id_for(prompt, text_a, text_b, (model_a, model_b)) + f"-{annotator}-{now:.6f}"

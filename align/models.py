@@ -79,12 +79,18 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def is_hub_id(name_or_path: str) -> bool:
+    """'org/name' rather than a local directory (or the embedded model)."""
+    return name_or_path != EMBEDDED_MODEL and not (
+        name_or_path.startswith((".", "/", "~")) or Path(name_or_path).expanduser().exists()
+        or name_or_path.count("/") > 1)
+
+
 def resolve_model_path(name_or_path: str) -> str:
     if name_or_path == EMBEDDED_MODEL:
         return str(embedded_model_dir())
     local = Path(name_or_path).expanduser()
-    looks_local = name_or_path.startswith((".", "/", "~")) or local.exists() or name_or_path.count("/") > 1
-    if looks_local:
+    if not is_hub_id(name_or_path):
         if not (local / "config.json").is_file():
             raise ModelError(f"model.name_or_path: {name_or_path} is not a model directory (no config.json there)")
         return str(local)
@@ -142,12 +148,21 @@ def load_tokenizer(model: ModelSection):
     tokenizer = AutoTokenizer.from_pretrained(
         path, revision=model.revision, trust_remote_code=model.trust_remote_code
     )
+    defaulted = not model.chat_template and not tokenizer.chat_template
     if model.chat_template:
         tokenizer.chat_template = model.chat_template
-    elif not tokenizer.chat_template:
+    elif defaulted:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     if tokenizer.eos_token is None:
-        raise ModelError(f"{model.name_or_path}: the tokenizer has no EOS token, so answers could never end")
+        raise ModelError(f"{model.name_or_path}: the tokenizer has no EOS token, so answers could never end"
+                         + ("; it has no chat template either, and align's default one ends each answer with EOS"
+                            if defaulted else ""))
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+                                      tokenize=False)
+    except Exception as err:  # a Jinja syntax or runtime error in the template
+        where = "model.chat_template" if model.chat_template else f"{model.name_or_path}: the tokenizer's chat template"
+        raise ModelError(f"{where} fails on a two-turn conversation: {type(err).__name__}: {err}") from None
     if tokenizer.pad_token is None:
         # Pad = EOS is safe: TRL masks labels by the attention mask, not by token id, so EOS is still learned.
         tokenizer.pad_token = tokenizer.eos_token

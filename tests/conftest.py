@@ -99,3 +99,45 @@ def make_recipe(tmp_path):
         return parse_recipe(tiny_recipe(model_dir, tmp_path / "runs", stages, **sections))
 
     return make
+
+
+# ------------------------------------------------------------------------------------------------ fault tally
+# Tests marked @pytest.mark.fault(kind) are the reliability suite (`pytest -m fault`). The run ends with a summary:
+# faults survived by kind, bad inputs refused, and labels acknowledged under fault vs lost (tests report those
+# with record_property("labels_acknowledged", n) and record_property("labels_lost", n)).
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    marker = item.get_closest_marker("fault")
+    if marker is not None and report.when == "call":
+        report.user_properties.append(("fault", marker.args[0]))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    from collections import Counter
+
+    survived, broke, labels = Counter(), Counter(), Counter()
+    for outcome, tally in (("passed", survived), ("failed", broke)):
+        for report in terminalreporter.stats.get(outcome, []):
+            properties = getattr(report, "user_properties", [])
+            for name, value in properties:
+                if name == "fault":
+                    tally[value] += 1
+                elif name.startswith("labels_") and outcome == "passed":
+                    labels[name] += value
+    if not survived and not broke:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("fault tests")
+    faults = {k: v for k, v in survived.items() if k != "bad input"}
+    write(f"faults survived: {sum(faults.values())} ("
+          + ", ".join(f"{kind}: {n}" for kind, n in sorted(faults.items())) + ")")
+    write(f"bad inputs tried: {survived['bad input'] + broke['bad input']}, "
+          f"refused with a clear error: {survived['bad input']}")
+    write(f"labels acknowledged under fault: {labels['labels_acknowledged']}, lost: {labels['labels_lost']}, "
+          f"duplicated: {labels['labels_duplicated']}")
+    if broke:
+        write("FAULT TESTS FAILED: " + ", ".join(f"{kind}: {n}" for kind, n in sorted(broke.items())), red=True)

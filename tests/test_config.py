@@ -97,6 +97,7 @@ def test_name_and_stages_are_required():
 # ------------------------------------------------------------------------------------------------ unknown keys
 
 
+@pytest.mark.fault("bad input")
 @pytest.mark.parametrize(
     ("tree", "location"),
     [
@@ -360,6 +361,7 @@ def test_load_recipe_invalid_yaml(tmp_path):
         "baseline-sft-without-dpo", "baseline-sft-without-sft",
     ],
 )
+@pytest.mark.fault("bad input")
 def test_impossible_stage_lists_are_refused(tree, expected):
     assert expected in error_of(tree)
 

@@ -342,6 +342,7 @@ BAD_DEMOS = [
 ]
 
 
+@pytest.mark.fault("bad input")
 @pytest.mark.parametrize(("row", "expected"), BAD_DEMOS, ids=[e for _, e in BAD_DEMOS])
 def test_bad_demonstration_row(tmp_path, row, expected):
     path = write_jsonl(tmp_path / "demos.jsonl", [GOOD_DEMO, row, GOOD_DEMO])
@@ -376,6 +377,7 @@ BAD_PREFS = [
 ]
 
 
+@pytest.mark.fault("bad input")
 @pytest.mark.parametrize(("row", "expected"), BAD_PREFS, ids=[e for _, e in BAD_PREFS])
 def test_bad_preference_row(tmp_path, row, expected):
     path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD_PREF, row])
@@ -519,7 +521,7 @@ def test_check_lengths_prompt_too_long_names_row():
     with pytest.raises(DataError) as info:
         check_lengths(examples, CharTokenizer(), 10, "bundled:sft", ("completion",))
     message = str(info.value)
-    assert message.startswith("2 rows have prompts too long for max_length=10")
+    assert message.startswith("2 of 3 rows have prompts too long for max_length=10")
     assert "bundled:sft: row 2: the prompt is 10 tokens but max_length is 10" in message
     assert "bundled:sft: row 3: the prompt is 20 tokens" in message
     assert "row 1:" not in message

@@ -15,6 +15,7 @@ from align.runs import TrainingDiverged, is_finished, metrics_callback
 from tests.conftest import tiny_recipe
 
 
+@pytest.mark.fault("divergence")
 def test_a_nan_log_line_stops_the_stage_and_names_the_newest_checkpoint(tmp_path):
     for step in (2, 10, 4):
         (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
@@ -30,6 +31,7 @@ def test_a_nan_log_line_stops_the_stage_and_names_the_newest_checkpoint(tmp_path
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3  # the bad lines are logged too
 
 
+@pytest.mark.fault("divergence")
 def test_a_diverging_sft_run_stops_with_a_message_not_a_traceback(tiny_llama, tmp_path, capsys):
     recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["sft"],
                          sft={"learning_rate": 1e30, "max_steps": 8, "logging_steps": 1, "save_steps": 2})
@@ -41,6 +43,7 @@ def test_a_diverging_sft_run_stops_with_a_message_not_a_traceback(tiny_llama, tm
     assert not is_finished(tmp_path / "runs" / "tiny" / "sft")  # a re-run does not take it for done
 
 
+@pytest.mark.fault("divergence")
 def test_ppo_that_breaks_before_any_checkpoint_fails_without_saving_a_broken_policy(tiny_llama, tmp_path, capsys):
     ppo = {"dataset": {"bundled": "sft", "limit": 16}, "use_reward_model": False,
            "reward_functions": ["tests.toy_rewards:letter_e_fraction"], "steps": 6, "rollout_batch_size": 4,
@@ -55,6 +58,7 @@ def test_ppo_that_breaks_before_any_checkpoint_fails_without_saving_a_broken_pol
     assert not is_finished(stage) and not (stage / "adapter").exists()
 
 
+@pytest.mark.fault("kill -9")
 def test_a_checkpoint_cut_off_mid_save_is_set_aside_and_the_previous_one_resumes(tmp_path):
     from align.runs import last_checkpoint
 
@@ -73,6 +77,7 @@ def test_a_checkpoint_cut_off_mid_save_is_set_aside_and_the_previous_one_resumes
     assert last_checkpoint(tmp_path / "none") is None
 
 
+@pytest.mark.fault("kill -9")
 @pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
 def test_a_stage_killed_with_sigkill_resumes_on_the_same_losses(stage, tiny_llama, tmp_path):
     import os
@@ -110,3 +115,27 @@ def test_a_stage_killed_with_sigkill_resumes_on_the_same_losses(stage, tiny_llam
     assert sorted(resumed) == sorted(straight) == list(range(1, 9))
     for step in range(5, 9):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-4), f"{stage} step {step}"
+
+
+@pytest.mark.fault("divergence")
+def test_ppo_running_away_from_the_reference_stops_at_max_kl_and_keeps_the_last_checkpoint(tiny_llama, tmp_path,
+                                                                                           capsys):
+    ppo = {"dataset": {"bundled": "sft", "limit": 16}, "use_reward_model": False,
+           "reward_functions": ["tests.toy_rewards:letter_e_fraction"], "steps": 30, "rollout_batch_size": 4,
+           "mini_batch_size": 4, "max_new_tokens": 6, "save_steps": 2, "learning_rate": 5e-3, "kl_coef": 0.0,
+           "max_kl": 0.5, "lr_schedule": "constant"}
+    path = tmp_path / "ppo.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tiny_llama, tmp_path / "runs", ["ppo"], ppo=ppo)))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    stage = tmp_path / "runs" / "tiny" / "ppo"
+    record = json.loads((stage / "stage.json").read_text())
+    stopped = record["metrics"]["stopped_early"]
+    assert "exceeded ppo.max_kl=0.5" in stopped and "stopped early: KL" in out
+    stop_step = int(stopped.rsplit(" ", 1)[1])
+    logged = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["step"] == stop_step < 30 and logged[-1]["kl"] > 0.5
+    assert all(row["kl"] <= 0.5 for row in logged[:-1])
+    kept = record["metrics"]["steps"]
+    assert kept == (stop_step - 1) // 2 * 2 and f"keeping the policy of {stage / 'checkpoints'}" in out
+    assert (stage / "adapter" / "adapter_model.safetensors").is_file()

@@ -172,6 +172,7 @@ def test_reward_function_reads_dataset_columns(tiny_llama, tmp_path):
     assert metric_rows(tmp_path / "runs/tiny/ppo")[0]["kl"] == 0.0  # no dropout: train mode changes nothing
 
 
+@pytest.mark.fault("kill -9")
 def test_interrupted_ppo_resumes_on_the_same_trajectory(tiny_llama, tmp_path):
     """kill -9 mid-run, run again: it continues from the last checkpoint (adapters, optimiser, KL controller, RNG,
     step) and logs the same rewards as a run that was never interrupted."""
@@ -206,6 +207,7 @@ def test_interrupted_ppo_resumes_on_the_same_trajectory(tiny_llama, tmp_path):
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (got["step"], key)
 
 
+@pytest.mark.fault("bad input")
 @pytest.mark.parametrize(
     ("ppo", "message"),
     [

@@ -54,6 +54,7 @@ def log_in(browser, server: LabelServer, name: str):
     return page
 
 
+@pytest.mark.fault("attack")
 def test_label_with_mouse_and_keyboard_in_chromium(browser, tiny_llama, tiny_gpt2, tmp_path):
     expect = sync_api.expect
     pairs = tmp_path / "pairs.jsonl"

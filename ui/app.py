@@ -15,7 +15,7 @@ import gradio as gr
 
 from align.chat import ChatModels
 from align.label_stats import format_report, label_report
-from align.labels import DEFAULT_LEASE_SECONDS, LabelError, LabelStore
+from align.labels import DEFAULT_LEASE_SECONDS, MAX_REASON_CHARS, LabelError, LabelStore
 from ui.render import conversation_html, response_html
 
 CHOICE_LABELS = [("A is better  [1]", "A"), ("B is better  [2]", "B"), ("Tie  [3]", "tie"), ("Both bad  [4]", "both_bad")]
@@ -28,6 +28,8 @@ CSS = """
 .turn .role { font-size: 0.8rem; font-weight: 600; opacity: 0.7; }
 .side-label { font-weight: 700; font-size: 1.1rem; }
 """
+
+MAX_MESSAGE_CHARS = 4000  # an arena message; the models' context is short anyway
 
 # 1-4 pick a choice, Enter submits, u undoes; ignored while typing a reason (except Enter) and when the
 # labelling tab is not on screen.
@@ -116,7 +118,7 @@ def build_label_tab(session: LabelSession):
         text_b = gr.HTML(elem_id="response-b")
     item_id = gr.Textbox(visible=False)
     choice = gr.Radio(CHOICE_LABELS, label="Which response is better?", elem_id="choice")
-    reason = gr.Textbox(label="Reason (optional)", lines=1, max_lines=3, elem_id="reason")
+    reason = gr.Textbox(label="Reason (optional)", lines=1, max_lines=3, max_length=MAX_REASON_CHARS, elem_id="reason")
     with gr.Row():
         submit = gr.Button("Submit  [Enter]", variant="primary", elem_id="submit-label")
         undo = gr.Button("Undo last  [u]", elem_id="undo-label")
@@ -196,12 +198,12 @@ def build_arena_tab(session: LabelSession) -> None:
     with gr.Row(equal_height=False):
         answer_a = gr.HTML(elem_id="arena-a")
         answer_b = gr.HTML(elem_id="arena-b")
-    message = gr.Textbox(label="Your message", lines=2, elem_id="arena-message")
+    message = gr.Textbox(label="Your message", lines=2, max_length=MAX_MESSAGE_CHARS, elem_id="arena-message")
     send = gr.Button("Send to both", variant="primary", elem_id="arena-send")
     with gr.Row():
         votes = [gr.Button(label, elem_id=f"arena-vote-{value}") for label, value in
                  [("A is better", "A"), ("B is better", "B"), ("Tie", "tie"), ("Both bad", "both_bad")]]
-    reason = gr.Textbox(label="Reason (optional)", lines=1, elem_id="arena-reason")
+    reason = gr.Textbox(label="Reason (optional)", lines=1, max_length=MAX_REASON_CHARS, elem_id="arena-reason")
     status = gr.Markdown(elem_id="arena-status")
     new_chat = gr.Button("New conversation", size="sm")
     history = gr.State([])
@@ -213,6 +215,8 @@ def build_arena_tab(session: LabelSession) -> None:
             raise gr.Error("Vote on these answers first.")
         if not text.strip():
             raise gr.Error("Type a message first.")
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise gr.Error(f"The message is {len(text)} characters; at most {MAX_MESSAGE_CHARS} are sent.")
         prompt = past + [{"role": "user", "content": text.strip()}]
         shown_at = time.time()
         sides = list(session.arena_models)

@@ -51,7 +51,42 @@ def checked_accounts(args) -> dict:
     return accounts
 
 
+# The app takes no files; its largest real request is a judgment with a reason of at most MAX_REASON_CHARS.
+MAX_REQUEST_BYTES = 256 * 1024
+
+
+class RequestSizeLimit:
+    """ASGI middleware: a request body over MAX_REQUEST_BYTES gets 413 before it is read into memory, and a
+    chunked body that grows past it is cut off. Uploads (the app has no upload field) are capped by it too."""
+
+    def __init__(self, app, limit: int = MAX_REQUEST_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            from starlette.responses import PlainTextResponse
+
+            response = PlainTextResponse(f"request body over {self.limit} bytes refused", status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise ValueError(f"request body over {self.limit} bytes refused")
+            return message
+
+        return await self.app(scope, counted, send)
+
+
 def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_specs: list[str]) -> int:
+    from starlette.middleware import Middleware
+
     from ui.app import CSS, KEYBOARD_JS, LabelSession, build_app
 
     accounts = checked_accounts(args)
@@ -84,7 +119,8 @@ def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_sp
     try:
         app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=check if accounts else None,
                    auth_message="Log in with your annotator account.", css=CSS, head=KEYBOARD_JS,
-                   show_error=True, footer_links=["api"], quiet=False)
+                   show_error=True, footer_links=["api"], quiet=False, max_file_size=MAX_REQUEST_BYTES,
+                   app_kwargs={"middleware": [Middleware(RequestSizeLimit)]})
     except OSError as err:  # typically the port is taken
         raise LabelError(f"cannot serve on {args.host}:{args.port} ({err}); choose another --port") from None
     finally:

@@ -27,9 +27,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # --- data
     tokenizer = load_tokenizer(recipe.model)
     train, where = load_preferences(cfg.dataset)
-    lengths = check_lengths(train, tokenizer, args.max_length, where, ("chosen", "rejected"))
-    if lengths["truncated"] == len(train):
-        raise ValueError(f"{where}: every pair is longer than reward.max_length={args.max_length}; raise it")
+    lengths = check_lengths(train, tokenizer, args.max_length, where, ("chosen", "rejected"), dropped=True)
     evaluation = None
     if cfg.eval_dataset:
         evaluation, eval_where = load_preferences(cfg.eval_dataset)
