@@ -221,20 +221,22 @@ def check_datasets(recipe, stages, skip_hub: bool = False) -> list[str]:
                 continue
             rows, where = (load_demonstrations if stage == "sft" else load_preferences)(source)
             lines.append(f"{stage}.{field}: {len(rows)} valid rows from {where}")
-            loaded.append((len(lines) - 1, stage, rows, where))
+            loaded.append((len(lines) - 1, stage, field, rows, where))
 
     resolve_model_path(recipe.model.name_or_path)  # a missing model directory fails now
     if skip_hub and is_hub_id(recipe.model.name_or_path):
         return lines  # `align validate` does not download a tokenizer to check lengths
     tokenizer = load_tokenizer(recipe.model)
-    for line, stage, rows, where in loaded:
+    for line, stage, field, rows, where in loaded:
         if stage == "eval":
             continue
         max_length = trl_args(recipe, stage, stage_dir(recipe, stage)).max_length
         answers = ("completion",) if stage == "sft" else ("chosen", "rejected")
         # RewardTrainer skips the pairs longer than max_length; the other trainers cut them.
-        lengths = check_lengths(rows, tokenizer, max_length, where, answers, dropped=stage == "reward")
-        lines[line] += f"; {lengths['truncated']} longer than max_length={max_length}"
+        lengths = check_lengths(rows, tokenizer, max_length, where, answers,
+                                dropped=stage == "reward" and field == "dataset")
+        if max_length is not None:
+            lines[line] += f"; {lengths['truncated']} longer than max_length={max_length}"
     return lines
 
 

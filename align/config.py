@@ -477,7 +477,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         key = re.match(r"(?:unknown key )?'(\w+)'(?::| is set by)", msg)
         if key:
             loc = f"{loc}.{key.group(1)}"
-            msg = msg.replace(f"'{key.group(1)}': ", "", 1).replace(f"unknown key '{key.group(1)}':", "unknown key:", 1)
+            name = key.group(1)
+            msg = msg.replace(f"unknown key '{name}':", "unknown key:", 1).replace(f"'{name}': ", "", 1)
         lines.append(f"  {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
 

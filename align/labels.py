@@ -83,7 +83,7 @@ class LabelError(ValueError):
 
 def check_judgment(choice: str, reason: str | None) -> None:
     if choice not in CHOICES:
-        raise LabelError(f"choice '{choice}' is not one of {', '.join(CHOICES)}")
+        raise LabelError(f"choice '{str(choice)[:40]}' is not one of {', '.join(CHOICES)}")
     if reason is not None and not isinstance(reason, str):
         raise LabelError(f"reason must be text, got {type(reason).__name__}")
     if reason and len(reason) > MAX_REASON_CHARS:

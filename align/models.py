@@ -81,9 +81,11 @@ def embedded_model_dir() -> Path:
 
 def is_hub_id(name_or_path: str) -> bool:
     """'org/name' rather than a local directory (or the embedded model)."""
+    path = Path(name_or_path).expanduser()
+    # 'models/x' whose folder 'models' exists here is a local path with a typo, not a hub id.
     return name_or_path != EMBEDDED_MODEL and not (
-        name_or_path.startswith((".", "/", "~")) or Path(name_or_path).expanduser().exists()
-        or name_or_path.count("/") > 1)
+        name_or_path.startswith((".", "/", "~")) or path.exists() or name_or_path.count("/") > 1
+        or ("/" in name_or_path and path.parent.is_dir()))
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -145,9 +147,12 @@ def load_tokenizer(model: ModelSection):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(model.name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, revision=model.revision, trust_remote_code=model.trust_remote_code
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=model.revision, trust_remote_code=model.trust_remote_code
+        )
+    except OSError as err:  # no such hub repo, no network, or no tokenizer files in the directory
+        raise ModelError(f"model.name_or_path: cannot load a tokenizer from {model.name_or_path}: {err}") from None
     defaulted = not model.chat_template and not tokenizer.chat_template
     if model.chat_template:
         tokenizer.chat_template = model.chat_template

@@ -199,30 +199,48 @@ def last_checkpoint(directory: Path) -> str | None:
 
     The trainer writes trainer_state.json last, so a checkpoint without a readable one was cut off mid-save
     (kill -9): it is moved aside (never deleted) and the one before it is used. Lines of metrics.jsonl logged
-    after the checkpoint are dropped, since those steps are about to be redone.
+    after the checkpoint are dropped, since those steps are about to be redone. Under accelerate launch the main
+    process does the moving and trimming while the others wait, then all resume from the same checkpoint.
     """
+    from accelerate import PartialState
+
+    state = PartialState()
     root = Path(directory) / "checkpoints"
     found = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
                    key=lambda p: int(p.name.split("-")[1]), reverse=True) if root.is_dir() else []
+    chosen, step = None, 0
     for checkpoint in found:
         try:
             step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+            chosen = checkpoint
+            break
         except (OSError, ValueError, KeyError):
-            aside = checkpoint.with_name(f"incomplete-{checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-            checkpoint.rename(aside)
-            print(f"[resume] {checkpoint.name} was cut off while being saved; moved aside to {aside.name}")
-            continue
-        trim_log(Path(directory) / "metrics.jsonl", step)
-        return str(checkpoint)
-    trim_log(Path(directory) / "metrics.jsonl", 0)  # killed before its first checkpoint: it starts over
-    return None
+            if state.is_main_process:
+                aside = checkpoint.with_name(f"incomplete-{checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+                checkpoint.rename(aside)
+                print(f"[resume] {checkpoint.name} was cut off while being saved; moved aside to {aside.name}")
+    if state.is_main_process:
+        trim_log(Path(directory) / "metrics.jsonl", step)  # step 0: killed before its first checkpoint
+        if chosen is not None:
+            print(f"[resume] continuing from {chosen.name} (step {step})", flush=True)
+    state.wait_for_everyone()
+    return str(chosen) if chosen is not None else None
 
 
 def trim_log(path: Path, step: int) -> None:
-    """Drop log lines of steps after `step` (a resumed run redoes them), keeping the file's other lines."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
+    """Keep the log lines of steps up to `step` (a resumed run redoes the later ones). A line cut off by a kill
+    and a finished run's closing summary (train_runtime) are dropped too: the resumed run writes its own."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("step", 0) <= step and "train_runtime" not in row:
+            kept.append(line)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def save_adapter(trainer, target: Path) -> None:

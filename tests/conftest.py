@@ -111,7 +111,8 @@ def make_recipe(tmp_path):
 def pytest_runtest_makereport(item, call):
     report = yield
     marker = item.get_closest_marker("fault")
-    if marker is not None and report.when == "call":
+    # One entry per test: from its call, or from its setup when it never got to run (an error or a skip).
+    if marker is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
         report.user_properties.append(("fault", marker.args[0]))
     return report
 
@@ -120,13 +121,12 @@ def pytest_terminal_summary(terminalreporter):
     from collections import Counter
 
     survived, broke, labels = Counter(), Counter(), Counter()
-    for outcome, tally in (("passed", survived), ("failed", broke)):
+    for outcome in ("passed", "failed", "error", "skipped"):
         for report in terminalreporter.stats.get(outcome, []):
-            properties = getattr(report, "user_properties", [])
-            for name, value in properties:
+            for name, value in getattr(report, "user_properties", []):
                 if name == "fault":
-                    tally[value] += 1
-                elif name.startswith("labels_") and outcome == "passed":
+                    (survived if outcome == "passed" else broke)[value] += 1
+                elif name.startswith("labels_"):
                     labels[name] += value
     if not survived and not broke:
         return
@@ -140,4 +140,5 @@ def pytest_terminal_summary(terminalreporter):
     write(f"labels acknowledged under fault: {labels['labels_acknowledged']}, lost: {labels['labels_lost']}, "
           f"duplicated: {labels['labels_duplicated']}")
     if broke:
-        write("FAULT TESTS FAILED: " + ", ".join(f"{kind}: {n}" for kind, n in sorted(broke.items())), red=True)
+        write("FAULT TESTS FAILED, ERRORED OR SKIPPED: " + ", ".join(f"{kind}: {n}" for kind, n in sorted(broke.items())),
+              red=True)

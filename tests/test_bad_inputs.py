@@ -83,6 +83,8 @@ CATALOGUE = [
     ("stages out of order", {"top": {"stages": ["dpo", "sft"]}}, ["must follow the order"]),
     ("model path that does not exist", {"model": {"name_or_path": "{dir}/no-such-model"}},
      ["model.name_or_path", "no-such-model is not a model directory"]),
+    ("relative model path with a typo (not a hub id)", {"model": {"name_or_path": "tests/no-such-model"}},
+     ["tests/no-such-model is not a model directory"]),
     ("tokenizer with no chat template and no EOS", {"model": {"name_or_path": "{no_eos_model}"}},
      ["has no EOS token", "no chat template either"]),
     ("chat template that does not render", {"model": {"chat_template": "{% for m in messages %}{{ m.content }}"}},

@@ -79,7 +79,7 @@ def test_a_checkpoint_cut_off_mid_save_is_set_aside_and_the_previous_one_resumes
 
 @pytest.mark.fault("kill -9")
 @pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
-def test_a_stage_killed_with_sigkill_resumes_on_the_same_losses(stage, tiny_llama, tmp_path):
+def test_a_stage_killed_with_sigkill_resumes_on_the_same_losses(stage, tiny_llama, tmp_path, capsys):
     import os
     import signal
     import subprocess
@@ -103,14 +103,23 @@ def test_a_stage_killed_with_sigkill_resumes_on_the_same_losses(stage, tiny_llam
     process = subprocess.Popen([sys.executable, "-m", "align", "run", str(killed)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     state = tmp_path / "killed" / "tiny" / stage / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    def saved() -> bool:  # the trainer writes trainer_state.json last, and not atomically
+        try:
+            return json.loads(state.read_text())["global_step"] == 4
+        except (OSError, ValueError):
+            return False
+
     deadline = time.time() + 300
-    while not state.is_file() and process.poll() is None and time.time() < deadline:
+    while not saved() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert state.is_file(), "the run should have been killed after its step-4 checkpoint"
+    assert saved(), "the run should have been killed after its step-4 checkpoint"
     assert not is_finished(tmp_path / "killed" / "tiny" / stage)
-    assert main(["run", str(killed)]) == 0  # resumes from checkpoint-4
+    capsys.readouterr()
+    assert main(["run", str(killed)]) == 0
+    assert "[resume] continuing from checkpoint-4 (step 4)" in capsys.readouterr().out  # resumed, not restarted
+    assert not list((tmp_path / "killed" / "tiny" / stage / "checkpoints").glob("incomplete-*"))
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "killed")
     assert sorted(resumed) == sorted(straight) == list(range(1, 9))
     for step in range(5, 9):

@@ -233,9 +233,12 @@ def build_arena_tab(session: LabelSession) -> None:
             annotator = session.annotator(request)
             if waiting is None:
                 raise gr.Error("Send a message first; then vote on the two answers.")
-            vote_id = session.store.add_arena_vote(annotator, waiting["prompt"], waiting["text_a"], waiting["text_b"],
-                                                   waiting["model_a"], waiting["model_b"], choice, why,
-                                                   waiting["shown_at"])
+            try:
+                vote_id = session.store.add_arena_vote(annotator, waiting["prompt"], waiting["text_a"],
+                                                       waiting["text_b"], waiting["model_a"], waiting["model_b"],
+                                                       choice, why, waiting["shown_at"])
+            except LabelError as err:
+                raise gr.Error(str(err)) from None
             reveal = (f"Saved vote #{vote_id} ({choice}). A was **{waiting['model_a']}**, "
                       f"B was **{waiting['model_b']}**.")
             if choice == "both_bad":

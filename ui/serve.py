@@ -67,21 +67,34 @@ class RequestSizeLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.limit:
-            from starlette.responses import PlainTextResponse
-
-            response = PlainTextResponse(f"request body over {self.limit} bytes refused", status_code=413)
-            return await response(scope, receive, send)
-        received = 0
+            return await self.refuse(scope, receive, send)
+        received, started, too_large = 0, False, False
 
         async def counted():
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
-                raise ValueError(f"request body over {self.limit} bytes refused")
+            if received > self.limit:  # a chunked body that grew past the limit: the app sees the client leave
+                too_large = True
+                return {"type": "http.disconnect"}
             return message
 
-        return await self.app(scope, counted, send)
+        async def watched(message):
+            nonlocal started
+            if too_large and not started:
+                return  # the app's answer to the cut-off body is replaced by the 413 below
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counted, watched)
+        if too_large and not started:
+            await self.refuse(scope, receive, send)
+
+    async def refuse(self, scope, receive, send):
+        from starlette.responses import PlainTextResponse
+
+        response = PlainTextResponse(f"request body over {self.limit} bytes refused", status_code=413)
+        await response(scope, receive, send)
 
 
 def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_specs: list[str]) -> int:
