@@ -170,12 +170,18 @@ def trainer_defaults(recipe: Recipe, directory: Path) -> dict:
         "per_device_train_batch_size": 8,
         "per_device_eval_batch_size": 8,
         "dataloader_num_workers": 0,
+        # trl turns it on by default; it recomputes every activation (about a third more time per step), so only
+        # a recipe that runs short of memory (long sequences, big models) should ask for it.
+        "gradient_checkpointing": False,
     }
 
 
 # LoRA takes larger steps than trl's full-fine-tuning default of 1e-6 for online RL; answers stay short on CPU.
 ONLINE_DEFAULTS = {"learning_rate": 1e-5, "max_completion_length": 128}
-TRL_EXTRA_DEFAULTS = {"sft": {"completion_only_loss": True}, "reward": {}, "dpo": {}, "rloo": ONLINE_DEFAULTS,
+# DPO's reference is the adapter-disabled base; its log-probs are computed once, before training, in no-grad
+# batches, instead of a second forward pass in every step.
+TRL_EXTRA_DEFAULTS = {"sft": {"completion_only_loss": True}, "reward": {}, "dpo": {"precompute_ref_log_probs": True},
+                      "rloo": ONLINE_DEFAULTS,
                       "grpo": ONLINE_DEFAULTS}
 TRL_STAGES = tuple(TRL_EXTRA_DEFAULTS)
 
