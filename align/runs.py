@@ -178,9 +178,9 @@ def trainer_defaults(recipe: Recipe, directory: Path) -> dict:
 
 # LoRA takes larger steps than trl's full-fine-tuning default of 1e-6 for online RL; answers stay short on CPU.
 ONLINE_DEFAULTS = {"learning_rate": 1e-5, "max_completion_length": 128}
-# DPO's reference is the adapter-disabled base; its log-probs are computed once, before training, in no-grad
-# batches, instead of a second forward pass in every step.
-TRL_EXTRA_DEFAULTS = {"sft": {"completion_only_loss": True}, "reward": {}, "dpo": {"precompute_ref_log_probs": True},
+# DPO's reference is the adapter-disabled base. Precomputing its log-probs (precompute_ref_log_probs) is not a
+# default: under accelerate launch with 2 processes it broke the DPO stage (tests/test_multiprocess.py).
+TRL_EXTRA_DEFAULTS = {"sft": {"completion_only_loss": True}, "reward": {}, "dpo": {},
                       "rloo": ONLINE_DEFAULTS,
                       "grpo": ONLINE_DEFAULTS}
 TRL_STAGES = tuple(TRL_EXTRA_DEFAULTS)
