@@ -13,12 +13,12 @@ import statistics
 def win_rate_with_interval(scores: list[float], baseline_scores: list[float], z: float = 1.96) -> dict:
     """Share of items where `scores` beats `baseline_scores` (exact ties count half), with a Wilson score
     interval: unlike the normal approximation it stays inside [0, 1] and is sensible at 0% or 100% wins."""
-    if len(scores) != len(baseline_scores) or not scores:
-        raise ValueError(f"need two equal, non-empty lists (got {len(scores)} and {len(baseline_scores)})")
+    from reward.scoring import win_rate
+
+    p = win_rate(scores, baseline_scores)  # checks the lists
     wins = sum(a > b for a, b in zip(scores, baseline_scores))
     ties = sum(a == b for a, b in zip(scores, baseline_scores))
     n = len(scores)
-    p = (wins + ties / 2) / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return {"win_rate": p, "ci_low": max(0.0, centre - half), "ci_high": min(1.0, centre + half),

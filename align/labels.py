@@ -346,19 +346,18 @@ class LabelStore:
         """An arena round: the conversation, both models' answers as shown, and the vote, in one transaction."""
         check_judgment(choice, reason)
         now = time.time()
-        item = {"prompt": prompt, "response_1": text_a, "response_2": text_b, "model_1": model_a, "model_2": model_b}
         item_id = item_id_for(prompt, text_a, text_b, (model_a, model_b)) + f"-{annotator}-{now:.6f}"
+        conversation = json.dumps(prompt, ensure_ascii=False)
         with self.transaction() as db:
             position = db.execute("SELECT COALESCE(MAX(position), 0) FROM items").fetchone()[0] + 1
             db.execute("INSERT INTO items VALUES (?, ?, 'arena', 'arena', ?, ?, ?, ?, ?, '{}', ?)",
-                       (item_id, position, json.dumps(prompt, ensure_ascii=False), text_a, text_b, model_a, model_b,
-                        now))
+                       (item_id, position, conversation, text_a, text_b, model_a, model_b, now))
             db.execute("INSERT INTO assignments VALUES (?, ?, 1, ?, 1)", (item_id, annotator, shown_at or now))
             cursor = db.execute(
                 "INSERT INTO judgments (item_id, annotator, prompt, text_a, text_b, model_a, model_b, a_response, "
                 "choice, reason, shown_at, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
-                (item_id, annotator, json.dumps(prompt, ensure_ascii=False), text_a, text_b, model_a, model_b,
-                 choice, (reason or "").strip(), shown_at or now, now),
+                (item_id, annotator, conversation, text_a, text_b, model_a, model_b, choice, (reason or "").strip(),
+                 shown_at or now, now),
             )
             return cursor.lastrowid
 

@@ -154,12 +154,12 @@ def summary(recipe: Recipe, records: dict) -> str:
             f"{ev['win_rate']:.3f}  (mean reward {ev['policy_mean_reward']:.2f} vs {ev['baseline_mean_reward']:.2f}; "
             f"KL from {ev['baseline']} {ev['kl_to_baseline']:.2f} nats per answer)"
         )
-    if "win_rate" in ev:
         from align.report import evaluation_rows
 
-        width = max(len(label) for label, _, _ in evaluation_rows(ev))
+        rows = evaluation_rows(ev)
+        width = max(len(label) for label, _, _ in rows)
         lines.append(f"  {'':<{width}}  {ev['policy']:<30} {ev['baseline']}")
-        lines.extend(f"  {label:<{width}}  {policy:<30} {baseline}".rstrip() for label, policy, baseline in evaluation_rows(ev))
+        lines.extend(f"  {label:<{width}}  {policy:<30} {baseline}".rstrip() for label, policy, baseline in rows)
     ppo = records.get("ppo", {}).get("metrics", {})
     if "final_kl" in ppo:
         lines.append(

@@ -12,10 +12,12 @@ import json
 import math
 from pathlib import Path
 
+from align.config import STAGE_ORDER
+from align.runs import is_finished, read_stage
+
 # Curves worth a panel, in order of interest; each stage shows the first four it logged.
 CURVES = ("loss", "eval_loss", "accuracy", "eval_accuracy", "margin", "rewards/accuracies", "rewards/margins",
           "reward_mean", "reward", "kl", "mean_token_accuracy", "policy_loss", "value_loss", "entropy", "kl_coef")
-STAGE_ORDER = ("sft", "reward", "dpo", "ppo", "rloo", "grpo", "eval", "export")
 MAX_SAMPLES = 16
 
 
@@ -106,11 +108,7 @@ def write_report(run: Path) -> Path:
     run = Path(run)
     images = run / "report"
     images.mkdir(exist_ok=True)
-    records = {}
-    for stage in STAGE_ORDER:
-        record_path = run / stage / "stage.json"
-        if record_path.is_file():
-            records[stage] = json.loads(record_path.read_text())
+    records = {stage: read_stage(run / stage) for stage in STAGE_ORDER if is_finished(run / stage)}
     parts = [f"<h1>{html.escape(run.name)}</h1>",
              f"<p>Run directory <code>{html.escape(str(run))}</code>; stages "
              f"{' &rarr; '.join(html.escape(s) for s in records)}.</p>"]

@@ -136,11 +136,11 @@ def metrics_callback(directory: Path):
             if bad:
                 # Raised before this step's checkpoint is written (the trainer logs, then saves), so every
                 # checkpoint on disk was saved after a finite log line.
-                kept = sorted((directory / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+                kept = step_checkpoints(directory / "checkpoints")
                 figures = ", ".join(f"{k} = {v}" for k, v in bad.items())
                 raise TrainingDiverged(
                     f"{directory.name}: {figures} at step {state.global_step}; the stage stopped. "
-                    + (f"Checkpoints before it are kept (newest: {kept[-1]}). " if kept else "No checkpoint was saved yet. ")
+                    + (f"Checkpoints before it are kept (newest: {kept[0]}). " if kept else "No checkpoint was saved yet. ")
                     + "Lower the learning rate or max_grad_norm, then `align run` again (or --from this stage).")
 
     return MetricsToJsonl()
@@ -200,6 +200,14 @@ def trl_args(recipe: Recipe, stage: str, directory: Path):
         raise RecipeError(f"{stage}: trl.{cls.__name__} rejects these settings: {err}") from None
 
 
+def step_checkpoints(root: Path) -> list[Path]:
+    """The trainer's checkpoint-N directories under `root`, newest (highest N) first."""
+    if not root.is_dir():
+        return []
+    found = (p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name))
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+
+
 def last_checkpoint(directory: Path) -> str | None:
     """The newest complete checkpoint of an interrupted run of the stage in `directory`, to resume from.
 
@@ -211,11 +219,8 @@ def last_checkpoint(directory: Path) -> str | None:
     from accelerate import PartialState
 
     state = PartialState()
-    root = Path(directory) / "checkpoints"
-    found = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
-                   key=lambda p: int(p.name.split("-")[1]), reverse=True) if root.is_dir() else []
     chosen, step = None, 0
-    for checkpoint in found:
+    for checkpoint in step_checkpoints(Path(directory) / "checkpoints"):
         try:
             step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
             chosen = checkpoint

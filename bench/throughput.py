@@ -84,8 +84,7 @@ def build_model(shape: str, out: Path, dtype: str) -> tuple[Path, int]:
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
     torch.manual_seed(0)
-    with torch.device("meta" if shape == "8b" and not torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out, sum(p.numel() for p in model.parameters())

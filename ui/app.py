@@ -8,6 +8,7 @@ The same operations are exposed as API endpoints (/next_pair, /submit_label, /un
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -65,6 +66,15 @@ class LabelSession:
     arena_models: tuple[str, str] | None = None
     admins: set[str] = field(default_factory=set)
     allow_anonymous: bool = False
+    generating: threading.Lock = field(default_factory=threading.Lock)
+
+    def write_responses(self, item_id: str) -> None:
+        """Generate and store an item's responses unless that is done already: the background prefetch and an
+        annotator's request can reach the same item, and the second one then waits instead of generating again."""
+        with self.generating:
+            item = self.store.item(item_id)
+            if item["response_1"] is None:
+                self.store.set_responses(item_id, *self.models.candidates(item))
 
     def annotator(self, request: gr.Request | None) -> str:
         name = getattr(request, "username", None) if request is not None else None
@@ -79,12 +89,11 @@ class LabelSession:
         shown = self.store.next_assignment(annotator, self.overlap, self.lease_seconds,
                                            generated_only=self.models is None)
         if shown is not None and shown["text_a"] is None:
-            item = self.store.item(shown["item_id"])
             try:
-                self.store.set_responses(item["item_id"], *self.models.candidates(item))
+                self.write_responses(shown["item_id"])
             except Exception as err:  # e.g. a prompt longer than the model's context: move on, say why
-                self.store.release(annotator, item["item_id"])
-                raise gr.Error(f"could not generate responses for item {item['item_id']} ({err}); "
+                self.store.release(annotator, shown["item_id"])
+                raise gr.Error(f"could not generate responses for item {shown['item_id']} ({err}); "
                                "it was skipped: reload for the next pair") from None
             shown = self.store.assignment(annotator, shown["item_id"])
         return shown
@@ -201,8 +210,8 @@ def build_arena_tab(session: LabelSession) -> None:
     message = gr.Textbox(label="Your message", lines=2, max_length=MAX_MESSAGE_CHARS, elem_id="arena-message")
     send = gr.Button("Send to both", variant="primary", elem_id="arena-send")
     with gr.Row():
-        votes = [gr.Button(label, elem_id=f"arena-vote-{value}") for label, value in
-                 [("A is better", "A"), ("B is better", "B"), ("Tie", "tie"), ("Both bad", "both_bad")]]
+        # The labelling tab's choices without their key hints (the arena has no keyboard shortcuts).
+        votes = {value: gr.Button(label.split("  [")[0], elem_id=f"arena-vote-{value}") for label, value in CHOICE_LABELS}
     reason = gr.Textbox(label="Reason (optional)", lines=1, max_length=MAX_REASON_CHARS, elem_id="arena-reason")
     status = gr.Markdown(elem_id="arena-status")
     new_chat = gr.Button("New conversation", size="sm")
@@ -251,7 +260,7 @@ def build_arena_tab(session: LabelSession) -> None:
     outputs = [conversation, answer_a, answer_b, reason, history, pending, status]
     send.click(on_send, [message, history, pending], outputs, api_visibility="private").success(
         lambda: "", None, message, api_visibility="private")
-    for button, (_, value) in zip(votes, CHOICE_LABELS):
+    for value, button in votes.items():
         button.click(make_vote(value), [reason, history, pending], outputs, api_visibility="private")
     new_chat.click(lambda: ("", "", "", "", [], None, "New conversation."), None, outputs, api_visibility="private")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 
 from align.annotators import AccountError, load_accounts, password_matches
 from align.chat import ChatModels
@@ -21,7 +20,7 @@ from align.labels import LabelError, LabelStore, pair_items, prompt_items
 
 def prefetch(session, stop: threading.Event, ahead: int = 4) -> None:
     """Generate the responses of the next few model-written items in the background, so annotators rarely wait.
-    A request that reaches an item first generates it itself; the seeds make both give the same texts."""
+    A request that reaches an item first generates it itself (LabelSession.write_responses: never twice)."""
     failed: set[str] = set()
     while not stop.is_set():
         todo = [i for i in session.store.items_to_generate(ahead + len(failed)) if i["item_id"] not in failed][:ahead]
@@ -29,7 +28,7 @@ def prefetch(session, stop: threading.Event, ahead: int = 4) -> None:
             if stop.is_set():
                 return
             try:
-                session.store.set_responses(item["item_id"], *session.models.candidates(item))
+                session.write_responses(item["item_id"])
             except Exception as err:  # keep serving; an annotator who reaches this item is told and moves on
                 failed.add(item["item_id"])
                 print(f"align label: could not generate item {item['item_id']}: {err}", file=sys.stderr)
@@ -168,18 +167,3 @@ def label(args) -> int:
 def arena(args) -> int:
     return launch(args, label_tab=False, arena_models=(args.model_a, args.model_b),
                   model_specs=[args.model_a, args.model_b])
-
-
-def wait_until_up(url: str, timeout: float = 120.0) -> None:
-    """For tests and scripts: block until the server answers."""
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except Exception:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.3)

@@ -52,11 +52,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # --- generate and score
     answers = {}
     for name in ("policy", "baseline"):
-        if name == "baseline" and cfg.baseline == "base":
-            with chat.disable_adapter():
-                answers[name] = generate_answers(chat, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, True)
-        else:
-            chat.set_adapter(name)
+        with use_model(chat, name, cfg.baseline):
             answers[name] = generate_answers(chat, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, True)
     rewards = {
         name: score_conversations(

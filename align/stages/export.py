@@ -17,7 +17,7 @@ from align.config import Recipe, recipe_to_yaml
 from align.data import token_ids
 from align.generation import generate_answers
 from align.models import load_tokenizer, resolve_model_path
-from align.runs import read_stage, replace_dir, stage_dir, temp_dir_for
+from align.runs import read_stage, replace_dir, temp_dir_for
 
 
 class ExportMismatch(RuntimeError):
@@ -100,9 +100,6 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         "merged_from": str(adapter),
     }
     earlier = {s: read_stage(d)["metrics"] for s, d in inputs.items() if (d / "stage.json").is_file()}
-    evaluation = stage_dir(recipe, "eval")
-    if "eval" in recipe.stages and (evaluation / "stage.json").is_file():
-        earlier["eval"] = read_stage(evaluation)["metrics"]
     (tmp / "README.md").write_text(model_card(recipe, policy_stage, earlier, expected_answers, prompts))
     replace_dir(tmp, target)
     print(f"[export] merged {policy_stage} adapter into {cfg.dtype} base: {target} (max |logit diff| {max_diff:.1e})")

@@ -240,7 +240,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
         # checkpoint; stop when the policy runs away from the reference or the numbers stop being numbers
         broken = [k for k in ("reward_mean", "kl", "policy_loss", "value_loss") if not math.isfinite(metrics[k])]
-        if not all(torch.isfinite(p).all() for p in policy_params + value_params):
+        if not torch.stack([torch.isfinite(p).all() for p in policy_params + value_params]).all():  # one sync
             broken.append("adapter weights")  # never checkpoint weights that are already NaN/inf
         if broken:
             stopped = f"{', '.join(broken)} not finite at step {step + 1}"
@@ -286,6 +286,7 @@ def load_roles(recipe: Recipe, inputs: dict, tokenizer):
     """The shared base with its adapters; returns (peft model, value head, reward scorer, reward tokenizer)."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from trl.trainer.utils import disable_dropout_in_model
 
     cfg = recipe.ppo
     path = resolve_model_path(recipe.model.name_or_path)
@@ -303,9 +304,7 @@ def load_roles(recipe: Recipe, inputs: dict, tokenizer):
         model = get_peft_model(base, lora_config(recipe.lora, "CAUSAL_LM"))
     sync_special_tokens(model, tokenizer)
     # Train mode (gradient checkpointing acts only there) with every dropout off: old and new log-probs must agree.
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    disable_dropout_in_model(model)
     model.train()
 
     hidden = model.get_base_model().config.get_text_config().hidden_size
