@@ -335,7 +335,21 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where
     return {"rows": len(examples), "truncated": truncated, "longest": longest}
 
 
-def to_dataset(examples: list[dict]):
-    import datasets
+def to_dataset(examples: list[dict], directory: Path | None = None):
+    """The rows as a datasets.Dataset; with `directory`, stored there and read back, so that the trainer's
+    processed copies (tokens, DPO's precomputed reference log-probs) are cached as files beside it, where every
+    process of a multi-process run finds them. In memory, each process would cache in its own temp dir."""
+    import shutil
 
-    return datasets.Dataset.from_list(examples)
+    import datasets
+    from accelerate import PartialState
+
+    dataset = datasets.Dataset.from_list(examples)
+    if directory is None:
+        return dataset
+    state = PartialState()
+    with state.main_process_first():
+        if state.is_main_process:
+            shutil.rmtree(directory, ignore_errors=True)  # a cache of an interrupted run of this stage
+            dataset.save_to_disk(str(directory))
+    return datasets.load_from_disk(str(directory))

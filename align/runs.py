@@ -178,9 +178,13 @@ def trainer_defaults(recipe: Recipe, directory: Path) -> dict:
 
 # LoRA takes larger steps than trl's full-fine-tuning default of 1e-6 for online RL; answers stay short on CPU.
 ONLINE_DEFAULTS = {"learning_rate": 1e-5, "max_completion_length": 128}
-# DPO's reference is the adapter-disabled base. Precomputing its log-probs (precompute_ref_log_probs) is not a
-# default: under accelerate launch with 2 processes it broke the DPO stage (tests/test_multiprocess.py).
-TRL_EXTRA_DEFAULTS = {"sft": {"completion_only_loss": True}, "reward": {}, "dpo": {},
+# Batches of rows of similar length (add_lengths measures the rows) pad far less: 1.3x the
+# tokens/s of random batches for SFT on the 2-core CPU, same steps, same loss. See add_lengths.
+GROUPED = {"train_sampling_strategy": "group_by_length"}
+# DPO's reference is the adapter-disabled base (or the frozen SFT adapter); its log-probs are computed once before
+# training (precompute_ref_log_probs), not again in every step.
+TRL_EXTRA_DEFAULTS = {"sft": {"completion_only_loss": True, **GROUPED}, "reward": GROUPED,
+                      "dpo": {**GROUPED, "precompute_ref_log_probs": True},
                       "rloo": ONLINE_DEFAULTS,
                       "grpo": ONLINE_DEFAULTS}
 TRL_STAGES = tuple(TRL_EXTRA_DEFAULTS)
@@ -198,6 +202,30 @@ def trl_args(recipe: Recipe, stage: str, directory: Path):
         return cls(**{**trainer_defaults(recipe, directory), **TRL_EXTRA_DEFAULTS[stage], **section.trl_args})
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{stage}: trl.{cls.__name__} rejects these settings: {err}") from None
+
+
+def add_lengths(trainer) -> None:
+    """Give the trainer's tokenized datasets a "length" column (the tokens of a row's longest sequence), which
+    group_by_length sampling reads to batch rows of similar length. trl's reward and DPO datasets have no
+    input_ids column for the sampler to measure by itself."""
+    if trainer.args.train_sampling_strategy != "group_by_length":
+        return
+
+    def lengths(batch: dict) -> dict:
+        prompts = batch.get("prompt_ids") or [[]] * len(next(iter(batch.values())))
+        # SFT: input_ids; reward: chosen_ids/rejected_ids (with the prompt); DPO: prompt_ids + chosen/rejected_ids
+        answers = [column for name, column in batch.items() if name.endswith("_ids") and name != "prompt_ids"]
+        return {"length": [len(prompt) + max(len(column[row]) for column in answers)
+                           for row, prompt in enumerate(prompts)]}
+
+    for name in ("train_dataset", "eval_dataset"):
+        dataset = getattr(trainer, name)
+        if dataset is not None and "length" not in dataset.column_names:
+            setattr(trainer, name, dataset.map(lengths, batched=True, desc=f"Measuring {name} rows"))
+    # The trainer drops the columns its model does not take before it builds the sampler; keep this one (trl's
+    # collators read only the columns they know, so it goes no further).
+    trainer._set_signature_columns_if_needed()
+    trainer._signature_columns = [*trainer._signature_columns, "length"]
 
 
 def step_checkpoints(root: Path) -> list[Path]:

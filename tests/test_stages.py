@@ -282,3 +282,61 @@ def test_bfloat16_export_reloads_exactly(llama_run, tmp_path):
     import json
 
     assert json.loads((tmp_path / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
+def test_batches_group_rows_of_similar_length(stage, tiny_llama, make_recipe, tmp_path):
+    """align's default sampling puts rows of similar length in one batch: far less padding than trl's random
+    batches over the same rows, and every row still trained exactly once per epoch."""
+    import trl
+
+    from align.data import load_demonstrations, load_preferences, to_dataset
+    from align.models import load_tokenizer
+    from align.runs import add_lengths, trl_args
+
+    recipe = make_recipe(tiny_llama, [stage], **{stage: {"dataset": {"bundled": "sft" if stage == "sft" else
+                                                                     "prefs_train", "limit": 96},
+                                                         "per_device_train_batch_size": 8, "max_length": 512}})
+    tokenizer = load_tokenizer(recipe.model)
+    rows, _ = (load_demonstrations if stage == "sft" else load_preferences)(getattr(recipe, stage).dataset)
+    trainer_class = {"sft": trl.SFTTrainer, "reward": trl.RewardTrainer, "dpo": trl.DPOTrainer}[stage]
+    if stage == "reward":
+        from transformers import AutoModelForSequenceClassification
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=1)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    else:
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+
+    def padding(sampling: str) -> tuple[int, int]:
+        args = trl_args(recipe, stage, tmp_path / sampling)
+        if sampling == "random":
+            args.train_sampling_strategy = "random"
+        trainer = trainer_class(model=model, args=args, train_dataset=to_dataset(rows), processing_class=tokenizer)
+        add_lengths(trainer)
+        padded = real = 0
+        for batch in trainer.get_train_dataloader():
+            padded += batch["attention_mask"].numel()  # DPO: chosen and rejected rows of the pairs, in one
+            real += int(batch["attention_mask"].sum())
+        return padded - real, real
+
+    assert trl_args(recipe, stage, tmp_path).train_sampling_strategy == "group_by_length"
+    grouped_padding, grouped_tokens = padding("group_by_length")
+    random_padding, random_tokens = padding("random")
+    assert grouped_tokens == random_tokens > 0  # the same rows, each once
+    print(f"{stage}: padding tokens grouped {grouped_padding}, random {random_padding}")
+    assert grouped_padding < 0.5 * random_padding, (grouped_padding, random_padding)
+
+
+def test_dpo_reference_log_probs_are_precomputed_from_the_starting_policy(llama_run):
+    """DPO computes the reference log-probs once, before training, from the policy it starts from (the SFT
+    adapter), so the first step's implicit rewards are exactly 0 and its loss is ln 2. The cached rows are
+    removed once the stage is done."""
+    from align.runs import trl_args
+
+    recipe, _, run = llama_run
+    assert trl_args(recipe, "dpo", run / "dpo").precompute_ref_log_probs  # align's default; the recipe is silent
+    first = json.loads((run / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert first["rewards/chosen"] == pytest.approx(0, abs=1e-5) and first["rewards/margins"] == pytest.approx(0, abs=1e-5)
+    assert not (run / "dpo" / "data").exists()

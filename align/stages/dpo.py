@@ -7,12 +7,13 @@ Without an SFT stage the policy is a fresh adapter and the reference is the base
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from align.config import Recipe
 from align.data import check_lengths, load_preferences, to_dataset
 from align.models import load_policy, load_tokenizer, sync_special_tokens
-from align.runs import last_checkpoint, metrics_callback, save_adapter, trl_args
+from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter, trl_args
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -44,11 +45,14 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     trainer = DPOTrainer(
         model=model,
         args=args,
-        train_dataset=to_dataset(train),
-        eval_dataset=to_dataset(evaluation) if evaluation else None,
+        # on disk in the stage directory: the precomputed reference log-probs are cached beside the rows, where
+        # every process finds them
+        train_dataset=to_dataset(train, out / "data" / "train"),
+        eval_dataset=to_dataset(evaluation, out / "data" / "eval") if evaluation else None,
         processing_class=tokenizer,
         callbacks=[metrics_callback(out)],
     )
+    add_lengths(trainer)
 
     # --- train
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
@@ -58,4 +62,6 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
     # --- save
     save_adapter(trainer, out / "adapter")
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(out / "data", ignore_errors=True)  # tokens and reference log-probs, rebuilt by any rerun
     return metrics

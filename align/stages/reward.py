@@ -11,7 +11,7 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import check_lengths, load_preferences, to_dataset
 from align.models import load_kwargs, load_tokenizer, lora_config, resolve_model_path
-from align.runs import last_checkpoint, metrics_callback, save_adapter, trl_args
+from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter, trl_args
 from reward import load_reward_model, pairwise_accuracy
 
 
@@ -53,6 +53,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         processing_class=tokenizer,
         callbacks=[metrics_callback(out)],
     )
+    add_lengths(trainer)
 
     # --- train
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out))

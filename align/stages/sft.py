@@ -10,7 +10,7 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import check_lengths, load_demonstrations, to_dataset
 from align.models import load_policy, load_tokenizer, sync_special_tokens
-from align.runs import last_checkpoint, metrics_callback, save_adapter, trl_args
+from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter, trl_args
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -45,6 +45,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         processing_class=tokenizer,
         callbacks=[metrics_callback(out)],
     )
+    add_lengths(trainer)
 
     # --- train (resumes from the newest checkpoint of an interrupted run)
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
