@@ -243,8 +243,9 @@ class PPOStage(Section):
     value_init: Literal["reward", "fresh"] = Field(
         "reward", description="Value adapter and head start as a copy of the reward model, or fresh."
     )
-    rollout_cache: Literal["dynamic", "static"] = Field(
-        "dynamic", description="KV cache of rollout generation; static allows compiled decoding on GPU."
+    rollout_cache: Literal["auto", "dynamic", "static"] = Field(
+        "auto", description="Rollout KV cache: static (on GPU a compiled decode step unless 4-bit), dynamic, or "
+                            "auto = static on GPU, dynamic on CPU."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     save_steps: int = Field(10, gt=0, description="Checkpoint (adapters, optimiser, RNG, KL state) every N steps.")

@@ -183,7 +183,7 @@ def rollout_arm(name: str, model_dir: Path, gpu: bool, batch: int, new_tokens: i
             made = int(mask_after_eos(out[:, enc["input_ids"].shape[1]:], eos).sum())
         else:
             _, _, responses, mask = sample_responses(model, prompts, tokenizer.pad_token_id, eos, new_tokens,
-                                                     cache="static" if gpu else "dynamic")
+                                                     cache="auto")
             made = int(mask.sum())
     return {"tokens_per_second": made / meter.seconds, "seconds": meter.seconds, "peak_gib": meter.peak_gib}
 

@@ -1,0 +1,53 @@
+"""align's rollout decode loop: its sampler draws from the right distribution, and with the choice forced
+(top_k=1) it continues left-padded prompts exactly like transformers' greedy generate, with either KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from align.generation import mask_after_eos, sample_responses, sample_tokens
+
+
+def test_sampler_matches_the_softmax_distribution():
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -30.0])
+    draws = sample_tokens(logits.expand(200_000, -1).clone(), temperature=0.7)
+    frequencies = torch.bincount(draws, minlength=6).double() / draws.numel()
+    expected = (logits / 0.7).softmax(-1).double()
+    assert torch.allclose(frequencies, expected, atol=0.005), (frequencies, expected)
+    assert frequencies[5] == 0  # probability ~1e-19: never drawn
+
+
+def test_top_k_and_top_p_keep_the_same_tokens_as_transformers():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 50) * 3
+    for top_k, top_p, warper in ((5, 1.0, TopKLogitsWarper(5)), (0, 0.8, TopPLogitsWarper(0.8))):
+        warped = warper(None, logits.clone())
+        allowed = torch.isfinite(warped)
+        draws = torch.stack([sample_tokens(logits, 1.0, top_k, top_p) for _ in range(400)], dim=1)
+        assert allowed.gather(1, draws).all()  # never outside the kept set
+        seen = torch.zeros_like(allowed).scatter_(1, draws, True)
+        likely = warped.softmax(-1) > 0.05  # each missed in 400 draws with probability < 1e-8
+        assert (seen | ~likely).all() and likely.sum() > 64  # and sampling within it, not only the top token
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_forced_choice_continues_like_greedy_generate(tiny_llama, cache):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    prompts = [tokenizer.encode(text) for text in ("Hello there, how are", "A", "The capital of France is Paris and")]
+    eos = tokenizer.eos_token_id
+    query, query_mask, responses, response_mask = sample_responses(model, prompts, tokenizer.pad_token_id, eos, 12,
+                                                                   top_k=1, cache=cache)
+    expected = model.generate(input_ids=query, attention_mask=query_mask, do_sample=False, max_new_tokens=12,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)[:, query.shape[1]:]
+    expected_mask = mask_after_eos(expected, eos)
+    assert responses.shape[1] <= 12 and response_mask.sum() == expected_mask.sum()
+    width = responses.shape[1]
+    assert torch.equal(responses * response_mask, (expected * expected_mask)[:, :width])
+    assert torch.equal(query_mask.sum(1), torch.tensor([len(p) for p in prompts]))
