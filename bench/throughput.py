@@ -9,7 +9,8 @@ rows and the same LoRA (r=16, all linear layers), and run one epoch; each is tim
 training, so work that a side does before training (DPO's precomputed reference log-probs) is counted.
 
 - TRL: SFTTrainer / DPOTrainer with trl's defaults, except gradient checkpointing off (the issue's baseline, the
-  faster plain setting) and batch 8, max_length 1024, bf16 where the base is bf16.
+  faster plain setting) and batch 8, max_length 1024, bf16; and trl's best plain setting of each (SFT: packing
+  with bfd; DPO: precompute_ref_log_probs). align is compared with the faster of the two.
 - align: the `sft` and `dpo` stages of align itself (align/stages/*.py), run on a recipe with the same settings.
 - Rollouts: `model.generate` with the model's default generation settings vs align's rollout path
   (`align.generation.sample_responses`), batch 64.
@@ -39,6 +40,8 @@ SHAPES = {  # LlamaConfig fields; vocab and special tokens come from the SmolLM2
 }
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, no sparsity
 BATCH, MAX_LENGTH, LORA_R = 8, 1024, 16
+TRL_SETTINGS = {"sft": {"default": {}, "packing": {"packing": True, "packing_strategy": "bfd"}},
+                "dpo": {"default": {}, "precompute": {"precompute_ref_log_probs": True}}}
 
 
 def machine() -> str:
@@ -105,7 +108,7 @@ def count_tokens(tokenizer, examples: list[dict], answers: tuple[str, ...]) -> i
     return sum(min(len(token_ids(tokenizer, ex["prompt"] + ex[a])), MAX_LENGTH) for ex in examples for a in answers)
 
 
-def trl_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu: bool):
+def trl_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu: bool, setting: str):
     import datasets
     import trl
     from peft import LoraConfig
@@ -113,12 +116,11 @@ def trl_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu: b
 
     common = {"output_dir": str(out), "per_device_train_batch_size": BATCH, "max_length": MAX_LENGTH,
               "num_train_epochs": 1, "gradient_checkpointing": False, "report_to": "none", "save_strategy": "no",
-              "logging_steps": 1, "bf16": gpu, "use_cpu": not gpu, "seed": 0}
+              "logging_steps": 1, "bf16": True, "use_cpu": not gpu, "seed": 0, **TRL_SETTINGS[stage][setting]}
     with Meter() as meter:
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                    bnb_4bit_compute_dtype=torch.bfloat16) if gpu else None
-        model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant,
-                                                     dtype=torch.bfloat16 if gpu else torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=torch.bfloat16)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         lora = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, target_modules="all-linear", task_type="CAUSAL_LM")
         trainer_class, config_class = {"sft": (trl.SFTTrainer, trl.SFTConfig), "dpo": (trl.DPOTrainer, trl.DPOConfig)}[stage]
@@ -128,7 +130,7 @@ def trl_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu: b
     return meter, result.training_loss
 
 
-def align_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu: bool):
+def align_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu: bool, setting: str = "default"):
     from align.config import parse_recipe
     from align.stages import dpo, sft
 
@@ -137,7 +139,7 @@ def align_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu:
     data.write_text("".join(json.dumps(ex) + "\n" for ex in examples))
     recipe = parse_recipe({
         "name": "bench", "output_root": str(out), "stages": [stage], "report_to": [],
-        "model": {"name_or_path": str(model_dir), "dtype": "bfloat16" if gpu else "float32"},
+        "model": {"name_or_path": str(model_dir), "dtype": "bfloat16"},
         "quantization": {"load_in_4bit": gpu},
         "lora": {"r": LORA_R, "alpha": 2 * LORA_R, "target_modules": "all-linear"},
         stage: {"dataset": str(data), "per_device_train_batch_size": BATCH, "max_length": MAX_LENGTH,
@@ -168,7 +170,7 @@ def rollout_arm(name: str, model_dir: Path, gpu: bool, batch: int, new_tokens: i
     from align.generation import mask_after_eos, sample_responses
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if gpu else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
     model.to("cuda" if gpu else "cpu").eval()
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": ex["prompt"][-1]["content"]}],
                                              add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
@@ -204,9 +206,9 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     report = {"machine": machine(), "shape": args.shape, "rows": args.rows, "torch": torch.__version__,
-              "quantization": "nf4 (QLoRA)" if gpu else "none (float32 on CPU)", "parts": {}}
+              "quantization": "nf4 (QLoRA)" if gpu else "none (bf16 base on CPU)", "parts": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, parameters = build_model(args.shape, Path(tmp) / "model", "bfloat16" if gpu else "float32")
+        model_dir, parameters = build_model(args.shape, Path(tmp) / "model", "bfloat16")
         report["parameters"] = parameters
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         for stage in [p for p in parts if p in ("sft", "dpo")]:
@@ -214,8 +216,10 @@ def main() -> None:
             answers = ("completion",) if stage == "sft" else ("chosen", "rejected")
             tokens = count_tokens(tokenizer, examples, answers)
             part = {"tokens": tokens, "rows": len(examples)}
-            for name, arm in (("trl", trl_arm), ("align", align_arm)):
-                run = in_fresh_process(timed_arm, arm, stage, model_dir, examples, Path(tmp) / name, gpu)
+            arms = [(f"trl {setting}", trl_arm, setting) for setting in TRL_SETTINGS[stage]] + [("align", align_arm, "")]
+            for name, arm, setting in arms:
+                run = in_fresh_process(timed_arm, arm, stage, model_dir, examples, Path(tmp) / name.replace(" ", "-"),
+                                       gpu, *([setting] if setting else []))
                 # 6 N per trained token (forward + backward); DPO also runs the reference forward (2 N).
                 flops = (6 + (2 if stage == "dpo" else 0)) * parameters * tokens
                 part[name] = {"seconds": round(run["seconds"], 2), "tokens_per_second": tokens / run["seconds"],
@@ -223,6 +227,8 @@ def main() -> None:
                               "train_loss": run["train_loss"], "tflops": flops / run["seconds"] / 1e12}
                 if peak_tflops():
                     part[name]["mfu"] = part[name]["tflops"] / peak_tflops()
+            best = max((k for k in part if k.startswith("trl ")), key=lambda k: part[k]["tokens_per_second"])
+            part["trl"] = {**part[best], "setting": best.removeprefix("trl ")}  # the best plain TRL setting
             part["speedup"] = part["align"]["tokens_per_second"] / part["trl"]["tokens_per_second"]
             report["parts"][stage] = part
         if "rollout" in parts:
@@ -234,14 +240,19 @@ def main() -> None:
 
     lines = [f"# {report['machine']}, {args.shape} shape ({parameters / 1e6:.1f}M parameters), "
              f"{report['quantization']}, torch {torch.__version__}", "",
-             "| part | TRL | align | align / TRL | peak memory TRL / align (GiB) | MFU TRL / align |",
-             "|---|---|---|---|---|---|"]
+             "| part | TRL default | best plain TRL | align | align / best TRL | peak memory best TRL / align (GiB) "
+             "| MFU best TRL / align | train loss best TRL / align |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, part in report["parts"].items():
         unit = {"sft": "tokens/s", "dpo": "pairs/s", "rollout": "tokens/s"}[name]
         key = "rows_per_second" if name == "dpo" else "tokens_per_second"
+        default = part.get("trl default", part["trl"])
+        setting = part["trl"].get("setting", "HF generate")
         mfu = " / ".join(f"{part[s]['mfu']:.1%}" for s in ("trl", "align")) if "mfu" in part["trl"] else "n/a"
-        lines.append(f"| {name} | {part['trl'][key]:.1f} {unit} | {part['align'][key]:.1f} {unit} | "
-                     f"{part['speedup']:.2f}x | {part['trl']['peak_gib']:.2f} / {part['align']['peak_gib']:.2f} | {mfu} |")
+        loss = " / ".join(f"{part[s]['train_loss']:.4f}" for s in ("trl", "align")) if "train_loss" in part["trl"] else "n/a"
+        lines.append(f"| {name} | {default[key]:.1f} {unit} | {part['trl'][key]:.1f} {unit} ({setting}) | "
+                     f"{part['align'][key]:.1f} {unit} | {part['speedup']:.2f}x | "
+                     f"{part['trl']['peak_gib']:.2f} / {part['align']['peak_gib']:.2f} | {mfu} | {loss} |")
     text = "\n".join(lines)
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,14 @@ def test_throughput_harness_compares_trl_and_align_and_writes_results(tmp_path):
                            "--rollout-batch", "4", "--new-tokens", "4", "--results", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| part | TRL | align | align / TRL |" in done.stdout
+    assert "| part | TRL default | best plain TRL | align | align / best TRL |" in done.stdout
     (result,) = tmp_path.glob("*-tiny.json")
     report = json.loads(result.read_text())
     assert set(report["parts"]) == {"sft", "dpo", "rollout"} and report["machine"]
     for name, part in report["parts"].items():
         assert part["speedup"] > 0 and part["trl"]["peak_gib"] > 0 and part["align"]["peak_gib"] > 0, name
+    assert {"trl default", "trl packing"} <= set(report["parts"]["sft"])  # align is compared with the best of them
+    assert {"trl default", "trl precompute"} <= set(report["parts"]["dpo"])
     for name in ("sft", "dpo"):  # same rows, so the same tokens; both sides trained and got a finite loss
         assert report["parts"][name]["tokens"] > 0
         assert all(0 < report["parts"][name][side]["train_loss"] < 20 for side in ("trl", "align"))
