@@ -245,7 +245,7 @@ class PPOStage(Section):
     )
     rollout_cache: Literal["auto", "dynamic", "static"] = Field(
         "auto", description="Rollout KV cache: static (on GPU a compiled decode step unless 4-bit), dynamic, or "
-                            "auto = static on GPU, dynamic on CPU."
+                            "auto = static where that compiles (GPU, not 4-bit), else dynamic."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     save_steps: int = Field(10, gt=0, description="Checkpoint (adapters, optimiser, RNG, KL state) every N steps.")

@@ -64,24 +64,26 @@ def sample_responses(model, prompt_ids: list[list[int]], pad_token_id: int, eos_
     criteria around it; rows that have ended get padding, and the loop stops once every row has ended (checked
     every 8 steps, so a GPU is not made to wait each step). cache="static" preallocates the KV cache at its final
     size; on a GPU the decode step is then compiled (transformers' get_compiled_call: torch.compile with CUDA
-    graphs), unless the base is 4-bit. "auto": static on a GPU, dynamic on CPU. Returns (prompt_ids, prompt_mask, response_ids, response_mask): tokens after the first EOS are
+    graphs), unless the base is 4-bit. "auto": static where the step compiles, else dynamic. Returns (prompt_ids, prompt_mask, response_ids, response_mask): tokens after the first EOS are
     padding and masked out; the EOS itself is part of the response, so ending is learned."""
     from transformers import DynamicCache, StaticCache
 
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     device = next(model.parameters()).device
     input_ids, attention = left_pad(prompt_ids, pad_token_id, device)
     rows, width = input_ids.shape
-    static = cache == "static" or (cache == "auto" and device.type == "cuda")
+    quantizer = getattr(model, "hf_quantizer", None)  # bitsandbytes 4-bit does not compile; transformers checks too
+    compiles = device.type == "cuda" and (quantizer is None or quantizer.is_compileable)
+    # uncompiled, a static cache only makes every step attend over its whole length
+    static = cache == "static" or (cache == "auto" and compiles)
     kv = StaticCache(config=model.config, max_cache_len=width + max_new_tokens) if static else DynamicCache(
         config=model.config)
-    # Generated positions are attended to once written; a static cache takes the whole mask at every step (fixed
-    # shapes for the compiled step), the causal mask hides the positions not yet written.
-    mask = torch.cat([attention, attention.new_ones(rows, max_new_tokens)], dim=1)
+    # A generated position is switched on in the mask when its token goes in. A static cache takes the whole mask
+    # at every step (fixed shapes for the compiled step); flash attention reads the zeros, not only the causal mask.
+    mask = torch.cat([attention, attention.new_zeros(rows, max_new_tokens)], dim=1)
     positions = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: each prompt counts from 0
-    decode = model
-    quantizer = getattr(model, "hf_quantizer", None)  # bitsandbytes 4-bit does not compile; transformers checks too
-    if static and device.type == "cuda" and (quantizer is None or quantizer.is_compileable):
-        decode = model.get_compiled_call(None)
+    decode = model.get_compiled_call(None) if static and compiles else model
     was_training = model.training
     model.eval()  # with gradient checkpointing, train mode would switch the KV cache off
     try:
@@ -94,7 +96,7 @@ def sample_responses(model, prompt_ids: list[list[int]], pad_token_id: int, eos_
         position = positions[:, -1:]
         made = max_new_tokens
         for step in range(max_new_tokens):
-            finite &= torch.isfinite(logits).all()
+            finite &= ~(torch.isnan(logits).any() | torch.isposinf(logits).any())  # -inf: a banned token, fine
             token = torch.where(ended, pad_token_id, sample_tokens(logits, temperature, top_k, top_p))
             responses[:, step] = token
             ended |= token == eos_token_id
@@ -102,14 +104,14 @@ def sample_responses(model, prompt_ids: list[list[int]], pad_token_id: int, eos_
                 made = step + 1
                 break
             position = position + 1
+            mask[:, width + step] = 1
             logits = decode(input_ids=token[:, None], attention_mask=mask if static else mask[:, : width + step + 1],
                             position_ids=position, past_key_values=kv,
                             cache_position=torch.tensor([width + step], device=device), use_cache=True).logits[:, -1]
     finally:
         model.train(was_training)
-    if not bool(finite):  # one check at the end; the same words as torch.multinomial's error, which PPO catches
-        raise RuntimeError("probability tensor contains either inf, nan or element < 0: the policy's logits are "
-                           "not finite")
+    if not bool(finite):  # one check at the end, not a GPU sync per step
+        raise NonFiniteLogits("the policy's next-token logits are NaN or +inf, so there is nothing to sample from")
     responses = responses[:, :made]
     response_mask = mask_after_eos(responses, eos_token_id)
     responses = responses.masked_fill(response_mask == 0, pad_token_id)
@@ -136,6 +138,10 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     uniform = torch.rand(logits.shape[0], 1, dtype=torch.float64, device=logits.device) * cumulative[:, -1:]
     # the first token whose cumulative probability exceeds the draw; zero-probability tokens are never chosen
     return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp(max=logits.shape[-1] - 1)
+
+
+class NonFiniteLogits(RuntimeError):
+    """The model's next-token logits hold NaN or +inf: its weights have blown up."""
 
 
 def mask_after_eos(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -51,3 +51,28 @@ def test_forced_choice_continues_like_greedy_generate(tiny_llama, cache):
     width = responses.shape[1]
     assert torch.equal(responses * response_mask, (expected * expected_mask)[:, :width])
     assert torch.equal(query_mask.sum(1), torch.tensor([len(p) for p in prompts]))
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_rows_end_at_their_eos_and_the_loop_stops_when_all_have(tiny_llama, cache):
+    """Take as EOS a token that greedy decoding reaches early in some rows: those rows end there (EOS included,
+    padding after), and once every row has ended the loop stops instead of running to max_new_tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    prompts = [tokenizer.encode(text) for text in ("Hello there, how are", "A", "The capital of France is")]
+    pad = tokenizer.pad_token_id
+    _, _, free, _ = sample_responses(model, prompts, pad, -1, 40, top_k=1, cache=cache)  # -1: no row ever ends
+    eos = int(free[0, 2])  # row 0's third token
+    query, query_mask, responses, mask = sample_responses(model, prompts, pad, eos, 40, top_k=1, cache=cache)
+    expected = model.generate(input_ids=query, attention_mask=query_mask, do_sample=False, max_new_tokens=40,
+                              pad_token_id=pad, eos_token_id=eos)[:, query.shape[1]:]
+    expected_mask = mask_after_eos(expected, eos)
+    assert mask[0].sum() <= 3 and responses[0, int(mask[0].sum()) - 1] == eos
+    assert torch.equal(mask.sum(1), expected_mask.sum(1))
+    assert torch.equal(responses * mask, (expected * expected_mask)[:, :responses.shape[1]])
+    assert (responses[mask == 0] == pad).all()
+    ends = (responses == eos) & (mask == 1)
+    if ends.any(1).all():  # every row ended: the loop stopped within 8 steps of the last ending
+        assert responses.shape[1] < int(mask.sum(1).max()) + 8

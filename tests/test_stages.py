@@ -321,6 +321,18 @@ def test_batches_group_rows_of_similar_length(stage, tiny_llama, make_recipe, tm
         return padded - real, real
 
     assert trl_args(recipe, stage, tmp_path).train_sampling_strategy == "group_by_length"
+    trainer = trainer_class(model=model, args=trl_args(recipe, stage, tmp_path / "order"), train_dataset=to_dataset(rows),
+                            processing_class=tokenizer)
+    add_lengths(trainer)
+    # The order is a function of data_seed and the epoch only: a resumed run and every process see the same one.
+    first, again = trainer._get_train_sampler(), trainer._get_train_sampler()
+    first.set_epoch(1)
+    epoch_one = list(first)
+    torch.rand(1000)  # the global RNG moves on (as a resumed run's does)
+    again.set_epoch(1)
+    assert list(again) == epoch_one and sorted(epoch_one) == list(range(len(rows)))
+    again.set_epoch(2)
+    assert list(again) != epoch_one
     grouped_padding, grouped_tokens = padding("group_by_length")
     random_padding, random_tokens = padding("random")
     assert grouped_tokens == random_tokens > 0  # the same rows, each once

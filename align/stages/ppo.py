@@ -28,7 +28,7 @@ import torch
 
 from align.config import ModelSection, Recipe
 from align.data import DataError, load_prompts, token_ids
-from align.generation import sample_responses
+from align.generation import NonFiniteLogits, sample_responses
 from align.models import (
     load_kwargs, load_tokenizer, lora_config, on_this_process_device, resolve_model_path, sync_special_tokens,
     torch_dtype,
@@ -125,9 +125,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                     model, batch_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.max_new_tokens,
                     cfg.temperature, cfg.top_k, cfg.top_p, cfg.rollout_cache,
                 )
-        except RuntimeError as err:  # sampling from inf/NaN probabilities: the policy has blown up
-            if "inf" not in str(err) and "nan" not in str(err):
-                raise
+        except NonFiniteLogits:  # the policy has blown up
             stopped, diverged = f"the policy's next-token probabilities are not finite at step {step + 1}", True
             print(f"[ppo] stopping early: {stopped}")
             break
