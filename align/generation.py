@@ -64,8 +64,11 @@ def sample_responses(model, prompt_ids: list[list[int]], pad_token_id: int, eos_
     criteria around it; rows that have ended get padding, and the loop stops once every row has ended (checked
     every 8 steps, so a GPU is not made to wait each step). cache="static" preallocates the KV cache at its final
     size; on a GPU the decode step is then compiled (transformers' get_compiled_call: torch.compile with CUDA
-    graphs), unless the base is 4-bit. "auto": static where the step compiles, else dynamic. Returns (prompt_ids, prompt_mask, response_ids, response_mask): tokens after the first EOS are
-    padding and masked out; the EOS itself is part of the response, so ending is learned."""
+    graphs), unless the base is 4-bit. "auto": static where the step compiles, else dynamic.
+
+    Returns (prompt_ids, prompt_mask, response_ids, response_mask): tokens after the first EOS are padding and
+    masked out; the EOS itself is part of the response, so ending is learned. (The cache counts its own length:
+    transformers 5 models take no cache_position.)"""
     from transformers import DynamicCache, StaticCache
 
     if max_new_tokens < 1:
@@ -88,8 +91,7 @@ def sample_responses(model, prompt_ids: list[list[int]], pad_token_id: int, eos_
     model.eval()  # with gradient checkpointing, train mode would switch the KV cache off
     try:
         logits = model(input_ids=input_ids, attention_mask=mask if static else attention, position_ids=positions,
-                       past_key_values=kv, cache_position=torch.arange(width, device=device), use_cache=True,
-                       logits_to_keep=1).logits[:, -1]
+                       past_key_values=kv, use_cache=True, logits_to_keep=1).logits[:, -1]
         responses = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
         ended = torch.zeros(rows, dtype=torch.bool, device=device)
         finite = torch.ones((), dtype=torch.bool, device=device)
@@ -106,8 +108,7 @@ def sample_responses(model, prompt_ids: list[list[int]], pad_token_id: int, eos_
             position = position + 1
             mask[:, width + step] = 1
             logits = decode(input_ids=token[:, None], attention_mask=mask if static else mask[:, : width + step + 1],
-                            position_ids=position, past_key_values=kv,
-                            cache_position=torch.tensor([width + step], device=device), use_cache=True).logits[:, -1]
+                            position_ids=position, past_key_values=kv, use_cache=True).logits[:, -1]
     finally:
         model.train(was_training)
     if not bool(finite):  # one check at the end, not a GPU sync per step

@@ -130,7 +130,7 @@ def trl_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu: b
     return meter, result.training_loss
 
 
-def align_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu: bool, setting: str = "default"):
+def align_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu: bool):
     from align.config import parse_recipe
     from align.stages import dpo, sft
 
@@ -216,10 +216,10 @@ def main() -> None:
             answers = ("completion",) if stage == "sft" else ("chosen", "rejected")
             tokens = count_tokens(tokenizer, examples, answers)
             part = {"tokens": tokens, "rows": len(examples)}
-            arms = [(f"trl {setting}", trl_arm, setting) for setting in TRL_SETTINGS[stage]] + [("align", align_arm, "")]
+            arms = [(f"trl {setting}", trl_arm, [setting]) for setting in TRL_SETTINGS[stage]] + [("align", align_arm, [])]
             for name, arm, setting in arms:
                 run = in_fresh_process(timed_arm, arm, stage, model_dir, examples, Path(tmp) / name.replace(" ", "-"),
-                                       gpu, *([setting] if setting else []))
+                                       gpu, *setting)
                 # 6 N per trained token (forward + backward); DPO also runs the reference forward (2 N).
                 flops = (6 + (2 if stage == "dpo" else 0)) * parameters * tokens
                 part[name] = {"seconds": round(run["seconds"], 2), "tokens_per_second": tokens / run["seconds"],
