@@ -62,9 +62,10 @@ def sample_responses(model, prompt_ids: list[list[int]], pad_token_id: int, eos_
 
     Per step it runs one forward and samples with `sample_tokens`, with no logits processors or stopping
     criteria around it; rows that have ended get padding, and the loop stops once every row has ended (checked
-    every 8 steps, so a GPU is not made to wait each step). cache="static" preallocates the KV cache at its final
-    size; on a GPU the decode step is then compiled (transformers' get_compiled_call: torch.compile with CUDA
-    graphs), unless the base is 4-bit. "auto": static where the step compiles, else dynamic.
+    every 8 steps, so a GPU is not made to wait each step). cache="static" preallocates the KV cache, at one
+    length for every call on the model (it only grows); on a GPU the decode step is then compiled (transformers'
+    get_compiled_call: torch.compile with CUDA graphs), unless the base is 4-bit. "auto": static where the step
+    compiles, else dynamic.
 
     Returns (prompt_ids, prompt_mask, response_ids, response_mask): tokens after the first EOS are padding and
     masked out; the EOS itself is part of the response, so ending is learned. (The cache counts its own length:
@@ -80,11 +81,17 @@ def sample_responses(model, prompt_ids: list[list[int]], pad_token_id: int, eos_
     compiles = device.type == "cuda" and (quantizer is None or quantizer.is_compileable)
     # uncompiled, a static cache only makes every step attend over its whole length
     static = cache == "static" or (cache == "auto" and compiles)
-    kv = StaticCache(config=model.config, max_cache_len=width + max_new_tokens) if static else DynamicCache(
-        config=model.config)
+    if static:
+        # One cache length for every call, only ever growing (in steps of 64), as transformers' generate does: the
+        # compiled step sees the same shapes each PPO step instead of recompiling for each batch's longest prompt.
+        length = max(-(-(width + max_new_tokens) // 64) * 64, getattr(model, "_align_rollout_cache_length", 0))
+        model._align_rollout_cache_length = length
+        kv = StaticCache(config=model.config, max_cache_len=length)
+    else:
+        length, kv = width + max_new_tokens, DynamicCache(config=model.config)
     # A generated position is switched on in the mask when its token goes in. A static cache takes the whole mask
     # at every step (fixed shapes for the compiled step); flash attention reads the zeros, not only the causal mask.
-    mask = torch.cat([attention, attention.new_zeros(rows, max_new_tokens)], dim=1)
+    mask = torch.cat([attention, attention.new_zeros(rows, length - width)], dim=1)
     positions = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: each prompt counts from 0
     decode = model.get_compiled_call(None) if static and compiles else model
     was_training = model.training

@@ -13,7 +13,8 @@ training, so work that a side does before training (DPO's precomputed reference 
   with bfd; DPO: precompute_ref_log_probs). align is compared with the faster of the two.
 - align: the `sft` and `dpo` stages of align itself (align/stages/*.py), run on a recipe with the same settings.
 - Rollouts: `model.generate` with the model's default generation settings vs align's rollout path
-  (`align.generation.sample_responses`), batch 64.
+  (`align.generation.sample_responses`), batch 64. On a GPU each side runs once untimed first (compiling, kernel
+  warm-up), since PPO samples with the same shapes at every step.
 """
 
 from __future__ import annotations
@@ -176,17 +177,21 @@ def rollout_arm(name: str, model_dir: Path, gpu: bool, batch: int, new_tokens: i
                                              add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
                for ex in rows("sft", batch)]
     eos = tokenizer.eos_token_id  # both sides count the tokens up to and including each row's first EOS
-    torch.manual_seed(0)
-    with Meter() as meter:
+
+    def rollout() -> int:
         if name == "trl":  # plain HF generate with the model's own generation settings
             tokenizer.padding_side = "left"
             enc = tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(model.device)
             out = model.generate(**enc, do_sample=True, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
-            made = int(mask_after_eos(out[:, enc["input_ids"].shape[1]:], eos).sum())
-        else:
-            _, _, responses, mask = sample_responses(model, prompts, tokenizer.pad_token_id, eos, new_tokens,
-                                                     cache="auto")
-            made = int(mask.sum())
+            return int(mask_after_eos(out[:, enc["input_ids"].shape[1]:], eos).sum())
+        _, _, responses, mask = sample_responses(model, prompts, tokenizer.pad_token_id, eos, new_tokens, cache="auto")
+        return int(mask.sum())
+
+    if gpu:  # PPO samples every step with the same shapes: compiling and CUDA kernel warm-up are paid once
+        rollout()
+    torch.manual_seed(0)
+    with Meter() as meter:
+        made = rollout()
     return {"tokens_per_second": made / meter.seconds, "seconds": meter.seconds, "peak_gib": meter.peak_gib}
 
 

@@ -76,3 +76,24 @@ def test_rows_end_at_their_eos_and_the_loop_stops_when_all_have(tiny_llama, cach
     ends = (responses == eos) & (mask == 1)
     if ends.any(1).all():  # every row ended: the loop stopped within 8 steps of the last ending
         assert responses.shape[1] < int(mask.sum(1).max()) + 8
+
+
+def test_static_cache_keeps_one_length_across_calls(tiny_llama):
+    """A compiled decode step recompiles for every new shape: the static cache (and so the mask) keeps the length
+    of the longest call so far, and shorter prompts after longer ones still continue exactly like generate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    long_prompts = [tokenizer.encode("word " * 70), tokenizer.encode("Hi")]
+    short_prompts = [tokenizer.encode("A short one"), tokenizer.encode("Hello there, how are")]
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    sample_responses(model, long_prompts, pad, eos, 10, top_k=1, cache="static")
+    length = model._align_rollout_cache_length
+    assert length % 64 == 0 and length >= len(long_prompts[0]) + 10
+    query, query_mask, responses, mask = sample_responses(model, short_prompts, pad, eos, 10, top_k=1, cache="static")
+    assert model._align_rollout_cache_length == length
+    expected = model.generate(input_ids=query, attention_mask=query_mask, do_sample=False, max_new_tokens=10,
+                              pad_token_id=pad, eos_token_id=eos)[:, query.shape[1]:]
+    expected_mask = mask_after_eos(expected, eos)
+    assert torch.equal(responses * mask, (expected * expected_mask)[:, :responses.shape[1]])
