@@ -307,10 +307,11 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where
                   dropped: bool = False) -> dict:
     """Refuse rows whose prompt alone fills max_length (truncation would drop the whole response); count the rows
     that will be cut, or with `dropped` skipped, refusing a dataset with none left. Returns {"rows": n,
-    "truncated": k, "longest": tokens}."""
+    "truncated": k, "longest": tokens, "row_lengths": [tokens of each row's longest sequence]} (None for
+    "longest" and "row_lengths" without a max_length, when nothing is measured)."""
     if max_length is None:
-        return {"rows": len(examples), "truncated": 0, "longest": None}
-    errors, truncated, longest = [], 0, 0
+        return {"rows": len(examples), "truncated": 0, "longest": None, "row_lengths": None}
+    errors, truncated, longest, row_lengths = [], 0, 0, []
     for number, ex in enumerate(examples, start=1):
         prompt_ids = token_ids(tokenizer, ex["prompt"], add_generation_prompt=True)
         if len(prompt_ids) >= max_length:
@@ -319,12 +320,10 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where
                 f"so the response would be cut off entirely"
             )
             continue
-        cut = False
-        for field in answer_fields:
-            full = token_ids(tokenizer, ex["prompt"] + ex[field])
-            longest = max(longest, len(full))
-            cut = cut or len(full) > max_length
-        truncated += cut
+        full_lengths = [len(token_ids(tokenizer, ex["prompt"] + ex[field])) for field in answer_fields]
+        row_lengths.append(max(full_lengths))
+        longest = max(longest, row_lengths[-1])
+        truncated += row_lengths[-1] > max_length
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
         raise DataError(f"{len(errors)} of {len(examples)} rows have prompts too long for max_length={max_length}:"
@@ -332,7 +331,14 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where
     if dropped and examples and truncated == len(examples):
         raise DataError(f"{where}: all {len(examples)} rows are longer than max_length={max_length} and would be "
                         f"skipped, leaving nothing to train on; raise max_length")
-    return {"rows": len(examples), "truncated": truncated, "longest": longest}
+    return {"rows": len(examples), "truncated": truncated, "longest": longest, "row_lengths": row_lengths}
+
+
+def shortest_first(examples: list[dict], row_lengths: list[int] | None) -> list[dict]:
+    """The rows ordered by token length, ties in their own order (as they are when no lengths were measured)."""
+    if row_lengths is None:
+        return examples
+    return [examples[i] for i in sorted(range(len(examples)), key=row_lengths.__getitem__)]
 
 
 def to_dataset(examples: list[dict], directory: Path | None = None):

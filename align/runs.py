@@ -172,7 +172,7 @@ def trainer_defaults(recipe: Recipe, directory: Path) -> dict:
         "dataloader_num_workers": 0,
         # trl turns it on by default; it recomputes every activation (about a third more time per step), so only
         # a recipe that runs short of memory (long sequences, big models) should ask for it.
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
     }
 
 
@@ -188,6 +188,9 @@ TRL_EXTRA_DEFAULTS = {"sft": {"completion_only_loss": True, **GROUPED}, "reward"
                       "rloo": ONLINE_DEFAULTS,
                       "grpo": ONLINE_DEFAULTS}
 TRL_STAGES = tuple(TRL_EXTRA_DEFAULTS)
+# transformers 5 renamed these (the old names still work, with a FutureWarning on every run)
+RENAMED_TRL_KEYS = {"gradient_checkpointing": "activation_checkpointing",
+                    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
 
 
 def trl_args(recipe: Recipe, stage: str, directory: Path):
@@ -198,8 +201,14 @@ def trl_args(recipe: Recipe, stage: str, directory: Path):
     cls = {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig, "rloo": trl.RLOOConfig,
            "grpo": trl.GRPOConfig}[stage]
     section = getattr(recipe, stage)
+    settings = dict(section.trl_args)
+    for old, new in RENAMED_TRL_KEYS.items():  # the recipe may use either name; transformers warns on the old
+        if old in settings and new in settings:
+            raise RecipeError(f"{stage}: {old} and {new} are one setting (the old and the new name); give one")
+        if old in settings:
+            settings[new] = settings.pop(old)
     try:
-        return cls(**{**trainer_defaults(recipe, directory), **TRL_EXTRA_DEFAULTS[stage], **section.trl_args})
+        return cls(**{**trainer_defaults(recipe, directory), **TRL_EXTRA_DEFAULTS[stage], **settings})
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{stage}: trl.{cls.__name__} rejects these settings: {err}") from None
 

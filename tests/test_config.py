@@ -191,6 +191,26 @@ def test_trl_args_are_per_stage():
     assert recipe.reward.trl_args == {}
 
 
+def test_checkpointing_takes_the_old_or_the_new_name_without_a_warning(tmp_path):
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing and warns on every run that sets
+    the old name (trl's configs do, by default); a recipe may use either, and the run prints no warning."""
+    import warnings
+
+    from align.runs import trl_args
+
+    for settings, expected in (({}, False), ({"gradient_checkpointing": True}, True),
+                               ({"activation_checkpointing": True}, True)):
+        recipe = parse_recipe(full(sft={"dataset": "bundled:sft", **settings}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            args = trl_args(recipe, "sft", tmp_path)
+        assert args.activation_checkpointing is expected and args.gradient_checkpointing is expected, settings
+    both = parse_recipe(full(sft={"dataset": "bundled:sft", "gradient_checkpointing": True,
+                                  "activation_checkpointing": False}))
+    with pytest.raises(RecipeError, match="one setting"):
+        trl_args(both, "sft", tmp_path)
+
+
 def test_stage_without_dataset_refused():
     assert "sft.dataset" in error_of({"name": "t", "stages": ["sft"], "sft": {"learning_rate": 1e-4}})
 

@@ -14,6 +14,7 @@ from align.data import (
     MAX_ERRORS_SHOWN,
     DataError,
     check_lengths,
+    shortest_first,
     load_demonstrations,
     load_preferences,
     normalise,
@@ -495,18 +496,19 @@ def test_check_lengths_without_max_length():
         "rows": 1,
         "truncated": 0,
         "longest": None,
+        "row_lengths": None,
     }
 
 
 def test_check_lengths_counts_truncated_rows():
     examples = [demo_example("a" * 5, "b" * 5), demo_example("a" * 5, "b" * 20), demo_example("a" * 8, "b" * 2)]
     stats = check_lengths(examples, CharTokenizer(), 10, "src", ("completion",))
-    assert stats == {"rows": 3, "truncated": 1, "longest": 25}
+    assert stats == {"rows": 3, "truncated": 1, "longest": 25, "row_lengths": [10, 25, 10]}
 
 
 def test_check_lengths_exact_fit_is_not_truncated():
     stats = check_lengths([demo_example("a" * 4, "b" * 6)], CharTokenizer(), 10, "src", ("completion",))
-    assert stats == {"rows": 1, "truncated": 0, "longest": 10}
+    assert stats == {"rows": 1, "truncated": 0, "longest": 10, "row_lengths": [10]}
 
 
 def test_check_lengths_counts_a_preference_row_once():
@@ -514,6 +516,15 @@ def test_check_lengths_counts_a_preference_row_once():
     stats = check_lengths(examples, CharTokenizer(), 10, "src", ("chosen", "rejected"))
     assert stats["rows"] == 3
     assert stats["truncated"] == 2
+    assert stats["row_lengths"] == [31, 21, 2]  # a pair counts as its longer answer
+
+
+def test_shortest_first_orders_rows_by_length_keeping_ties_in_place():
+    examples = [pref_example(str(i), "c" * n, "r") for i, n in enumerate([30, 5, 12, 5, 1])]
+    stats = check_lengths(examples, CharTokenizer(), 100, "src", ("chosen", "rejected"))
+    ordered = shortest_first(examples, stats["row_lengths"])
+    assert [ex["prompt"][0]["content"] for ex in ordered] == ["4", "1", "3", "2", "0"]
+    assert shortest_first(examples, None) is examples  # nothing measured: as they are
 
 
 def test_check_lengths_prompt_too_long_names_row():
