@@ -293,7 +293,7 @@ def load_roles(recipe: Recipe, inputs: dict, tokenizer):
     if recipe.quantization.load_in_4bit:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     start = recipe.starting_policy("ppo")
     if start is not None:
         model = PeftModel.from_pretrained(base, str(inputs[start] / "adapter"), is_trainable=True)
