@@ -311,7 +311,7 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where
     "longest" and "row_lengths" without a max_length, when nothing is measured)."""
     if max_length is None:
         return {"rows": len(examples), "truncated": 0, "longest": None, "row_lengths": None}
-    errors, truncated, longest, row_lengths = [], 0, 0, []
+    errors, row_lengths = [], []
     for number, ex in enumerate(examples, start=1):
         prompt_ids = token_ids(tokenizer, ex["prompt"], add_generation_prompt=True)
         if len(prompt_ids) >= max_length:
@@ -320,18 +320,17 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None, where
                 f"so the response would be cut off entirely"
             )
             continue
-        full_lengths = [len(token_ids(tokenizer, ex["prompt"] + ex[field])) for field in answer_fields]
-        row_lengths.append(max(full_lengths))
-        longest = max(longest, row_lengths[-1])
-        truncated += row_lengths[-1] > max_length
+        row_lengths.append(max(len(token_ids(tokenizer, ex["prompt"] + ex[field])) for field in answer_fields))
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
         raise DataError(f"{len(errors)} of {len(examples)} rows have prompts too long for max_length={max_length}:"
                         f"\n  {shown}")
+    truncated = sum(length > max_length for length in row_lengths)
     if dropped and examples and truncated == len(examples):
         raise DataError(f"{where}: all {len(examples)} rows are longer than max_length={max_length} and would be "
                         f"skipped, leaving nothing to train on; raise max_length")
-    return {"rows": len(examples), "truncated": truncated, "longest": longest, "row_lengths": row_lengths}
+    return {"rows": len(examples), "truncated": truncated, "longest": max(row_lengths, default=0),
+            "row_lengths": row_lengths}
 
 
 def shortest_first(examples: list[dict], row_lengths: list[int] | None) -> list[dict]:
