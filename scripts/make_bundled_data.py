@@ -1,25 +1,36 @@
 # python scripts/make_bundled_data.py
-"""Generate the small bundled datasets in align/bundled/ (stdlib only, deterministic).
+"""Generate the small bundled datasets in align/bundled/ (stdlib + align.judges, deterministic).
 
 The domain is simple factual and arithmetic questions, so a reward model can learn a
 measurable notion of "good": the chosen answer is correct, concise and polite, while the
 rejected answer is wrong, rude or rambling (rotated so every failure kind is covered).
+Every preference row also carries its answer key, so the gold judges in align/judges.py
+can score any model's reply to the same prompt.
 
 Outputs:
-  sft.jsonl          {"messages": [{"role": "user", ...}, {"role": "assistant", ...}, ...]}
-  prefs_train.jsonl  {"prompt", "chosen", "rejected"}
-  prefs_test.jsonl   same format; its facts (countries, operand pairs, words...) are held
-                     out of both train files, so it measures generalisation, not recall.
+  sft.jsonl          {"messages": [{"role": "user", ...}, {"role": "assistant", ...}, ...]}  ~240 rows
+  prefs_train.jsonl  {"prompt", "chosen", "rejected", "answer", "category"}                  ~320 rows
+  prefs_test.jsonl   same format, ~350 rows; its facts (countries, operand pairs, words...)
+                     are held out of both train files, so it measures generalisation, not recall.
+"answer" lists the accepted answer strings (digits and words for numbers, common spelling
+variants for cities); "category" is the fact kind: capital, arithmetic, opposite, plural,
+colour, count or spelling. Prompts are unique within each file.
 """
 import itertools
 import json
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing align
+from align.judges import (MAX_CONCISE_WORDS, VOCABULARIES, is_concise, is_correct, is_polite,  # noqa: E402
+                          number_to_words)
+
 SEED = 1234
-OUT_DIR = Path(__file__).resolve().parent.parent / "align" / "bundled"
+OUT_DIR = REPO / "align" / "bundled"
 
 # ---------------------------------------------------------------- raw facts
 CAPITALS = [
@@ -42,7 +53,8 @@ CAPITALS = [
     ("Peru", "Lima"), ("Colombia", "Bogotá"), ("Venezuela", "Caracas"), ("Iceland", "Reykjavik"),
     ("Nepal", "Kathmandu"), ("Bangladesh", "Dhaka"), ("Afghanistan", "Kabul"),
 ]
-# Words with a single clear opposite (e.g. no "light", which could be "dark" or "heavy").
+# Words with a single clear opposite (e.g. no "light", which could be "dark" or "heavy"), and
+# none a polite reply uses in passing ("Good question!" would name the opposite of "answer").
 OPPOSITES = [
     ("hot", "cold"), ("big", "small"), ("up", "down"), ("happy", "sad"), ("fast", "slow"),
     ("open", "closed"), ("day", "night"), ("wet", "dry"), ("full", "empty"), ("early", "late"),
@@ -51,7 +63,7 @@ OPPOSITES = [
     ("buy", "sell"), ("north", "south"), ("east", "west"), ("true", "false"), ("thick", "thin"),
     ("cheap", "expensive"), ("above", "below"), ("remember", "forget"), ("asleep", "awake"),
     ("always", "never"), ("laugh", "cry"), ("love", "hate"), ("before", "after"),
-    ("question", "answer"), ("arrive", "leave"),
+    ("arrive", "leave"),
 ]
 # (singular, plural, the typical learner mistake used as the wrong answer)
 PLURALS = [
@@ -73,6 +85,8 @@ COLOURS = [
     ("a lemon", "yellow"), ("chocolate", "brown"), ("a strawberry", "red"), ("a crow", "black"),
     ("a pumpkin", "orange"), ("a cucumber", "green"), ("an eggplant", "purple"),
     ("a flamingo", "pink"), ("a fire truck", "red"), ("a polar bear", "white"),
+    ("a lime", "green"), ("a raven", "black"), ("a swan", "white"), ("a cherry", "red"),
+    ("a canary", "yellow"), ("a blueberry", "blue"), ("a tangerine", "orange"), ("a plum", "purple"),
 ]
 COLOUR_WORDS = sorted({colour for _, colour in COLOURS})
 # ("has", owner, noun, n) -> "A spider has 8 legs."; ("in", unit, container, n) -> "There are 7 days in a week."
@@ -94,18 +108,30 @@ COUNTS = [
     ("in", "years", "a century", 100), ("in", "eggs", "a dozen", 12),
     ("in", "letters", "the English alphabet", 26), ("in", "colours", "a rainbow", 7),
     ("in", "planets", "the solar system", 8), ("in", "continents", "the world", 7),
-    ("in", "weeks", "a year", 52),
+    ("in", "weeks", "a year", 52), ("has", "a cat", "legs", 4), ("has", "a duck", "legs", 2),
+    ("has", "a beetle", "legs", 6), ("has", "a crab", "legs", 10), ("has", "a violin", "strings", 4),
+    ("has", "a car", "wheels", 4), ("has", "a rectangle", "sides", 4), ("has", "a heptagon", "sides", 7),
+    ("in", "days", "a year", 365), ("in", "cards", "a standard deck", 52),
+    ("in", "minutes", "half an hour", 30), ("in", "hours", "half a day", 12),
 ]
 NUMBERS_TO_SPELL = [0, 3, 5, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 24, 30, 33,
                     40, 42, 45, 50, 56, 60, 64, 70, 77, 80, 85, 88, 90, 99, 4, 6, 2, 10]
 COMMON_MISSPELLINGS = {40: "fourty", 19: "ninteen", 8: "eigth", 90: "ninty", 14: "fourten"}
+# Other ways to write a correct answer, all accepted by the gold judge.
+ANSWER_VARIANTS = {
+    "Washington, D.C.": ["Washington D.C.", "Washington DC", "Washington"], "Brasília": ["Brasilia"],
+    "Bogotá": ["Bogota"], "Kyiv": ["Kiev"], "Reykjavik": ["Reykjavík"], "Bern": ["Berne"],
+    "closed": ["shut"], "small": ["little"], "quiet": ["silent"], "leave": ["depart"],
+}
 
-# Split sizes: how many raw facts of each type are held out for the test set.
-HELD_OUT = {"capital": 12, "opposite": 4, "plural": 6, "colour": 4, "count": 8, "spelling": 8}
-HELD_OUT_ARITHMETIC_PER_OP = 6
-# Rows per fact type; sums are 64 (test), 264 (SFT turns -> 240 rows) and 320 (prefs train).
-TEST_QUOTAS = {"capital": 12, "arithmetic": 18, "opposite": 8, "plural": 6, "colour": 4,
-               "count": 8, "spelling": 8}
+# Split sizes: how many raw facts of each type are held out for the test set
+# (an opposite fact is a pair, asked in both directions).
+HELD_OUT = {"capital": 18, "opposite": 6, "plural": 8, "colour": 8, "count": 16, "spelling": 12}
+HELD_OUT_ARITHMETIC_PER_OP = 16
+# Rows per fact type; sums are 348 (test), 264 (SFT turns -> 240 rows) and 320 (prefs train).
+# Test quotas stay below each type's distinct prompts (facts x phrasings) so facts rotate evenly.
+TEST_QUOTAS = {"capital": 60, "arithmetic": 120, "opposite": 40, "plural": 28, "colour": 28,
+               "count": 40, "spelling": 32}
 SFT_QUOTAS = {"capital": 50, "arithmetic": 86, "opposite": 36, "plural": 24, "colour": 16,
               "count": 30, "spelling": 22}
 PREFS_TRAIN_QUOTAS = {"capital": 60, "arithmetic": 110, "opposite": 44, "plural": 28,
@@ -113,7 +139,8 @@ PREFS_TRAIN_QUOTAS = {"capital": 60, "arithmetic": 110, "opposite": 44, "plural"
 SFT_TWO_TURN_ROWS = 24  # ~10% of the 240 SFT rows
 
 # ---------------------------------------------------------------- response styles
-POLITE_PREFIXES = ["Sure! ", "Of course! ", "Happy to help! ", "Good question! "]
+# No prefix may use a word the judges check ("Happy to help!" would name the opposite of "sad").
+POLITE_PREFIXES = ["Sure! ", "Of course! ", "Glad to help! ", "Good question! "]
 RUDE_TEMPLATES = [
     "Ugh, obviously {lc} Look it up yourself.",
     "{ans} Seriously, a child could answer that.",
@@ -159,6 +186,7 @@ class Fact:
     questions: tuple          # alternative phrasings of the same question
     answer: str               # concise correct sentence
     wrong_answer: str         # concise, plausible but wrong sentence
+    accepted: tuple           # answer key: every accepted way to write the bare answer
 
 
 def lower_first(sentence):
@@ -169,14 +197,22 @@ def capitalize_first(text):
     return text[0].upper() + text[1:]
 
 
-def number_to_words(n):
-    ones = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-            "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
-            "seventeen", "eighteen", "nineteen"]
-    tens = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-    if n < 20:
-        return ones[n]
-    return tens[n // 10] + ("" if n % 10 == 0 else "-" + ones[n % 10])
+def word_answers(word):
+    return (word, *ANSWER_VARIANTS.get(word, []))
+
+
+def spelled_answers(n):
+    words = number_to_words(n)
+    return tuple(dict.fromkeys([words, words.replace("-", " ")]))
+
+
+def number_answers(n):
+    """Digits and words: 12 -> ("12", "twelve"), 144 -> (..., "one hundred and forty-four", ...)."""
+    words = number_to_words(n)
+    variants = [str(n), f"{n:,}", words, words.replace("-", " "), words.replace("hundred ", "hundred and ")]
+    if n in (100, 1000):
+        variants.append("a " + words.removeprefix("one "))
+    return tuple(dict.fromkeys(variants))
 
 
 def nearby_wrong_number(n, rng):
@@ -199,7 +235,7 @@ def capital_facts(pairs, rng):
         end = lambda city: city if city.endswith(".") else city + "."
         facts.append(Fact("capital", ("capital", country), questions,
                           f"The capital of {country} is {end(capital)}",
-                          f"The capital of {country} is {end(other)}"))
+                          f"The capital of {country} is {end(other)}", word_answers(capital)))
     return facts
 
 
@@ -225,8 +261,8 @@ def arithmetic_facts(keys, rng):
                              f"Multiply {x} by {y}.", f"Calculate {x} * {y}.")
                 sentence = "{x} times {y} is {r}."
             wrong = nearby_wrong_number(result, rng)
-            facts.append(Fact("arithmetic", (op, a, b), questions,
-                              sentence.format(x=x, y=y, r=result), sentence.format(x=x, y=y, r=wrong)))
+            facts.append(Fact("arithmetic", (op, a, b), questions, sentence.format(x=x, y=y, r=result),
+                              sentence.format(x=x, y=y, r=wrong), number_answers(result)))
     return facts
 
 
@@ -241,7 +277,7 @@ def opposite_facts(pairs, rng):
                          f"What word means the opposite of {word}?")
             facts.append(Fact("opposite", ("opposite",) + pair, questions,
                               f'The opposite of "{word}" is "{opposite}".',
-                              f'The opposite of "{word}" is "{wrong}".'))
+                              f'The opposite of "{word}" is "{wrong}".', word_answers(opposite)))
     return facts
 
 
@@ -251,7 +287,7 @@ def plural_facts(triples, rng):
                   f'Give the plural of the word "{singular}".',
                   f'How do you say more than one "{singular}"?'),
                  f'The plural of "{singular}" is "{plural}".',
-                 f'The plural of "{singular}" is "{mistake}".')
+                 f'The plural of "{singular}" is "{mistake}".', (plural,))
             for singular, plural, mistake in triples]
 
 
@@ -263,7 +299,7 @@ def colour_facts(pairs, rng):
                      f"Tell me the colour of {thing}.", f"Which colour is {thing}?")
         facts.append(Fact("colour", ("colour", thing), questions,
                           f"{capitalize_first(thing)} is {colour}.",
-                          f"{capitalize_first(thing)} is {wrong}."))
+                          f"{capitalize_first(thing)} is {wrong}.", (colour,)))
     return facts
 
 
@@ -281,7 +317,8 @@ def count_facts(entries, rng):
             questions = (f"How many {unit} are in {container}?", f"How many {unit} are there in {container}?",
                          f"Can you tell me how many {unit} are in {container}?")
             sentence = lambda k: f"There are {k} {unit} in {container}."
-        facts.append(Fact("count", ("count", first, second), questions, sentence(n), sentence(wrong)))
+        accepted = number_answers(n) + ((f"no {second}", "none") if n == 0 else ())
+        facts.append(Fact("count", ("count", first, second), questions, sentence(n), sentence(wrong), accepted))
     return facts
 
 
@@ -293,7 +330,7 @@ def spelling_facts(numbers, rng):
                      f"What is {n} written in words?", f"Write the number {n} as a word.")
         facts.append(Fact("spelling", ("spelling", n), questions,
                           f'The number {n} is written "{number_to_words(n)}".',
-                          f'The number {n} is written "{wrong}".'))
+                          f'The number {n} is written "{wrong}".', spelled_answers(n)))
     return facts
 
 
@@ -382,16 +419,30 @@ def rejected_answer(fact, kind, rng):
     return rude_answer(fact, rng) if kind == "rude" else rambling_answer(fact, rng)
 
 
+def check_gold_labels(row, kind):
+    """The gold judge must agree with the labels: chosen passes, rejected fails for its stated flaw."""
+    assert is_correct(row["chosen"], row["prompt"], row["answer"]), row
+    assert is_polite(row["chosen"]) and is_concise(row["chosen"]), row
+    if kind == "wrong":
+        assert not is_correct(row["rejected"], row["prompt"], row["answer"]), row
+    elif kind == "rude":
+        assert not is_polite(row["rejected"]), row
+    else:  # long as well as marked, so a length check alone also catches it
+        assert len(row["rejected"].split()) > MAX_CONCISE_WORDS and not is_concise(row["rejected"]), row
+
+
 def preference_rows(picked, rng):
     rows, kinds = [], Counter()
     for index, (fact, question) in enumerate(picked):
         kind = REJECTED_KINDS[index % len(REJECTED_KINDS)]  # rotate: balanced failure kinds
         row = {"prompt": question, "chosen": polite_answer(fact.answer, rng),
-               "rejected": rejected_answer(fact, kind, rng)}
+               "rejected": rejected_answer(fact, kind, rng), "answer": list(fact.accepted),
+               "category": fact.kind}
         # ~4 chars per token: keep under ~80 tokens, rambling under ~150 tokens.
         limit = 600 if kind == "rambling" else 320
         assert len(row["prompt"]) + max(len(row["chosen"]), len(row["rejected"])) < limit, row
         assert all(row.values()) and row["chosen"] != row["rejected"], row
+        check_gold_labels(row, kind)
         rows.append(row)
         kinds[kind] += 1
     return rows, kinds
@@ -405,6 +456,18 @@ def sft_rows(picked, rng):
     return [{"messages": m} for m in two_turn + turns[2 * SFT_TWO_TURN_ROWS:]]
 
 
+def check_judge_vocabulary():
+    """align/judges.py spots a hedged answer ("Paris or Lyon") by its word lists: every word here must be in them."""
+    words = {"capital": [c for _, c in CAPITALS], "colour": [c for _, c in COLOURS],
+             "opposite": [w for pair in OPPOSITES for w in pair],
+             "plural": [w for _, plural, mistake in PLURALS for w in (plural, mistake)],
+             "spelling": [number_to_words(n) for n in NUMBERS_TO_SPELL] + list(COMMON_MISSPELLINGS.values())}
+    for kind, listed in words.items():
+        listed = listed + [v for w in listed for v in ANSWER_VARIANTS.get(w, [])]
+        missing = {w.lower() for w in listed} - VOCABULARIES[kind]
+        assert not missing, f"add {sorted(missing)} to the {kind} vocabulary in align/judges.py"
+
+
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
@@ -412,6 +475,7 @@ def write_jsonl(path, rows):
 
 
 def main():
+    check_judge_vocabulary()
     rng = random.Random(SEED)
     pools = build_fact_pools(rng)
     sft_picked = sample_questions(pools["train"], SFT_QUOTAS, rng)
@@ -423,6 +487,8 @@ def main():
     assert train_keys.isdisjoint(fact.key for fact, _ in test_picked)
     train_prompts = {question for _, question in sft_picked + train_picked}
     assert train_prompts.isdisjoint(question for _, question in test_picked)
+    for picked in (sft_picked, train_picked, test_picked):
+        assert len({question for _, question in picked}) == len(picked), "duplicate prompt in one file"
 
     sft = sft_rows(sft_picked, rng)
     prefs_train, train_kinds = preference_rows(train_picked, rng)

@@ -20,10 +20,19 @@ def client(server: LabelServer, name: str | None) -> Client:
     return Client(server.url, auth=auth, verbose=False)
 
 
+def first_pairs(tmp_path, n: int) -> str:
+    """The first n held-out pairs as a file: a fixed-size labelling job, whatever the bundled set's size."""
+    from align.data import bundled_path
+
+    path = tmp_path / f"pairs-{n}.jsonl"
+    path.write_text("".join(bundled_path("prefs_test").read_text().splitlines(keepends=True)[:n]))
+    return str(path)
+
+
 @pytest.mark.fault("attack")
 def test_login_labelling_and_undo_through_the_api(tmp_path):
     db = tmp_path / "labels.db"
-    with LabelServer(["--pairs", "bundled:prefs_test", "--db", str(db), "--overlap", "2"], tmp_path / "log") as server:
+    with LabelServer(["--pairs", first_pairs(tmp_path, 64), "--db", str(db), "--overlap", "2"], tmp_path / "log") as server:
         with pytest.raises(Exception):
             Client(server.url, auth=("alice", "wrong"), verbose=False)
         with pytest.raises(Exception):  # no anonymous writes unless --allow-anonymous
@@ -84,7 +93,7 @@ def test_bad_serving_settings_are_refused_at_start(tmp_path, args, users, messag
 def test_fifty_annotators_kill_9_and_restart_lose_and_duplicate_nothing(tmp_path, record_property):
     db = tmp_path / "labels.db"
     names = [f"annotator{i:02d}" for i in range(50)]
-    server = LabelServer(["--pairs", "bundled:prefs_test", "--db", str(db), "--overlap", "3"], tmp_path / "log",
+    server = LabelServer(["--pairs", first_pairs(tmp_path, 64), "--db", str(db), "--overlap", "3"], tmp_path / "log",
                          users=users_env(names)).start()
     acked: list[tuple[str, str, int]] = []
     lock = threading.Lock()
