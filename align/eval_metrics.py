@@ -2,12 +2,28 @@
 
 Win rate with a confidence interval, correlations (is the reward just rewarding length?), repetition, length
 statistics, and BLEU / ROUGE-L against reference answers through sacrebleu and rouge-score.
+
+Gold judges (judges that did not train the policy): pass rates with Wilson intervals, paired model-vs-model
+differences (exact McNemar for 0/1 scores, paired bootstrap otherwise), the step where a proxy reward keeps
+rising while the gold score falls (reward hacking), and their plain-text table for the terminal summary.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import statistics
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a proportion successes / n. Unlike the normal approximation it stays inside
+    [0, 1] and is sensible at 0% or 100%. `successes` may be fractional (ties counted half, judge scores)."""
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs n > 0 (got {n})")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(max(0.0, p * (1 - p)) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def win_rate_with_interval(scores: list[float], baseline_scores: list[float], z: float = 1.96) -> dict:
@@ -19,10 +35,9 @@ def win_rate_with_interval(scores: list[float], baseline_scores: list[float], z:
     wins = sum(a > b for a, b in zip(scores, baseline_scores))
     ties = sum(a == b for a, b in zip(scores, baseline_scores))
     n = len(scores)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"win_rate": p, "ci_low": max(0.0, centre - half), "ci_high": min(1.0, centre + half),
-            "wins": wins, "ties": ties, "losses": n - wins - ties, "n": n}
+    low, high = wilson_interval(p * n, n, z)
+    return {"win_rate": p, "ci_low": low, "ci_high": high, "wins": wins, "ties": ties, "losses": n - wins - ties,
+            "n": n}
 
 
 def pearson(x: list[float], y: list[float]) -> float | None:
@@ -97,7 +112,7 @@ def comparison_figures(answers: dict[str, list[dict]], rewards: dict[str, list[f
         "win_rate_ci_low": win["ci_low"],
         "win_rate_ci_high": win["ci_high"],
         "wins_ties_losses": [win["wins"], win["ties"], win["losses"]],
-        "kl_to_baseline": None if kl is None else sum(kl) / n,
+        "kl_to_baseline": None if not kl else sum(kl) / len(kl),  # may cover only the first prompts
         "reward_gap": (sum(rewards["policy"]) - sum(rewards["baseline"])) / n,
         "reward_model_accuracy": judge_accuracy["accuracy"],
         "reward_model_margin": judge_accuracy["mean_margin"],
@@ -120,3 +135,201 @@ def comparison_figures(answers: dict[str, list[dict]], rewards: dict[str, list[f
             f"{name}_rougeL": scores["rougeL"],
         })
     return figures
+
+
+# ---------------------------------------------------------------- gold judges: pass rates and paired tests
+
+
+def is_number(value) -> bool:
+    """A finite int or float (not a bool): what a metrics row holds when a figure was actually logged."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def pass_rate(scores: list[float]) -> dict:
+    """Mean judge score over prompts (each score in [0, 1]) with a 95% Wilson interval on the summed score."""
+    if not scores:
+        raise ValueError("pass_rate needs at least one score")
+    n = len(scores)
+    low, high = wilson_interval(sum(scores), n)
+    return {"rate": sum(scores) / n, "low": low, "high": high, "n": n}
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value. If the two models were equally good, each prompt only one of them passes
+    would be a fair coin, so this is a binomial test with p = 1/2 on those a_only + b_only discordant prompts."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1))
+    return min(1.0, 2 * tail / 2**n)  # exact integers divided once: no underflow in the terms for large n
+
+
+def bootstrap_means(differences: list[float], resamples: int, seed: int) -> list[float]:
+    """Sorted means of `resamples` resamples (with replacement) of per-prompt differences. Resampling prompts
+    keeps each prompt's two scores together, which is what makes the bootstrap paired."""
+    rng = random.Random(seed)
+    n = len(differences)
+    return sorted(sum(rng.choices(differences, k=n)) / n for _ in range(resamples))
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The q-quantile (0 <= q <= 1) of sorted values, interpolating linearly between neighbours."""
+    position = q * (len(ordered) - 1)
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+def paired_difference(a: list[float], b: list[float], resamples: int = 10000, seed: int = 0) -> dict:
+    """Is model A better than model B on the same prompts? a, b: their judge scores, prompt by prompt.
+
+    The interval is a paired bootstrap percentile interval of the mean difference (seeded: the same inputs
+    always give the same figures). The p-value is exact McNemar when every score is 0 or 1 (only the prompts
+    where the models disagree carry evidence), otherwise the two-sided paired-bootstrap p-value."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_difference needs two equally long, non-empty lists (got {len(a)} and {len(b)})")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1 (got {resamples})")
+    n = len(a)
+    difference = sum(a) / n - sum(b) / n
+    means = bootstrap_means([x - y for x, y in zip(a, b)], resamples, seed)
+    figures = {"difference": difference, "low": percentile(means, 0.025), "high": percentile(means, 0.975), "n": n}
+    if all(x in (0, 1) for x in (*a, *b)):
+        a_only = sum(x == 1 and y == 0 for x, y in zip(a, b))
+        b_only = sum(x == 0 and y == 1 for x, y in zip(a, b))
+        return {**figures, "p_value": mcnemar_exact(a_only, b_only), "test": "exact McNemar",
+                "a_only": a_only, "b_only": b_only}
+    # How often a resampled difference lands on the other side of 0 from the observed one; the floor is the
+    # resolution of the bootstrap (it never shows p = 0).
+    other_side = sum(m <= 0 for m in means) if difference >= 0 else sum(m >= 0 for m in means)
+    return {**figures, "p_value": max(1 / resamples, min(1.0, 2 * other_side / resamples)),
+            "test": "paired bootstrap", "a_only": sum(x > y for x, y in zip(a, b)),
+            "b_only": sum(x < y for x, y in zip(a, b))}
+
+
+# ---------------------------------------------------------------- reward hacking: proxy up, gold down
+
+
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Each value averaged with up to window - 1 values before it: smooths noise without looking ahead."""
+    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def reward_hacking_start(points: list[dict], proxy: str = "reward_mean", gold: str = "gold_mean",
+                         tolerance: float = 0.02) -> dict | None:
+    """The step where the gold score peaked, if after it the proxy reward kept rising while the gold score fell
+    by more than `tolerance` (both smoothed: one noisy batch is not hacking); None otherwise.
+
+    points: per-step rows {"step", "kl", proxy, gold} in step order (PPO steps, online-DPO rounds)."""
+    rows = [r for r in points if is_number(r.get(proxy)) and is_number(r.get(gold))]
+    if len(rows) < 3:
+        return None
+    window = max(1, len(rows) // 5)
+    proxy_smooth = trailing_mean([r[proxy] for r in rows], window)
+    gold_smooth = trailing_mean([r[gold] for r in rows], window)
+    peak = max(range(len(rows)), key=gold_smooth.__getitem__)  # the first of equal maxima
+    if gold_smooth[-1] >= gold_smooth[peak] - tolerance or proxy_smooth[-1] <= proxy_smooth[peak]:
+        return None
+    return {"step": rows[peak].get("step"), "gold_peak": gold_smooth[peak], "gold_last": gold_smooth[-1],
+            "proxy_at_peak": proxy_smooth[peak], "proxy_last": proxy_smooth[-1],
+            "kl_at_peak": rows[peak].get("kl"), "kl_last": rows[-1].get("kl")}
+
+
+def hacking_message(stage: str, points: list[dict], proxy: str = "reward_mean",
+                    gold: str = "gold_mean") -> str | None:
+    """One plain-English line for the run summary when reward_hacking_start fires; None when it does not."""
+    found = reward_hacking_start(points, proxy, gold)
+    if found is None:
+        return None
+    kl = (f" (KL {found['kl_at_peak']:.1f} -> {found['kl_last']:.1f} nats)"
+          if is_number(found["kl_at_peak"]) and is_number(found["kl_last"]) else "")
+    return (f"{stage}: reward hacking: from step {found['step']} the proxy reward rose {found['proxy_at_peak']:.2f} -> "
+            f"{found['proxy_last']:.2f} while the gold score fell {found['gold_peak']:.2f} -> {found['gold_last']:.2f}{kl}")
+
+
+# ---------------------------------------------------------------- gold judges: table for the summary and report
+
+
+def short_judge(name: str) -> str:
+    """'align.judges:gold' -> 'gold'; descriptions such as 'reward model (reward stage)' stay as they are."""
+    return name.rsplit(":", 1)[-1] if ":" in name and " " not in name else name
+
+
+def _rate_cell(rate: dict | None) -> str:
+    return "n/a" if not rate else f"{rate['rate']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}]"
+
+
+def _p_text(p: float) -> str:
+    return "p<0.0001" if p < 0.0001 else f"p={p:.4f}"
+
+
+def _difference_cell(paired: dict | None) -> str:
+    if not paired:
+        return "n/a"
+    return f"{paired['difference']:+.3f} [{paired['low']:+.3f}, {paired['high']:+.3f}] {_p_text(paired['p_value'])}"
+
+
+def gold_header(gold: dict) -> tuple[str, ...]:
+    """Column names of gold_table: judge, each model (final policy first), then final minus each other model."""
+    final, *others = gold["models"]
+    return ("judge", *gold["models"], *(f"{final} - {m}" for m in others))
+
+
+def gold_table(gold: dict) -> list[tuple[str, ...]]:
+    """One row per judge (columns: gold_header): each model's pass rate with its 95% Wilson interval, then the
+    final policy's paired difference from each other model with its 95% interval and p-value."""
+    rows = []
+    for judge in gold["judges"]:
+        rates = gold.get("pass_rates", {}).get(judge, {})
+        paired = gold.get("paired", {}).get(judge, {})
+        rows.append((short_judge(judge), *(_rate_cell(rates.get(m)) for m in gold["models"]),
+                     *(_difference_cell(paired.get(f"vs_{m}")) for m in gold["models"][1:])))
+    return rows
+
+
+def category_header(gold: dict) -> tuple[str, ...]:
+    return ("category", "n", *reversed(gold["models"]))
+
+
+def category_rows(gold: dict, judge: str) -> list[tuple[str, ...]]:
+    """(category, prompts, one rate per model from base up to the final policy) for one judge, by category name."""
+    rows = []
+    for category, rates in sorted(gold.get("categories", {}).get(judge, {}).items()):
+        cells = [f"{rates[m]:.3f}" if is_number(rates.get(m)) else "n/a" for m in reversed(gold["models"])]
+        rows.append((category, str(rates.get("n", "?")), *cells))
+    return rows
+
+
+def judges_used(gold: dict) -> tuple[str, str | None]:
+    """("trained by: ...; judged by: ...", a warning when a judge also trained the policy, else None): a judge
+    the policy was optimised against measures how well it was gamed, not how good the answers are."""
+    trained = gold.get("trained_by", [])
+    judged = [short_judge(j) for j in gold.get("judged_by", gold["judges"])]
+    both = [short_judge(j) for j in gold.get("not_independent", [])]
+    warning = (f"{', '.join(both)} also gave a training signal (named above, on training prompts only): on the "
+               f"held-out prompts it judges answers to questions it never labelled, but it is not a stranger to "
+               f"the run") if both else None
+    return f"trained by: {'; '.join(trained) or 'n/a'}. Judged by: {', '.join(judged) or 'n/a'}", warning
+
+
+def aligned(rows: list[tuple[str, ...]], indent: str = "") -> list[str]:
+    """Rows as left-aligned text columns two spaces apart, without trailing spaces."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [(indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths))).rstrip() for row in rows]
+
+
+def gold_lines(gold: dict, indent: str = "  ") -> list[str]:
+    """The gold-judge figures as aligned plain-text lines for the terminal summary."""
+    lines = [f"{indent}gold judges on {gold['prompts']} held-out prompts: pass rate [95% Wilson]; final minus "
+             f"baseline [95% paired bootstrap], p exact McNemar for 0/1 scores, else paired bootstrap"]
+    lines += aligned([gold_header(gold), *gold_table(gold)], indent + "  ")
+    used, warning = judges_used(gold)
+    lines.append(f"{indent}{used}")
+    if warning:
+        lines.append(f"{indent}warning: {warning}")
+    if gold["judges"] and category_rows(gold, gold["judges"][0]):
+        first = gold["judges"][0]
+        lines.append(f"{indent}by category ({short_judge(first)}: {' / '.join(reversed(gold['models']))}):")
+        rows = [(category, f"n={n}", " / ".join(rates)) for category, n, *rates in category_rows(gold, first)]
+        lines += aligned(rows, indent + "  ")
+    return lines

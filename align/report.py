@@ -2,7 +2,9 @@
 table and sample answers side by side. Written at the end of `align run`; `align report RUN_DIR` rewrites it.
 
 The evaluation table is one function (`evaluation_rows`) shared by the report, the terminal summary and the
-exported model card, so the three always show the same figures.
+exported model card, so the three always show the same figures; the gold-judge table is likewise
+`align.eval_metrics.gold_table`. Stages that logged a gold score beside their proxy reward get a proxy-vs-gold
+plot against sqrt KL, where reward hacking shows as the two curves parting.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import math
 from pathlib import Path
 
 from align.config import STAGE_ORDER
+from align.eval_metrics import (
+    category_header, category_rows, gold_header, gold_table, hacking_message, is_number, judges_used,
+    reward_hacking_start, short_judge,
+)
 from align.runs import is_finished, read_stage
 
 # Curves worth a panel, in order of interest; each stage shows the first four it logged.
@@ -70,6 +76,16 @@ def evaluation_markdown(ev: dict) -> str:
     return head + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in evaluation_rows(ev))
 
 
+def gold_markdown(gold: dict) -> str:
+    """The gold-judge table as Markdown (the exported model card)."""
+    from align.eval_metrics import gold_header, gold_table, judges_used
+
+    header = gold_header(gold)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in gold_table(gold)]
+    return "\n".join(lines) + f"\n\n{judges_used(gold)[0]}"
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -103,6 +119,74 @@ def plot_stage(stage: str, log: list[dict], out: Path) -> Path | None:
     return path
 
 
+def proxy_gold_points(log: list[dict]) -> list[dict]:
+    """The rows of a stage's metrics.jsonl that logged KL, the proxy reward and the gold score together."""
+    return [r for r in log if all(is_number(r.get(k)) for k in ("kl", "reward_mean", "gold_mean"))]
+
+
+def plot_proxy_vs_gold(stage: str, points: list[dict], out: Path) -> Path | None:
+    """One PNG: proxy reward (left axis) and gold score (right axis) against sqrt KL to the SFT model, the
+    x-axis on which over-optimisation curves are usually drawn; the start of reward hacking is marked when
+    reward_hacking_start finds one. None with fewer than 2 points."""
+    if len(points) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    x = [math.sqrt(max(p["kl"], 0.0)) for p in points]
+    fig, proxy_axis = plt.subplots(figsize=(6.4, 3.6))
+    gold_axis = proxy_axis.twinx()
+    proxy_axis.plot(x, [p["reward_mean"] for p in points], marker="o", markersize=3, linewidth=1.5,
+                    color="tab:blue", label="proxy reward")
+    gold_axis.plot(x, [p["gold_mean"] for p in points], marker="s", markersize=3, linewidth=1.5,
+                   color="tab:orange", label="gold score")
+    hacking = reward_hacking_start(points)
+    if hacking is not None and is_number(hacking["kl_at_peak"]):
+        proxy_axis.axvline(math.sqrt(max(hacking["kl_at_peak"], 0.0)), color="tab:red", linestyle="--",
+                           linewidth=1, label=f"reward hacking from step {hacking['step']}")
+    proxy_axis.set_xlabel("sqrt KL to the SFT model (nats)", fontsize=9)
+    proxy_axis.set_ylabel("proxy reward", color="tab:blue", fontsize=9)
+    gold_axis.set_ylabel("gold score", color="tab:orange", fontsize=9)
+    for axis in (proxy_axis, gold_axis):
+        axis.tick_params(labelsize=8)
+    proxy_axis.grid(alpha=0.3)
+    handles, labels = proxy_axis.get_legend_handles_labels()
+    more_handles, more_labels = gold_axis.get_legend_handles_labels()
+    proxy_axis.legend(handles + more_handles, labels + more_labels, fontsize=8, loc="best")
+    fig.suptitle(f"{stage}: proxy reward vs gold score", fontsize=11, fontweight="bold")
+    fig.tight_layout()
+    path = out / f"{stage}-proxy-vs-gold.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _html_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def gold_html(gold: dict) -> str:
+    """The "Gold judges" section: gold_table, which judges trained and which judged, and per-category rates."""
+    used, warning = judges_used(gold)
+    parts = [f"<h2>Gold judges on {html.escape(str(gold['prompts']))} held-out prompts</h2>",
+             "<p>Pass rate with its 95% Wilson interval; the final policy's paired difference from each other "
+             "model with its 95% paired-bootstrap interval and p-value (exact McNemar for 0/1 scores, paired "
+             f"bootstrap otherwise). {html.escape(used)}.</p>",
+             _html_table(gold_header(gold), gold_table(gold))]
+    if warning:
+        parts.append(f"<p><strong>Warning:</strong> {html.escape(warning)}.</p>")
+    for judge in gold["judges"]:
+        rows = category_rows(gold, judge)
+        if rows:
+            parts.append(f"<h3>By category: {html.escape(short_judge(judge))}</h3>")
+            parts.append(_html_table(category_header(gold), rows))
+    return "\n".join(parts)
+
+
 def write_report(run: Path) -> Path:
     """Write run/report.html and run/report/*.png from what the stage directories hold."""
     run = Path(run)
@@ -120,8 +204,10 @@ def write_report(run: Path) -> Path:
         parts.append(f"<tr><td>{stage}</td><td>{record.get('seconds', 0):.0f}</td><td>{html.escape(figures)}</td></tr>")
     parts.append("</table>")
 
-    if "eval" in records:
-        ev = records["eval"]["metrics"]
+    ev = records.get("eval", {}).get("metrics", {})
+    if "gold" in ev:
+        parts.append(gold_html(ev["gold"]))
+    if "win_rate" in ev:
         parts.append(f"<h2>Evaluation: {html.escape(ev['policy'])} vs {html.escape(ev['baseline'])} "
                      f"on {ev['prompts']} held-out prompts</h2><table><tr><th>figure</th>"
                      f"<th>{html.escape(ev['policy'])}</th><th>{html.escape(ev['baseline'])}</th></tr>")
@@ -130,11 +216,27 @@ def write_report(run: Path) -> Path:
                          f"<td>{html.escape(baseline)}</td></tr>")
         parts.append("</table>")
 
+    logs = {stage: read_jsonl(run / stage / "metrics.jsonl") for stage in records}
     parts.append("<h2>Training curves</h2>")
-    for stage in records:
-        png = plot_stage(stage, read_jsonl(run / stage / "metrics.jsonl"), images)
+    for stage, log in logs.items():
+        png = plot_stage(stage, log, images)
         if png is not None:
             parts.append(f'<img src="report/{png.name}" alt="{stage} training curves">')
+
+    for stage, log in logs.items():
+        points = proxy_gold_points(log)
+        png = plot_proxy_vs_gold(stage, points, images)
+        if png is None:
+            continue
+        parts.append(f"<h2>Proxy reward vs gold score: {html.escape(stage)}</h2>"
+                     f'<img src="report/{png.name}" alt="{html.escape(stage)} proxy reward vs gold score">'
+                     "<p>The proxy reward is what the policy was trained to raise; the gold score comes from a "
+                     "judge that did not train it. Both against sqrt KL to the SFT model: where the proxy keeps "
+                     "rising while the gold score falls, the policy is exploiting the proxy (reward hacking).</p>")
+        message = hacking_message(stage, points)
+        parts.append(f"<p><strong>{html.escape(message)}</strong></p>" if message else
+                     "<p>No reward hacking detected: the smoothed gold score did not fall more than 0.02 below its "
+                     "peak while the proxy rose.</p>")
 
     samples = read_jsonl(run / "eval" / "samples.jsonl")[:MAX_SAMPLES]
     if samples:
