@@ -177,9 +177,15 @@ def cmd_run(args) -> int:
     from align.config import load_recipe
     from align.pipeline import run_recipe
 
+    from align.stages.online_dpo import LabelsPending
+
     recipe = load_recipe(args.recipe, args.overrides)
     check_datasets(recipe, recipe.stages)  # bad rows fail now, not after an hour of SFT
-    run_recipe(recipe, only=args.only, start=args.start)
+    try:
+        run_recipe(recipe, only=args.only, start=args.start)
+    except LabelsPending as waiting:  # not an error: people have pairs to judge before the run can go on
+        print(f"align run: waiting for labels: {waiting}")
+        return 3
     return 0
 
 
@@ -253,15 +259,17 @@ def cmd_ls(args) -> int:
 def cmd_export(args) -> int:
     import time
 
+    from align.config import POLICY_STAGES
     from align.runs import finish_stage, is_finished, load_run_recipe, stage_dir
     from align.stages import export
 
     run = Path(args.run_dir).resolve()
     # The run dir may have been moved, copied or renamed: read its stages from where it is now.
     recipe = load_run_recipe(run).model_copy(update={"output_root": str(run.parent), "name": run.name})
-    inputs = {s: stage_dir(recipe, s) for s in ("sft", "dpo") if is_finished(stage_dir(recipe, s))}
+    # every finished policy stage: export merges the last one, as the recipe's own export stage does
+    inputs = {s: stage_dir(recipe, s) for s in POLICY_STAGES if is_finished(stage_dir(recipe, s))}
     if not inputs:
-        raise FileNotFoundError(f"{args.run_dir}: no finished sft or dpo stage to export")
+        raise FileNotFoundError(f"{args.run_dir}: no finished policy stage ({', '.join(POLICY_STAGES)}) to export")
     stages = [s for s in recipe.stages if s in inputs] + ["export"]
     recipe = recipe.model_copy(update={"stages": stages})
     out = stage_dir(recipe, "export")

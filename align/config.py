@@ -20,10 +20,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
-STAGE_ORDER = ("sft", "reward", "dpo", "ppo", "rloo", "grpo", "eval", "export")
-POLICY_STAGES = ("sft", "dpo", "ppo", "rloo", "grpo")  # stages that produce a chat-model adapter
-ONLINE_STAGES = ("ppo", "rloo", "grpo")  # sample answers and score them with the reward model and/or functions
-StageName = Literal["sft", "reward", "dpo", "ppo", "rloo", "grpo", "eval", "export"]
+STAGE_ORDER = ("sft", "reward", "dpo", "online_dpo", "ppo", "rloo", "grpo", "eval", "export")
+POLICY_STAGES = ("sft", "dpo", "online_dpo", "ppo", "rloo", "grpo")  # stages that produce a chat-model adapter
+# sample answers and score them with the reward model and/or functions
+ONLINE_STAGES = ("online_dpo", "ppo", "rloo", "grpo")
+StageName = Literal["sft", "reward", "dpo", "online_dpo", "ppo", "rloo", "grpo", "eval", "export"]
 
 
 class RecipeError(ValueError):
@@ -157,12 +158,130 @@ class SFTStage(TrlStage):
         return self
 
 
+class JudgeLabelledPairs(Section):
+    """Pairs of the SFT model's own answers, ordered by a judge standing in for human labellers (Gao et al.'s
+    setup: a gold model labels the proxy reward model's training data). Naming the judge here is the recipe
+    saying so explicitly: the report then lists it among the signals that trained the run."""
+
+    judge: str = Field(description="The labelling judge, 'module:function' or 'file.py:function'.")
+    prompts: DataSource = Field(description="Training prompts (with the columns the judge reads, e.g. answer).")
+    samples_per_prompt: int = Field(4, ge=2, description="SFT answers sampled per prompt; best vs worst is a pair.")
+    max_prompts: int | None = Field(None, gt=0, description="Use at most this many prompts; None = all.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the SFT answers.")
+    max_new_tokens: int = Field(48, gt=0, description="Answer length limit in tokens.")
+
+    @field_validator("judge")
+    @classmethod
+    def _importable(cls, value: str) -> str:
+        from align.reward_functions import load_reward_function
+
+        load_reward_function(value)
+        return value
+
+
 class RewardStage(TrlStage):
     trl_config_name: typing.ClassVar[str] = "RewardConfig"
+    judge_labelled_pairs: JudgeLabelledPairs | None = Field(
+        None, description="Add judge-ordered pairs of the SFT model's samples to the training pairs; None = off."
+    )
+    policy_check_prompts: int = Field(
+        128, ge=0, description="Held-out eval prompts on which the reward model ranks the SFT model's own samples "
+        "(needs eval.judges and an sft stage); 0 = off."
+    )
+    policy_check_samples: int = Field(
+        4, ge=2, description="SFT candidates per prompt in that check (best-of-n's n): the greedy answer and n-1 samples."
+    )
+    policy_check_temperature: float = Field(
+        0.7, gt=0, description="Sampling temperature in that check; set it to the online stage's temperature."
+    )
 
 
 class DPOStage(TrlStage):
     trl_config_name: typing.ClassVar[str] = "DPOConfig"
+
+
+class OnlineDPOStage(TrlStage):
+    """On-policy preference rounds (iterative / online DPO): each round the current policy samples answers to
+    training prompts, the reward model and/or reward functions score them, best vs worst become pairs, and DPO
+    (trl DPOTrainer, reference = the policy at the round's start) trains on them with an NLL term on the chosen
+    answer. Any other key goes to trl.DPOConfig (beta, learning_rate, ...)."""
+
+    trl_config_name: typing.ClassVar[str] = "DPOConfig"
+    dataset: DataSource = Field(description="Prompts to answer: prompt, messages, demonstration or preference rows.")
+    rounds: int = Field(2, gt=0, description="Sample -> score -> pair -> train rounds.")
+    prompts_per_round: int = Field(
+        160, gt=0, description="Training prompts answered each round: the same ones every round (a seeded pick)."
+    )
+    samples_per_prompt: int = Field(4, ge=2, description="Candidate answers per prompt; best vs worst is a pair.")
+    include_greedy: bool = Field(
+        True, description="One candidate is the policy's greedy answer, so a pair can keep what it already does well."
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0 = off.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
+    max_new_tokens: int = Field(48, gt=0, description="Answer length limit in tokens.")
+    use_reward_model: bool = Field(True, description="Score answers with this run's reward model.")
+    reward_functions: list[str] = Field(
+        default_factory=list, description="Python reward functions 'module:function' or 'file.py:function'."
+    )
+    reward_weights: list[float] | None = Field(
+        None, description="Weights of the reward model then each function, summed into the score; None = all 1."
+    )
+    relabel_with: str | None = Field(
+        None, description="Iterative RLHF: each round this judge ('module:function', standing in for labellers) "
+        "orders pairs of the round's candidates and the reward model trains on them before it scores the round, so "
+        "it keeps up with what the policy now writes. None = the reward stage's model as it is."
+    )
+    min_score_gap: float = Field(0.0, ge=0, description="Pairs need best - worst score above this (ties dropped).")
+    max_similarity: float = Field(
+        0.9, gt=0, le=1, description="Drop pairs whose texts are this similar (difflib ratio after normalising)."
+    )
+    nll_weight: float = Field(
+        1.0, ge=0, description="Weight of the NLL term on chosen answers (RPO, trl loss_type sft); 0 = plain DPO."
+    )
+    missing_eos_penalty: float = Field(1.0, ge=0, description="Subtracted from the scores of cut-off answers.")
+    kl_samples: int = Field(64, ge=0, description="Answers per round on which KL to the starting policy is measured.")
+    require_trusted_reward_model: bool = Field(
+        True, description="Refuse to run when the reward stage found the reward model no better than chance or "
+        "than greedy at ranking the SFT model's own answers."
+    )
+    label_db: str | None = Field(
+        None, description="People judge each round: its pairs go to this label database (align label --db) and "
+        "the run stops until they are labelled; the next align run trains on the labels. None = the rewards judge."
+    )
+    labels_needed: int | None = Field(
+        None, gt=0, description="With label_db: labelled pairs a round needs before it trains; None = all queued."
+    )
+
+    @model_validator(mode="after")
+    def _check_online(self) -> OnlineDPOStage:
+        if not self.use_reward_model and not self.reward_functions and not self.label_db:
+            raise ValueError("no judge: set use_reward_model: true, list reward_functions, or give label_db")
+        sources = int(self.use_reward_model) + len(self.reward_functions)
+        if self.reward_weights is not None and len(self.reward_weights) != sources:
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {sources} reward sources "
+                             "(the reward model if used, then each reward function)")
+        if self.relabel_with and not self.use_reward_model:
+            raise ValueError("relabel_with trains this run's reward model each round: set use_reward_model: true")
+        if self.relabel_with:
+            from align.reward_functions import load_reward_function
+
+            load_reward_function(self.relabel_with)
+        if self.nll_weight and {"loss_type", "loss_weights"} & set(self.model_extra or {}):
+            raise ValueError("nll_weight sets trl's loss_type [sigmoid, sft] and loss_weights; set nll_weight: 0 "
+                             "to give loss_type / loss_weights yourself")
+        from align.reward_functions import load_reward_function
+
+        for spec in self.reward_functions:
+            load_reward_function(spec)
+        return self
+
+    @property
+    def trl_args(self) -> dict[str, Any]:
+        extra = dict(self.model_extra or {})
+        if self.nll_weight:
+            extra.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, self.nll_weight])
+        return extra
 
 
 class OnlineTrlStage(TrlStage):
@@ -284,7 +403,24 @@ class EvalStage(Section):
     max_prompts: int = Field(64, gt=0, description="Evaluate on at most this many prompts.")
     max_new_tokens: int = Field(64, gt=0, description="Generation length limit per answer.")
     batch_size: int = Field(16, gt=0, description="Prompts generated and scored per batch.")
+    kl_prompts: int = Field(
+        128, gt=0, description="Prompts on which KL to the baseline and reference perplexity are measured (a "
+        "forward pass per prompt and model)."
+    )
     baseline: Literal["sft", "base"] = Field("sft", description="What the final policy is compared against.")
+    judges: list[str] = Field(
+        default_factory=list, description="Gold judges 'module:function' scoring each answer (reward-function "
+        "signature, e.g. align.judges:gold): final, sft and base model are compared on them. They never train."
+    )
+
+    @field_validator("judges")
+    @classmethod
+    def _judges_importable(cls, value: list[str]) -> list[str]:
+        from align.reward_functions import load_reward_function
+
+        for spec in value:
+            load_reward_function(spec)  # a typo fails at load time, not after training
+        return value
 
 
 class ExportStage(Section):
@@ -317,10 +453,11 @@ class Recipe(Section):
     sft: SFTStage | None = Field(None, description="Supervised fine-tuning on demonstrations.")
     reward: RewardStage | None = Field(None, description="Reward model on preference pairs.")
     dpo: DPOStage | None = Field(None, description="Direct preference optimisation on preference pairs.")
+    online_dpo: OnlineDPOStage | None = Field(None, description="On-policy preference rounds judged by rewards.")
     ppo: PPOStage | None = Field(None, description="PPO against the reward model with a KL penalty.")
     rloo: RLOOStage | None = Field(None, description="REINFORCE leave-one-out (trl RLOOTrainer).")
     grpo: GRPOStage | None = Field(None, description="Group relative policy optimisation (trl GRPOTrainer).")
-    eval: EvalStage = Field(default_factory=EvalStage, description="Reward-model win rate of the final policy.")
+    eval: EvalStage = Field(default_factory=EvalStage, description="Gold judges and reward-model win rate.")
     export: ExportStage = Field(default_factory=ExportStage, description="Merged chat model in HF format.")
 
     @field_validator("report_to")

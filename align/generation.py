@@ -159,3 +159,30 @@ def mask_after_eos(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     no_eos = torch.full_like(is_eos[:, 0], steps - 1, dtype=torch.long)
     first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), no_eos)
     return (torch.arange(steps, device=responses.device)[None, :] <= first_eos[:, None]).long()
+
+
+def sample_answers(model, tokenizer, prompts: list[list[dict]], samples_per_prompt: int, max_new_tokens: int,
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, batch_size: int = 64,
+                   progress: bool = False) -> list[list[dict]]:
+    """`samples_per_prompt` sampled answers to each conversational prompt, through align's own decode loop (the
+    rollout sampler): per prompt a list of {"text", "tokens", "ended_with_eos", "token_ids"} like
+    generate_answers'. A prompt's samples are drawn in the same batch, so similar lengths pad little."""
+    from tqdm.auto import tqdm
+
+    from align.data import token_ids
+
+    ids = [token_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    flat = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
+    out: list[list[dict]] = [[] for _ in prompts]
+    eos = tokenizer.eos_token_id
+    for start in tqdm(range(0, len(flat), batch_size), desc="sampling", disable=not progress, leave=False):
+        chunk = flat[start : start + batch_size]
+        _, _, responses, mask = sample_responses(model, [ids[i] for i in chunk], tokenizer.pad_token_id, eos,
+                                                 max_new_tokens, temperature, top_k, top_p)
+        for i, row, row_mask in zip(chunk, responses.tolist(), mask.tolist()):
+            tokens = [t for t, m in zip(row, row_mask) if m]
+            ended = bool(tokens) and tokens[-1] == eos
+            text_tokens = tokens[:-1] if ended else tokens
+            out[i].append({"text": tokenizer.decode(text_tokens, skip_special_tokens=True).strip(),
+                           "tokens": len(text_tokens), "ended_with_eos": ended, "token_ids": tokens})
+    return out

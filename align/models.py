@@ -202,6 +202,22 @@ def load_policy(recipe, adapter_dir: str | Path | None = None, trainable: bool =
     return get_peft_model(base, lora_config(recipe.lora, "CAUSAL_LM"))
 
 
+def load_sampler(recipe, adapter_dir: str | Path | None):
+    """The policy of `adapter_dir` for sampling only: the LoRA merged into the loaded base (a 16/32-bit one; a 4-bit
+    base keeps its adapter, merging would requantise it), which decodes about 1.3x faster on the 2-core CPU than
+    running the adapter beside every layer. Never train or score log-probs with it: load_policy does that."""
+    from transformers import AutoModelForCausalLM
+
+    if adapter_dir is None:
+        path = resolve_model_path(recipe.model.name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(recipe.model, recipe.quantization))
+    else:
+        model = load_policy(recipe, adapter_dir=adapter_dir, trainable=False)
+        if not recipe.quantization.load_in_4bit:
+            model = model.merge_and_unload()
+    return on_this_process_device(model).eval()
+
+
 def sync_special_tokens(model, tokenizer) -> None:
     """Make the model's config and generation config agree with the tokenizer on pad/EOS."""
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from align.config import Recipe, RecipeError, recipe_to_yaml
+from align.config import ONLINE_STAGES, Recipe, RecipeError, recipe_to_yaml
 from align.runs import (
     TRL_STAGES, finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, trl_args, versions,
     write_json_atomic, write_text_atomic,
@@ -18,21 +18,24 @@ BARRIER_TIMEOUT_HOURS = 3
 # What each stage reads from earlier stages (besides the recipe).
 NEEDS = {
     "sft": (),
-    "reward": (),
+    "reward": ("sft",),  # samples of the SFT model: judge-labelled pairs and the on-policy check
     "dpo": ("sft",),
-    "ppo": ("sft", "dpo", "reward"),
-    "rloo": ("sft", "dpo", "ppo", "reward"),
-    "grpo": ("sft", "dpo", "ppo", "rloo", "reward"),
-    "eval": ("reward", "sft", "dpo", "ppo", "rloo", "grpo"),
-    "export": ("sft", "dpo", "ppo", "rloo", "grpo"),
+    "online_dpo": ("sft", "dpo", "reward"),
+    "ppo": ("sft", "dpo", "online_dpo", "reward"),
+    "rloo": ("sft", "dpo", "online_dpo", "ppo", "reward"),
+    "grpo": ("sft", "dpo", "online_dpo", "ppo", "rloo", "reward"),
+    "eval": ("reward", "sft", "dpo", "online_dpo", "ppo", "rloo", "grpo"),
+    "export": ("sft", "dpo", "online_dpo", "ppo", "rloo", "grpo"),
 }
-TRAINING_STAGES = ("sft", "reward", "dpo", "ppo", "rloo", "grpo")  # run on every process under accelerate launch
+# run on every process under accelerate launch
+TRAINING_STAGES = ("sft", "reward", "dpo", "online_dpo", "ppo", "rloo", "grpo")
 
 
 def stage_function(stage: str):
-    from align.stages import dpo, evaluate, export, group_rl, ppo, reward, sft
+    from align.stages import dpo, evaluate, export, group_rl, online_dpo, ppo, reward, sft
 
-    return {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "ppo": ppo.run, "rloo": group_rl.run_rloo,
+    return {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "online_dpo": online_dpo.run, "ppo": ppo.run,
+            "rloo": group_rl.run_rloo,
             "grpo": group_rl.run_grpo, "eval": evaluate.run, "export": export.run}[stage]
 
 
@@ -137,17 +140,53 @@ def run_recipe(recipe: Recipe, only: str | None = None, start: str | None = None
     return records
 
 
+def _fraction(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def summary(recipe: Recipe, records: dict) -> str:
+    from align.eval_metrics import gold_lines, hacking_message
+    from align.report import proxy_gold_points, read_jsonl
+
     lines = ["", f"== {recipe.name}: {run_dir(recipe)} =="]
     for stage, record in records.items():
-        lines.append(f"  {stage:<7} {record['seconds']:>7.0f}s")
+        lines.append(f"  {stage:<10} {record['seconds']:>7.0f}s")
     reward = records.get("reward", {}).get("metrics", {})
     if "heldout_accuracy" in reward:
         lines.append(
             f"  reward model held-out pairwise accuracy: {reward['heldout_accuracy']:.3f} "
             f"({reward['heldout_pairs']} pairs, mean margin {reward['heldout_mean_margin']:.2f})"
         )
+    if "policy_check_accuracy" in reward:
+        lines.append(
+            f"  reward model on the SFT model's own answers ({reward['policy_check_prompts']} held-out prompts, "
+            f"{reward['policy_check_judge']}): ranks the better one higher "
+            f"{_fraction(reward['policy_check_accuracy'])} of {reward['policy_check_pairs']} pairs; "
+            f"best-of-{reward['policy_check_n']} {reward['policy_check_best_of_n']:.3f} vs greedy "
+            f"{reward['policy_check_greedy']:.3f}" + ("" if reward["policy_check_trusted"] else "  (NOT trusted)"))
+        lines.append(
+            f"  headroom on held-out prompts: SFT pass@1 {reward['policy_check_pass_at_1']:.3f}, "
+            f"pass@{reward['policy_check_n']} {reward['policy_check_pass_at_n']:.3f}"
+            + (f"; on training prompts pass@1 {reward['train_prompts_pass_at_1']:.3f}, "
+               f"pass@{reward['train_prompts_n']} {reward['train_prompts_pass_at_n']:.3f}"
+               if "train_prompts_pass_at_1" in reward else ""))
+    online = records.get("online_dpo", {}).get("metrics", {})
+    if "log" in online:
+        for row in online["log"]:
+            lines.append(
+                f"  online_dpo {row['policy']:<8} reward {row['reward_mean']:7.3f}"
+                + (f"  gold {row['gold_mean']:.3f}" if "gold_mean" in row else "")
+                + f"  KL {row['kl']:.3f}" + (f"  -> {row['round_pairs']} pairs" if "round_pairs" in row else ""))
+        if online.get("likelihood_displacement"):
+            lines.append(f"  online_dpo: {online['likelihood_displacement']}")
+    for stage in ONLINE_STAGES:
+        if stage in records:
+            message = hacking_message(stage, proxy_gold_points(read_jsonl(stage_dir(recipe, stage) / "metrics.jsonl")))
+            if message:
+                lines.append(f"  {message}")
     ev = records.get("eval", {}).get("metrics", {})
+    if "gold" in ev:
+        lines.extend(gold_lines(ev["gold"]))
     if "win_rate" in ev:
         lines.append(
             f"  {ev['policy']} win rate vs {ev['baseline']} (reward model, {ev['prompts']} held-out prompts): "

@@ -185,6 +185,8 @@ GROUPED = {"train_sampling_strategy": "group_by_length"}
 # training (precompute_ref_log_probs), not again in every step.
 TRL_EXTRA_DEFAULTS = {"sft": {"completion_only_loss": True, **GROUPED}, "reward": GROUPED,
                       "dpo": {**GROUPED, "precompute_ref_log_probs": True},
+                      # one DPOTrainer per round on that round's pairs: a few dozen short pairs, so log every step
+                      "online_dpo": {**GROUPED, "precompute_ref_log_probs": True, "logging_steps": 1},
                       "rloo": ONLINE_DEFAULTS,
                       "grpo": ONLINE_DEFAULTS}
 TRL_STAGES = tuple(TRL_EXTRA_DEFAULTS)
@@ -198,7 +200,8 @@ def trl_args(recipe: Recipe, stage: str, directory: Path):
     stage before the first one trains, so TRL's own cross-field checks fail at start, not mid-run."""
     import trl
 
-    cls = {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig, "rloo": trl.RLOOConfig,
+    cls = {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig, "online_dpo": trl.DPOConfig,
+           "rloo": trl.RLOOConfig,
            "grpo": trl.GRPOConfig}[stage]
     section = getattr(recipe, stage)
     settings = dict(section.trl_args)

@@ -10,3 +10,14 @@ def letter_e_fraction(prompts, completions, **columns):
 def says_expected(prompts, completions, expected):
     """1 when the answer contains the row's `expected` column: a verifiable reward reading a dataset column."""
     return [float(str(e) in c[0]["content"]) for c, e in zip(completions, expected)]
+
+
+def answer_length(prompts, completions, **columns):
+    """A proxy that rewards length alone (characters / 10): what a reward model that learned 'longer is better'
+    would hand out."""
+    return [len(c[0]["content"]) / 10 for c in completions]
+
+
+def brevity(prompts, completions, **columns):
+    """A gold judge that wants short answers: 1 for an empty answer, falling to 0 at 60 characters."""
+    return [max(0.0, 1 - len(c[0]["content"]) / 60) for c in completions]

@@ -1,11 +1,17 @@
-"""Does alignment show? The final policy and its baseline answer the same held-out prompts; the reward model
+"""Does alignment show? First by gold judges that did not train the model (eval.judges, e.g. align.judges:gold
+checking each answer against the held-out answer key): the final policy, the SFT model and the untouched base
+answer the same held-out prompts, each judge's pass rate gets a 95% interval, and the final policy's paired
+difference to SFT and to base a paired test (exact McNemar for 0/1 verdicts) and its interval, per category too.
+
+Then by the reward model, a proxy: the final policy and its baseline answer the same held-out prompts; the reward model
 scores both; the figure is the policy's win rate (ties count half, with a 95% Wilson interval), with mean rewards
 and their gap, and how far the policy moved from its baseline: KL(policy || baseline) summed over the policy's own
 answer tokens. Beside it, the signs of reward hacking and degeneration: answer lengths and their correlation with
 the reward, EOS and repetition rates; perplexity of the held-out chosen answers (demonstrations) under each model;
 BLEU and ROUGE-L against those answers; and the reward model's own held-out pairwise accuracy.
 
-One base carries both chat adapters (switched per model), and the reward model is loaded beside it.
+One base carries the chat adapters (switched per model; adapters off for the base), and the reward model is loaded
+beside it.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ import json
 from pathlib import Path
 
 from align.config import Recipe
-from align.data import load_preferences, token_ids
+from align.data import load_preferences, load_prompts, token_ids
 from align.generation import generate_answers
 from align.models import load_kwargs, load_tokenizer, on_this_process_device, resolve_model_path
-from align.eval_metrics import comparison_figures
+from align.eval_metrics import comparison_figures, paired_difference, pass_rate
+from align.onpolicy import judge_scores
 from reward import load_reward_model, pairwise_accuracy, score_conversations
 
 
@@ -29,21 +36,28 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     cfg = recipe.eval
     policy_stage = recipe.policy_stage()
     set_seed(recipe.seed)
+    # which models answer: the final policy, its reward-model baseline, and for the gold judges sft and base too
+    names = ["policy", "sft", "base"] if cfg.judges else ["policy", cfg.baseline]
+    if "sft" not in recipe.stages or policy_stage == "sft":
+        names = [n for n in names if n != "sft"]
 
-    # --- data: prompts the models did not train on
+    # --- data: prompts the models did not train on, with the columns the judges read (e.g. the answer key)
     tokenizer = load_tokenizer(recipe.model)
     rows, where = load_preferences(cfg.dataset)
     rows = rows[: cfg.max_prompts]
+    prompt_rows = load_prompts(cfg.dataset)[0][: cfg.max_prompts]
     prompts = [r["prompt"] for r in rows]
     references = [r["chosen"][0]["content"] for r in rows]  # the preferred answer: a held-out demonstration
+    print(f"[eval] {len(prompts)} held-out prompts from {where}; models: "
+          f"{', '.join(policy_stage if n == 'policy' else n for n in names)}")
 
     # --- models
     path = resolve_model_path(recipe.model.name_or_path)
     kwargs = load_kwargs(recipe.model, recipe.quantization)
     base = on_this_process_device(AutoModelForCausalLM.from_pretrained(path, **kwargs))
     chat = PeftModel.from_pretrained(base, str(inputs[policy_stage] / "adapter"), adapter_name="policy")
-    if cfg.baseline == "sft":
-        chat.load_adapter(str(inputs["sft"] / "adapter"), adapter_name="baseline")
+    if "sft" in names:
+        chat.load_adapter(str(inputs["sft"] / "adapter"), adapter_name="sft")
     chat.eval()
     reward_model = on_this_process_device(load_reward_model(
         path, kwargs, tokenizer.pad_token_id, adapter_dir=inputs["reward"] / "adapter", trainable=False
@@ -51,8 +65,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
     # --- generate and score
     answers = {}
-    for name in ("policy", "baseline"):
-        with use_model(chat, name, cfg.baseline):
+    for name in names:
+        with use_model(chat, name):
             answers[name] = generate_answers(chat, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, True)
     rewards = {
         name: score_conversations(
@@ -62,9 +76,18 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         )
         for name, outs in answers.items()
     }
+    gold = {}
+    if cfg.judges:
+        columns = {k: [r.get(k) for r in prompt_rows] for k in {k for r in prompt_rows for k in r if k != "prompt"}}
+        verdicts = {name: judge_scores(cfg.judges, prompts, [a["text"] for a in outs], columns)
+                    for name, outs in answers.items()}
+        gold = gold_comparison(recipe, verdicts, columns.get("category"))
 
-    kl = answer_kl(chat, tokenizer, prompts, answers["policy"], cfg.baseline)
-    perplexities = {name: perplexity(chat, tokenizer, prompts, references, name, cfg.baseline) for name in answers}
+    pair = {"policy": "policy", "baseline": cfg.baseline}  # the reward-model comparison's two sides
+    few = slice(0, cfg.kl_prompts)  # one forward pass per prompt and model: not needed on every prompt
+    kl = answer_kl(chat, tokenizer, prompts[few], answers["policy"][few], cfg.baseline)
+    perplexities = {side: perplexity(chat, tokenizer, prompts[few], references[few], name)
+                    for side, name in pair.items()}
     reward_accuracy = pairwise_accuracy(reward_model, tokenizer, rows, cfg.batch_size)
 
     # --- save
@@ -73,31 +96,89 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             fh.write(json.dumps({
                 "prompt": prompt,
                 **{f"{n}_answer": answers[n][i]["text"] for n in answers},
+                # the reward-model comparison's baseline under one name, as `align eval` writes it for the report
+                "baseline_answer": answers[cfg.baseline][i]["text"], "baseline_reward": rewards[cfg.baseline][i],
                 **{f"{n}_reward": rewards[n][i] for n in rewards},
                 **{f"{n}_tokens": answers[n][i]["tokens"] for n in answers},
+                **{f"{n}_{judge.rpartition(':')[2]}": verdicts[n][judge][i] for n in answers for judge in cfg.judges},
                 "reference": references[i],
             }) + "\n")
-    figures = comparison_figures(answers, rewards, references, perplexities, kl, reward_accuracy)
+    figures = comparison_figures({side: answers[name] for side, name in pair.items()},
+                                 {side: rewards[name] for side, name in pair.items()},
+                                 references, perplexities, kl, reward_accuracy)
     metrics = {"policy": policy_stage, "baseline": cfg.baseline, "prompts": len(prompts), **figures}
+    if gold:
+        metrics["gold"] = gold
     return metrics
 
 
-def use_model(chat, name: str, baseline: str):
-    """Switch the shared base to `name`'s adapter; the 'base' baseline is the base with adapters off."""
+def training_signals(recipe: Recipe) -> list[str]:
+    """What trained this run's policy, in words, with every judge or function named, so the report can say which
+    signals trained and which judged (and whether a judge did both)."""
+    signals = []
+    if "sft" in recipe.stages:
+        signals.append(f"sft: demonstrations ({recipe.sft.dataset.describe()})")
+    if "reward" in recipe.stages:
+        labelled = recipe.reward.judge_labelled_pairs
+        signals.append(f"reward model: pairs ({recipe.reward.dataset.describe()})"
+                       + (f" + SFT samples labelled by {labelled.judge}" if labelled else ""))
+    if "dpo" in recipe.stages:
+        signals.append(f"dpo: pairs ({recipe.dpo.dataset.describe()})")
+    for stage in ("online_dpo", "ppo", "rloo", "grpo"):
+        if stage in recipe.stages:
+            section = getattr(recipe, stage)
+            sources = (["reward model"] if section.use_reward_model else []) + list(section.reward_functions)
+            if getattr(section, "relabel_with", None):
+                sources[0] += f" (retrained each round on the policy's answers ordered by {section.relabel_with})"
+            if getattr(section, "label_db", None):
+                sources.append(f"people's labels ({section.label_db})")
+            signals.append(f"{stage}: {' + '.join(sources)}")
+    return signals
+
+
+def gold_comparison(recipe: Recipe, verdicts: dict[str, dict[str, list[float]]], categories: list | None) -> dict:
+    """Pass rates (95% Wilson) of every model on every judge, the final policy's paired difference to sft and to
+    base (exact McNemar for 0/1 verdicts, else a paired bootstrap), and pass rates per category."""
+    judges = recipe.eval.judges
+    final = recipe.policy_stage()
+    label = {"policy": final, "sft": "sft", "base": "base"}
+    models = [label[n] for n in verdicts]
+    trained = training_signals(recipe)
+    trained_specs = " ".join(trained)
+    gold = {"judges": judges, "models": models, "prompts": len(next(iter(verdicts.values()))[judges[0]]),
+            "trained_by": trained, "judged_by": list(judges) + ["reward model (win rate: a proxy)"],
+            "not_independent": [j for j in judges if j in trained_specs],
+            "pass_rates": {}, "paired": {}, "categories": {}}
+    for judge in judges:
+        gold["pass_rates"][judge] = {label[n]: pass_rate(v[judge]) for n, v in verdicts.items()}
+        gold["paired"][judge] = {f"vs_{other}": paired_difference(verdicts["policy"][judge], verdicts[other][judge])
+                                 for other in ("sft", "base") if other in verdicts}
+        if categories:
+            table = {}
+            for category in sorted({c for c in categories if c is not None}):
+                index = [i for i, c in enumerate(categories) if c == category]
+                table[category] = {label[n]: sum(v[judge][i] for i in index) / len(index) for n, v in verdicts.items()}
+                table[category]["n"] = len(index)
+            gold["categories"][judge] = table
+    return gold
+
+
+def use_model(chat, name: str):
+    """Switch the shared base to `name`'s adapter; 'base' is the base with adapters off."""
     import contextlib
 
-    if name == "baseline" and baseline == "base":
+    if name == "base":
         return chat.disable_adapter()
     chat.set_adapter(name)
     return contextlib.nullcontext()
 
 
-def perplexity(chat, tokenizer, prompts: list[list[dict]], answers: list[str], name: str, baseline: str) -> float:
+def perplexity(chat, tokenizer, prompts: list[list[dict]], answers: list[str], name: str) -> float:
     """exp(mean negative log-likelihood per answer token) of reference answers after their prompts, over the
     tokens the chat template adds for the assistant turn (what SFT trains on), under model `name`."""
     from align.compare import reference_perplexity
 
-    with use_model(chat, name, baseline):
+    with use_model(chat, name):
         return reference_perplexity(chat, tokenizer, prompts, answers, token_ids)
 
 
@@ -107,7 +188,7 @@ def answer_kl(chat, tokenizer, prompts: list[list[dict]], answers: list[dict], b
     from align.compare import kl_along_answers, sequence_logprobs
 
     def logprobs_of(name, ids, start):
-        with use_model(chat, name, baseline):
+        with use_model(chat, "policy" if name == "policy" else baseline):
             return sequence_logprobs(chat, ids, start)
 
     return kl_along_answers(logprobs_of, tokenizer, prompts, answers, token_ids)

@@ -107,13 +107,16 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
 
 def model_card(recipe: Recipe, policy_stage: str, stage_metrics: dict, answers: list[dict], prompts) -> str:
-    from align.report import evaluation_markdown
+    from align.report import evaluation_markdown, gold_markdown
 
     samples = "\n".join(f"- **{p[0]['content']}** {a['text']}" for p, a in zip(prompts, answers))
     figures = "\n".join(f"- `{stage}`: `{json.dumps(m, default=str)}`" for stage, m in stage_metrics.items())
     ev = stage_metrics.get("eval", {})
     evaluation = (f"\n## Evaluation\n{ev['prompts']} held-out prompts, judged by this run's reward model:\n\n"
                   f"{evaluation_markdown(ev)}\n") if "win_rate" in ev else ""
+    if "gold" in ev:  # first: judges that did not train the model
+        evaluation = (f"\n## Gold judges\n{ev['gold']['prompts']} held-out prompts; pass rate [95% interval], "
+                      f"paired difference [95% interval] and p-value:\n\n{gold_markdown(ev['gold'])}\n{evaluation}")
     return f"""---
 library_name: transformers
 tags: [align, rlhf, {policy_stage}, lora-merged]

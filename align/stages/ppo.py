@@ -33,6 +33,7 @@ from align.models import (
     load_kwargs, load_tokenizer, lora_config, on_this_process_device, resolve_model_path, sync_special_tokens,
     torch_dtype,
 )
+from align.onpolicy import judge_scores
 from align.reward_functions import call_reward_function, load_reward_function
 from align.rl import (
     AdaptiveKLController, FixedKLController, RunningMoments, gae, masked_mean, masked_whiten,
@@ -65,6 +66,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                         f"{cfg.max_prompt_length} tokens ({len(too_long)} in all); raise it or drop them")
     columns = {k: [row.get(k) for row in rows] for k in {k for row in rows for k in row if k != "prompt"}}
     reward_functions = [(spec, load_reward_function(spec)) for spec in cfg.reward_functions]
+    judges = recipe.eval.judges  # watch only, whether or not an eval stage runs
     weights = cfg.reward_weights or [1.0] * (int(cfg.use_reward_model) + len(reward_functions))
     print(f"[ppo] {len(rows)} prompts from {where}")
 
@@ -145,6 +147,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         for spec, function in reward_functions:
             parts.append(call_reward_function(function, spec, prompts, texts, batch_columns))
         raw_scores = sum(w * torch.tensor(p, dtype=torch.float32) for w, p in zip(weights, parts)).to(state.device)
+        # the gold judge watches (logged beside the proxy reward, never trained on): reward hacking shows as a gap
+        gold = judge_scores(judges[:1], prompts, texts, batch_columns).get(judges[0]) if judges else None
         scores = raw_scores.clone()
         if cfg.missing_eos == "penalty":
             scores = torch.where(ended, scores, scores - cfg.missing_eos_penalty)
@@ -217,6 +221,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             "eos_fraction": ended.float().mean().item(),
             "value_mean": masked_mean(old_values, mask).item(),
             "rollout_tokens_per_second": mask.sum().item() / max(rollout_seconds, 1e-9),
+            **({"gold_mean": sum(gold) / len(gold)} if gold is not None else {}),
             **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
         }
         metrics = mean_over_processes(local, state)

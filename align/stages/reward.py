@@ -1,7 +1,12 @@
 """Reward model on preference pairs (trl RewardTrainer): the base with a LoRA adapter and a scalar score head.
 
-Afterwards its pairwise accuracy is measured on held-out pairs (the eval dataset), the figure that says whether
-the reward model can be trusted to judge the policy.
+With `judge_labelled_pairs` the training pairs also include the SFT model's own samples on training prompts,
+ordered by a judge standing in for human labellers, so the reward model sees answers like the policy's.
+
+Afterwards its pairwise accuracy is measured on held-out pairs (the eval dataset), and, when the recipe has gold
+judges (eval.judges), on what it will actually judge: pairs of the SFT model's own samples on held-out prompts
+ordered by the first gold judge, with best-of-n against greedy. Easy offline pairs (rude against polite) say
+little about that; these figures say whether an online stage can trust the reward model.
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from align.config import Recipe
-from align.data import check_lengths, load_preferences, to_dataset
-from align.models import load_kwargs, load_tokenizer, lora_config, resolve_model_path
+from align.data import check_lengths, load_preferences, load_prompts, to_dataset
+from align.generation import generate_answers, sample_answers
+from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config, resolve_model_path
+from align.onpolicy import build_pairs, flatten, headroom, judge_scores, proxy_scores, ranking_accuracy, regroup
 from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter, trl_args
 from reward import load_reward_model, pairwise_accuracy
 
@@ -34,6 +41,11 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         check_lengths(evaluation, tokenizer, args.max_length, eval_where, ("chosen", "rejected"))
     # RewardTrainer drops (not truncates) pairs longer than max_length: say how many.
     print(f"[reward] {len(train)} pairs from {where}; {lengths['truncated']} longer than max_length are skipped")
+    metrics = {}
+    if cfg.judge_labelled_pairs:
+        pairs, labelled = judge_labelled_pairs(recipe, inputs, tokenizer)
+        train = train + [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
+        metrics.update(labelled)
 
     # --- model
     model = load_reward_model(
@@ -57,13 +69,82 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
     # --- train
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
-    metrics = {"train_loss": result.training_loss, "train_pairs": len(train), "skipped_pairs": lengths["truncated"]}
+    metrics.update({"train_loss": result.training_loss, "train_pairs": len(train),
+                    "skipped_pairs": lengths["truncated"]})
+    model.eval()
     if evaluation:
-        model.eval()
         held_out = pairwise_accuracy(model, tokenizer, evaluation, args.per_device_eval_batch_size)
         metrics.update({f"heldout_{k}": v for k, v in held_out.items()})
         print(f"[reward] held-out pairwise accuracy {held_out['accuracy']:.3f} on {held_out['pairs']} pairs")
+    if cfg.policy_check_prompts and recipe.eval.judges:
+        metrics.update(policy_check(recipe, inputs, tokenizer, model))
 
     # --- save
     save_adapter(trainer, out / "adapter")
     return metrics
+
+
+def starting_policy(recipe: Recipe, inputs: dict):
+    """The SFT model (the base without an SFT stage), for sampling."""
+    return load_sampler(recipe, inputs["sft"] / "adapter" if "sft" in inputs else None)
+
+
+def judge_labelled_pairs(recipe: Recipe, inputs: dict, tokenizer) -> tuple[list[dict], dict]:
+    """Pairs of the SFT model's own samples on training prompts, best vs worst by the recipe's labelling judge,
+    and how much room those samples show: pass@1 against pass@n under that judge."""
+    spec = recipe.reward.judge_labelled_pairs
+    rows, where = load_prompts(spec.prompts)
+    rows = rows[: spec.max_prompts]
+    policy = starting_policy(recipe, inputs)
+    samples = sample_answers(policy, tokenizer, [r["prompt"] for r in rows], spec.samples_per_prompt,
+                             spec.max_new_tokens, spec.temperature, progress=True)
+    del policy
+    prompts, texts, columns = flatten(rows, samples)
+    scores = regroup(judge_scores([spec.judge], prompts, texts, columns)[spec.judge], samples)
+    pairs, counts = build_pairs([r["prompt"] for r in rows], samples, scores)
+    room = headroom(scores)
+    print(f"[reward] {counts['pairs']} judge-labelled pairs from {spec.samples_per_prompt} SFT samples on "
+          f"{len(rows)} prompts of {where} ({counts['ties']} ties, {counts['near_identical']} near-identical "
+          f"dropped); {spec.judge}: pass@1 {room['pass_at_1']:.3f}, pass@{room['n']} {room['pass_at_n']:.3f}")
+    return pairs, {"judge_labelled_pairs": counts["pairs"], "judge_labelled_ties": counts["ties"],
+                   "judge_labelled_near_identical": counts["near_identical"], "judge_labelled_by": spec.judge,
+                   "train_prompts_pass_at_1": room["pass_at_1"], "train_prompts_pass_at_n": room["pass_at_n"],
+                   "train_prompts_n": room["n"]}
+
+
+def policy_check(recipe: Recipe, inputs: dict, tokenizer, reward_model) -> dict:
+    """Can the reward model judge the policy's own answers? On held-out prompts: n candidate SFT answers (the
+    greedy one and n-1 samples, as an online round has them), the first gold judge's verdicts, the reward model's
+    ranking accuracy over every candidate pair the judge separates, and best-of-n (the judge's score of the reward
+    model's pick) against greedy: above greedy only if its picks among the samples beat what greedy had."""
+    cfg, judge = recipe.reward, recipe.eval.judges[0]
+    rows, where = load_prompts(recipe.eval.dataset)
+    rows = rows[: min(cfg.policy_check_prompts, recipe.eval.max_prompts)]
+    prompts = [r["prompt"] for r in rows]
+    policy = starting_policy(recipe, inputs)
+    greedy = generate_answers(policy, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size)
+    # the candidates an online round chooses among: the greedy answer and n-1 samples
+    samples = sample_answers(policy, tokenizer, prompts, cfg.policy_check_samples - 1, recipe.eval.max_new_tokens,
+                             cfg.policy_check_temperature)
+    samples = [[first, *rest] for first, rest in zip(greedy, samples)]
+    del policy
+    flat_prompts, texts, columns = flatten(rows, samples)
+    gold = regroup(judge_scores([judge], flat_prompts, texts, columns)[judge], samples)
+    greedy_gold = judge_scores([judge], prompts, [a["text"] for a in greedy],
+                               {k: [r.get(k) for r in rows] for k in columns})[judge]
+    proxy = proxy_scores(reward_model, tokenizer, rows, samples, [], None, 0.0)
+    ranking, room = ranking_accuracy(proxy, gold), headroom(gold)
+    greedy_pass = sum(greedy_gold) / len(greedy_gold)
+    trusted = ranking["accuracy"] is not None and ranking["accuracy"] > 0.5 and ranking["best_of_n"] > greedy_pass
+    print(f"[reward] on the SFT model's own answers (temperature {cfg.policy_check_temperature}) to {len(rows)} "
+          f"held-out prompts ({where}, judged by {judge}): "
+          f"ranks the right one higher {ranking['accuracy'] or float('nan'):.3f} of {ranking['pairs']} pairs; "
+          f"best-of-{room['n']} {ranking['best_of_n']:.3f} vs greedy {greedy_pass:.3f} "
+          f"(pass@1 {room['pass_at_1']:.3f}, pass@{room['n']} {room['pass_at_n']:.3f})"
+          + ("" if trusted else "; NOT better than chance and greedy: an online stage should not trust it"))
+    return {"policy_check_judge": judge, "policy_check_prompts": len(rows), "policy_check_pairs": ranking["pairs"],
+            "policy_check_accuracy": ranking["accuracy"], "policy_check_best_of_n": ranking["best_of_n"],
+            "policy_check_greedy": greedy_pass, "policy_check_pass_at_1": room["pass_at_1"],
+            "policy_check_pass_at_n": room["pass_at_n"], "policy_check_n": room["n"],
+            "policy_check_temperature": cfg.policy_check_temperature,
+            "policy_check_trusted": trusted}

@@ -1,0 +1,125 @@
+"""On-policy preference data: score a policy's own sampled answers, and turn each prompt's samples into a
+(best, worst) pair. Shared by the online_dpo stage (pairs judged by the reward model) and the reward stage
+(pairs of the SFT model's samples ordered by a judge, and the check that the reward model ranks such samples).
+
+Pure functions over lists, apart from `proxy_scores`, which runs the reward model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from align.reward_functions import call_reward_function, load_reward_function
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, punctuation and runs of spaces dropped: "Paris." and "paris" are the same answer."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def near_identical(a: str, b: str, max_similarity: float) -> bool:
+    """Texts too alike to teach a preference: equal once normalised, or a difflib ratio of max_similarity or
+    more (a pair differing in one word of a long answer mostly teaches noise)."""
+    a, b = normalise_text(a), normalise_text(b)
+    return a == b or difflib.SequenceMatcher(None, a, b).ratio() >= max_similarity
+
+
+def build_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: list[list[float]],
+                min_score_gap: float = 0.0, max_similarity: float = 0.9) -> tuple[list[dict], dict]:
+    """Per prompt: its highest-scored sample as chosen against its lowest-scored one as rejected. A prompt gives
+    no pair when the gap is not above min_score_gap (a tie) or when every lowest-scored sample is near-identical
+    to the chosen one. Among equal best scores the first sample wins; among equal worst, the first that differs
+    enough from the chosen. Returns (pairs as preference rows, counts of what was dropped and why)."""
+    pairs, counts = [], {"prompts": len(prompts), "pairs": 0, "ties": 0, "near_identical": 0}
+    for prompt, answers, values in zip(prompts, samples, scores):
+        best = max(range(len(values)), key=lambda i: (values[i], -i))
+        lowest = min(values)
+        if values[best] - lowest <= min_score_gap:
+            counts["ties"] += 1
+            continue
+        worst = next((i for i, v in enumerate(values) if v == lowest
+                      and not near_identical(answers[best]["text"], answers[i]["text"], max_similarity)), None)
+        if worst is None:
+            counts["near_identical"] += 1
+            continue
+        pairs.append({"prompt": prompt,
+                      "chosen": [{"role": "assistant", "content": answers[best]["text"]}],
+                      "rejected": [{"role": "assistant", "content": answers[worst]["text"]}],
+                      "chosen_score": values[best], "rejected_score": lowest})
+    counts["pairs"] = len(pairs)
+    return pairs, counts
+
+
+def judge_scores(specs: list[str], prompts: list[list[dict]], texts: list[str], columns: dict[str, list]
+                 ) -> dict[str, list[float]]:
+    """Each judge's (or reward function's) score of each answer; `columns` are the prompt rows' other fields
+    (e.g. the answer key), one entry per answer."""
+    return {spec: call_reward_function(load_reward_function(spec), spec, prompts, texts, columns) for spec in specs}
+
+
+def flatten(rows: list[dict], samples: list[list[dict]]) -> tuple[list[list[dict]], list[str], dict[str, list]]:
+    """(prompt, text, columns) per sample, in prompt order: what reward functions and judges take."""
+    prompts, texts, columns = [], [], {}
+    keys = sorted({k for row in rows for k in row if k != "prompt"})
+    for row, answers in zip(rows, samples):
+        for answer in answers:
+            prompts.append(row["prompt"])
+            texts.append(answer["text"])
+            for k in keys:
+                columns.setdefault(k, []).append(row.get(k))
+    return prompts, texts, columns
+
+
+def regroup(values: list[float], samples: list[list[dict]]) -> list[list[float]]:
+    """Flat per-sample values back into one list per prompt."""
+    out, at = [], 0
+    for answers in samples:
+        out.append(values[at : at + len(answers)])
+        at += len(answers)
+    return out
+
+
+def proxy_scores(reward_model, tokenizer, rows: list[dict], samples: list[list[dict]], functions: list[str],
+                 weights: list[float] | None, missing_eos_penalty: float, batch_size: int = 32) -> list[list[float]]:
+    """The training signal of a sample: weighted sum of the reward model's score (when given) and each reward
+    function's, minus missing_eos_penalty for answers cut off before their end."""
+    from reward import score_conversations
+
+    prompts, texts, columns = flatten(rows, samples)
+    parts = []
+    if reward_model is not None:
+        conversations = [p + [{"role": "assistant", "content": t or " "}] for p, t in zip(prompts, texts)]
+        parts.append(score_conversations(reward_model, tokenizer, conversations, batch_size))
+    parts.extend(judge_scores(functions, prompts, texts, columns).values())
+    weights = weights or [1.0] * len(parts)
+    ended = [a["ended_with_eos"] for answers in samples for a in answers]
+    total = [sum(w * part[i] for w, part in zip(weights, parts)) - (0.0 if ended[i] else missing_eos_penalty)
+             for i in range(len(texts))]
+    return regroup(total, samples)
+
+
+def ranking_accuracy(proxy: list[list[float]], gold: list[list[float]]) -> dict:
+    """How often the proxy orders two samples of one prompt as the gold judge does, over every pair the gold
+    judge separates (ties in the proxy count half); and best-of-n: the gold score of the proxy's pick."""
+    agree, pairs = 0.0, 0
+    picked = []
+    for p, g in zip(proxy, gold):
+        for i in range(len(g)):
+            for j in range(len(g)):
+                if g[i] > g[j]:
+                    pairs += 1
+                    agree += 1.0 if p[i] > p[j] else 0.5 if p[i] == p[j] else 0.0
+        picked.append(g[max(range(len(p)), key=lambda i: (p[i], -i))])
+    return {"accuracy": agree / pairs if pairs else None, "pairs": pairs,
+            "best_of_n": sum(picked) / len(picked) if picked else None}
+
+
+def headroom(gold: list[list[float]], threshold: float = 0.5) -> dict:
+    """pass@1 (a sample's chance of passing, averaged over prompts) against pass@n (some sample passes) and the
+    share of prompts whose samples disagree: the room preference learning has above the model's average."""
+    n = len(gold)
+    return {"pass_at_1": sum(sum(v > threshold for v in g) / len(g) for g in gold) / n,
+            "pass_at_n": sum(any(v > threshold for v in g) for g in gold) / n,
+            "mixed_prompts": sum(len({v > threshold for v in g}) > 1 for g in gold), "prompts": n,
+            "n": len(gold[0]) if gold else 0}

@@ -1,0 +1,398 @@
+"""On-policy preference rounds (iterative / online DPO, Guo et al. 2024; Pang et al. 2024).
+
+Round r: the current policy writes `samples_per_prompt` candidate answers to `prompts_per_round` training
+prompts (its greedy answer and samples from align's own decode loop); the reward model and/or reward functions score them; each prompt's best and worst
+answers become a pair (ties and near-identical texts dropped); trl's DPOTrainer trains on the pairs, with an NLL
+term on the chosen answer (RPO: loss_type [sigmoid, sft]) so the chosen answers' likelihood does not sink. The
+reference of round r is the policy at its start (trl's frozen copy of the adapter); KL is measured against the
+policy the stage started from (the SFT model in the quickstart).
+
+After the last round one more sampling pass measures the final policy, so the log has a point for every policy
+the stage produced: reward (the proxy it optimised), the first gold judge's score when eval.judges are given
+(logged only, never trained on), and KL. A round that finished is skipped on re-run (round-N/round.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+from align.config import Recipe, RecipeError
+from align.data import check_lengths, load_prompts, to_dataset, token_ids
+from align.generation import generate_answers, sample_answers
+from align.models import (
+    load_kwargs, load_policy, load_sampler, load_tokenizer, on_this_process_device, resolve_model_path,
+    sync_special_tokens,
+)
+from align.onpolicy import build_pairs, flatten, judge_scores, proxy_scores, regroup
+from align.report import read_jsonl
+from align.runs import (
+    add_lengths, last_checkpoint, metrics_callback, read_stage, save_adapter, trl_args, write_json_atomic,
+    write_text_atomic,
+)
+from reward import load_reward_model
+
+# A chosen answer's mean log-prob falling by more than this over a round is likelihood displacement (Razin et al.
+# 2024): DPO widens the margin by pushing both answers down, and mass leaks to answers it never saw.
+DISPLACEMENT_NATS = 0.5
+
+
+def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    # --- config
+    cfg = recipe.online_dpo
+    state = PartialState()
+    set_seed(recipe.seed)
+    judges = recipe.eval.judges  # watch only, whether or not an eval stage runs
+    check_reward_model_trusted(recipe, inputs)
+
+    # --- data: prompts (and the columns reward functions and judges read), checked before any model loads
+    tokenizer = load_tokenizer(recipe.model)
+    rows, where = load_prompts(cfg.dataset)
+    max_length = trl_args(recipe, "online_dpo", out).max_length
+    if max_length is not None:
+        long = [i + 1 for i, r in enumerate(rows)
+                if len(token_ids(tokenizer, r["prompt"], add_generation_prompt=True)) + cfg.max_new_tokens > max_length]
+        if long:
+            raise RecipeError(f"online_dpo: rows {long[:5]} of {where} ({len(long)} in all) leave no room for "
+                              f"max_new_tokens={cfg.max_new_tokens} within max_length={max_length}")
+    print(f"[online_dpo] {len(rows)} prompts from {where}; {cfg.rounds} rounds of {cfg.prompts_per_round} prompts "
+          f"x {cfg.samples_per_prompt} samples" + (f"; gold judge (logged only): {judges[0]}" if judges else ""))
+
+    # --- models: the reward model once; the policy reloaded each round from the adapter the last round saved
+    path = resolve_model_path(recipe.model.name_or_path)
+    reward_adapter = inputs["reward"] / "adapter" if cfg.use_reward_model else None
+    start = recipe.starting_policy("online_dpo")
+    start_adapter = inputs[start] / "adapter" if start else None
+    adapter = start_adapter
+    order = list(range(len(rows)))
+    random.Random(recipe.seed).shuffle(order)
+
+    log = []
+    for number in range(1, cfg.rounds + 2):  # the extra pass only measures the final policy
+        round_dir = out / f"round-{number}"
+        if (round_dir / "round.json").is_file():
+            record = json.loads((round_dir / "round.json").read_text())
+            log.append(record["log"])
+            adapter = round_dir / "adapter" if (round_dir / "adapter").is_dir() else adapter
+            if (round_dir / "reward_adapter").is_dir():
+                reward_adapter = round_dir / "reward_adapter"
+            print(f"[online_dpo] round {number} finished earlier (skipped)")
+            continue
+        round_dir.mkdir(parents=True, exist_ok=True)
+        measuring_only = number == cfg.rounds + 1
+        set_seed(recipe.seed + number)  # each round samples the same whether or not earlier rounds were skipped
+        policy = None  # loaded after sampling, or for training on saved pairs
+        if (round_dir / "pairs.json").is_file():  # interrupted while training: resume on the same pairs
+            saved = json.loads((round_dir / "pairs.json").read_text())
+            entry, pairs = saved["log"], saved["pairs"]
+            print(f"[online_dpo] round {number}: resuming training on its {len(pairs)} saved pairs")
+        elif cfg.label_db and (round_dir / "queued.json").is_file() and not measuring_only:
+            entry, pairs = pairs_from_people(cfg, round_dir)  # the labels given since the last run
+        else:
+            # 1. sample: the current policy answers this round's prompts
+            # the same prompts every round (as Pang et al.'s iterations): fresh answers each time, and the log's
+            # rewards and gold scores compare policies, not prompt sets
+            batch = [rows[order[i % len(rows)]] for i in range(cfg.prompts_per_round)]
+            started = time.time()
+            sampler = load_sampler(recipe, adapter)
+            prompts = [r["prompt"] for r in batch]
+            samples = sample_answers(sampler, tokenizer, prompts, cfg.samples_per_prompt - cfg.include_greedy,
+                                     cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, progress=True)
+            if cfg.include_greedy:
+                greedy = generate_answers(sampler, tokenizer, prompts, cfg.max_new_tokens, 64)
+                samples = [[first, *rest] for first, rest in zip(greedy, samples)]
+            del sampler
+            seconds = {"sample": time.time() - started}
+            policy = on_this_process_device(load_policy(recipe, adapter_dir=adapter, trainable=not measuring_only))
+            sync_special_tokens(policy, tokenizer)
+            policy.eval()
+
+            # 2. score: the proxy that trains (the reward model first learns this round's answers when relabelling);
+            # the gold judge that only watches
+            started = time.time()
+            relabelled = {}
+            if cfg.relabel_with and not measuring_only:
+                reward_adapter, relabelled = refresh_reward_model(recipe, round_dir, tokenizer, batch, samples,
+                                                                  reward_adapter)
+                seconds["relabel"] = time.time() - started
+                started = time.time()
+            reward_model = None
+            if reward_adapter is not None:
+                reward_model = on_this_process_device(load_reward_model(
+                    path, load_kwargs(recipe.model, recipe.quantization), tokenizer.pad_token_id,
+                    adapter_dir=reward_adapter, trainable=False))
+            scores = proxy_scores(reward_model, tokenizer, batch, samples, cfg.reward_functions, cfg.reward_weights,
+                                  cfg.missing_eos_penalty)
+            del reward_model
+            seconds["score"] = time.time() - started
+            started = time.time()
+            kl = kl_to_start(policy, start_adapter, tokenizer, batch, samples, cfg.kl_samples)
+            seconds["kl"] = time.time() - started
+            entry = {"step": number - 1, "policy": "start" if number == 1 else f"round-{number - 1}",
+                     "reward_mean": mean([s for group in scores for s in group]), "kl": mean(kl),
+                     "answer_tokens": mean([a["tokens"] for group in samples for a in group]),
+                     "eos_rate": mean([float(a["ended_with_eos"]) for group in samples for a in group]),
+                     **relabelled, **{f"seconds_{k}": round(v, 1) for k, v in seconds.items()}}
+            if judges:
+                prompts, texts, columns = flatten(batch, samples)
+                entry["gold_mean"] = mean(judge_scores(judges[:1], prompts, texts, columns)[judges[0]])
+
+            # 3. pair: best vs worst per prompt; with label_db people pick between the two instead
+            pairs, counts = build_pairs([r["prompt"] for r in batch], samples, scores,
+                                        -math.inf if cfg.label_db else cfg.min_score_gap, cfg.max_similarity)
+            write_samples(round_dir / "samples.jsonl", batch, samples, scores, state.is_main_process)
+            if measuring_only:
+                log.append(entry)
+                finish_round(round_dir, entry, state.is_main_process)
+                del policy
+                break
+            entry.update({f"round_{k}": v for k, v in counts.items() if k != "prompts"})
+            print(f"[online_dpo] round {number}: reward {entry['reward_mean']:.3f}"
+                  + (f", gold {entry['gold_mean']:.3f}" if judges else "")
+                  + f", KL {entry['kl']:.3f}; {counts['pairs']} pairs ({counts['ties']} ties, "
+                  f"{counts['near_identical']} near-identical dropped); seconds: "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), flush=True)
+            if cfg.label_db:
+                entry, pairs = pairs_from_people(cfg, round_dir, entry, pairs)
+
+        # 4. train: DPO (+ NLL on chosen) on this round's pairs, reference = the policy at the round's start
+        if policy is None:  # resumed from saved pairs or labels: nothing was sampled this time
+            policy = on_this_process_device(load_policy(recipe, adapter_dir=adapter))
+            sync_special_tokens(policy, tokenizer)
+        if pairs:
+            if state.is_main_process and not (round_dir / "pairs.json").is_file():
+                write_json_atomic(round_dir / "pairs.json", {"log": entry, "pairs": pairs})
+            started = time.time()
+            entry.update(train_round(recipe, round_dir, policy, tokenizer, pairs))
+            entry["seconds_train"] = round(time.time() - started, 1)
+            adapter = round_dir / "adapter"
+        else:
+            print(f"[online_dpo] round {number}: no pairs (every prompt's samples tied); the policy is unchanged")
+        del policy
+        log.append(entry)
+        finish_round(round_dir, entry, state.is_main_process)
+        if state.is_main_process:
+            write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in log))
+
+    # --- save: the last round's adapter is the stage's policy
+    if state.is_main_process:
+        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in log))
+        if adapter != start_adapter:
+            shutil.rmtree(out / "adapter", ignore_errors=True)
+            shutil.copytree(adapter, out / "adapter")
+        else:  # no round found a pair: the stage's policy is the one it started from
+            raise RecipeError("online_dpo: no round produced a single pair (every prompt's samples scored alike); "
+                              "raise temperature or samples_per_prompt, or lower min_score_gap")
+    state.wait_for_everyone()
+    return summarise(log, judges[:1])
+
+
+def refresh_reward_model(recipe: Recipe, round_dir: Path, tokenizer, rows: list[dict], samples: list[list[dict]],
+                         reward_adapter: Path) -> tuple[Path, dict]:
+    """Iterative RLHF: the relabelling judge (standing in for labellers, on training prompts) orders pairs of this
+    round's candidates, and the reward model trains on them (the reward stage's trl settings) before it scores
+    the round. Returns the updated adapter and what it learned from."""
+    from trl import RewardTrainer
+
+    judge = recipe.online_dpo.relabel_with
+    prompts, texts, columns = flatten(rows, samples)
+    verdicts = regroup(judge_scores([judge], prompts, texts, columns)[judge], samples)
+    pairs, counts = build_pairs([r["prompt"] for r in rows], samples, verdicts)
+    target = round_dir / "reward_adapter"
+    if not pairs:
+        return reward_adapter, {"relabelled_pairs": 0}
+    out = round_dir / "reward"
+    args = trl_args(recipe, "reward", out)
+    model = load_reward_model(resolve_model_path(recipe.model.name_or_path),
+                              load_kwargs(recipe.model, recipe.quantization), tokenizer.pad_token_id,
+                              adapter_dir=reward_adapter, trainable=True)
+    rows_ = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
+    trainer = RewardTrainer(model=model, args=args, train_dataset=to_dataset(rows_), processing_class=tokenizer,
+                            callbacks=[metrics_callback(out)])
+    add_lengths(trainer)
+    result = trainer.train()
+    save_adapter(trainer, target)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    print(f"[online_dpo] {round_dir.name}: reward model relabelled on {len(pairs)} pairs of this round's answers "
+          f"ordered by {judge} (loss {result.training_loss:.3f})")
+    return target, {"relabelled_pairs": len(pairs), "relabel_loss": result.training_loss}
+
+
+class LabelsPending(RuntimeError):
+    """A round's pairs wait in the label database for people to judge them: the run stops here, and the next
+    `align run` continues from the labels given."""
+
+
+def pairs_from_people(cfg, round_dir: Path, entry: dict | None = None, candidates: list[dict] | None = None
+                      ) -> tuple[dict, list[dict]]:
+    """Queue the round's candidate pairs in the label database (once: queued.json remembers them), then return
+    the round's log entry and the pairs people have judged (majority per pair; ties and both-bad teach nothing).
+    Raises LabelsPending while fewer than labels_needed (default: all) of them have a judgment."""
+    from align.labels import LabelStore, preference_rows
+
+    queued = round_dir / "queued.json"
+    store = LabelStore(cfg.label_db)
+    try:
+        if not queued.is_file():
+            run_name = round_dir.parent.parent.name
+            items = [{"id": f"{run_name}-online_dpo-{round_dir.name}-{i}", "prompt": pair["prompt"],
+                      "response_1": pair["chosen"][0]["content"], "response_2": pair["rejected"][0]["content"],
+                      "model_1": f"{run_name}/online_dpo/{round_dir.name}",
+                      "model_2": f"{run_name}/online_dpo/{round_dir.name}"} for i, pair in enumerate(candidates)]
+            store.add_items(items, source=str(round_dir))
+            write_json_atomic(queued, {"log": entry, "item_ids": [item["id"] for item in items]})
+        saved = json.loads(queued.read_text())
+        ids = set(saved["item_ids"])
+        judged = [j for j in store.judgments() if j["item_id"] in ids]
+    finally:
+        store.close()
+    needed = min(cfg.labels_needed or len(ids), len(ids))
+    done = len({j["item_id"] for j in judged})
+    if done < needed:
+        raise LabelsPending(
+            f"online_dpo {round_dir.name}: {done} of {len(ids)} pairs labelled in {cfg.label_db}, {needed} needed. "
+            f"Label them in the browser (align label --db {cfg.label_db}), then run the same `align run` again: "
+            f"it continues from the labels.")
+    pairs = [{k: row[k] for k in ("prompt", "chosen", "rejected")}
+             for row in preference_rows(judged, majority=True)]
+    entry = {**saved["log"], "round_pairs": len(pairs), "labelled_by": "people", "labelled_items": done}
+    print(f"[online_dpo] {round_dir.name}: {len(pairs)} pairs from {done} labelled items in {cfg.label_db}")
+    return entry, pairs
+
+
+def train_round(recipe: Recipe, round_dir: Path, policy, tokenizer, pairs: list[dict]) -> dict:
+    """One DPOTrainer on the round's pairs; how far the chosen and rejected answers' log-probs moved from the
+    round's start (a falling chosen log-prob is likelihood displacement) and the final margin."""
+    from trl import DPOTrainer
+
+    args = trl_args(recipe, "online_dpo", round_dir)
+    rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
+    lengths = check_lengths(rows, tokenizer, args.max_length, round_dir.name, ("chosen", "rejected"))
+    policy.train()
+    trainer = DPOTrainer(model=policy, args=args, train_dataset=to_dataset(rows, round_dir / "data"),
+                         processing_class=tokenizer, callbacks=[metrics_callback(round_dir)])
+    add_lengths(trainer)
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(round_dir))
+    save_adapter(trainer, round_dir / "adapter")
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(round_dir / "data", ignore_errors=True)  # tokens and reference log-probs
+        shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)  # the round is done: its adapter is saved
+    logged = [row for row in read_jsonl(round_dir / "metrics.jsonl") if "rewards/chosen" in row]
+    figures = {"train_loss": result.training_loss, "truncated_pairs": lengths["truncated"]}
+    if logged:
+        # DPO's implicit reward is beta * (log pi - log pi_ref) of the same answer, so over the last half of the
+        # steps it says how far the chosen (and rejected) answers' log-probs moved from the round's start, pair by
+        # pair; comparing raw log-probs of the first and last batch would compare different pairs
+        late = logged[len(logged) // 2 :]
+        shift = {side: sum(row[f"rewards/{side}"] for row in late) / len(late) / args.beta
+                 for side in ("chosen", "rejected")}
+        figures.update({"chosen_logp_shift": shift["chosen"], "rejected_logp_shift": shift["rejected"],
+                        "margin_last": logged[-1].get("rewards/margins")})
+    return figures
+
+
+def kl_to_start(policy, start_adapter: Path | None, tokenizer, rows: list[dict], samples: list[list[dict]],
+                limit: int) -> list[float]:
+    """KL(policy || the stage's starting policy) summed along the policy's own answers, on the first `limit`
+    samples: the starting adapter is loaded beside the policy's on the same base (the base itself when the stage
+    started from no adapter)."""
+    import contextlib
+
+    from align.compare import kl_along_answers, sequence_logprobs
+
+    pairs = [(row["prompt"], a) for row, group in zip(rows, samples) for a in group][:limit]
+    if not pairs:
+        return [0.0]
+    if start_adapter is not None:
+        policy.load_adapter(str(start_adapter), adapter_name="start")
+    current = policy.active_adapter
+
+    def logprobs_of(name, ids, start):
+        if name == "policy":
+            policy.set_adapter(current)
+            context = contextlib.nullcontext()
+        else:
+            context = policy.disable_adapter() if start_adapter is None else contextlib.nullcontext()
+            if start_adapter is not None:
+                policy.set_adapter("start")
+        with context:
+            return sequence_logprobs(policy, ids, start)
+
+    try:
+        return kl_along_answers(logprobs_of, tokenizer, [p for p, _ in pairs], [a for _, a in pairs], token_ids)
+    finally:
+        policy.set_adapter(current)
+        if start_adapter is not None:
+            policy.delete_adapter("start")
+
+
+def check_reward_model_trusted(recipe: Recipe, inputs: dict) -> None:
+    """Refuse to optimise against a reward model that the reward stage found unable to rank the SFT model's own
+    answers (no better than chance, or its best-of-n no better than greedy)."""
+    cfg = recipe.online_dpo
+    if not (cfg.use_reward_model and cfg.require_trusted_reward_model and "reward" in inputs):
+        return
+    figures = read_stage(inputs["reward"])["metrics"]
+    if figures.get("policy_check_trusted", True):
+        return
+    if cfg.relabel_with:  # the model that judges each round is first retrained on that round's own answers
+        print(f"[online_dpo] the reward stage's model ranks the SFT model's answers no better than greedy "
+              f"(best-of-{figures['policy_check_n']} {figures['policy_check_best_of_n']:.3f} vs greedy "
+              f"{figures['policy_check_greedy']:.3f}); going on because relabel_with retrains it on each round's "
+              f"answers before it judges them")
+        return
+    raise RecipeError(
+        f"online_dpo: the reward model cannot rank the SFT model's own answers: it orders "
+        f"{figures['policy_check_accuracy'] or 0:.3f} of {figures['policy_check_pairs']} judge-separated pairs "
+        f"rightly, and "
+        f"its best-of-{figures['policy_check_n']} scores {figures['policy_check_best_of_n']:.3f} against greedy "
+        f"{figures['policy_check_greedy']:.3f} on {figures['policy_check_judge']}. Train it on pairs like the "
+        f"policy's (reward.judge_labelled_pairs, or labels from people), or set "
+        f"online_dpo.require_trusted_reward_model: false to go on anyway.")
+
+
+def summarise(log: list[dict], judges: list[str]) -> dict:
+    """The stage's metrics: the first and last policy's figures, each round's, and plain-words warnings."""
+    first, last = log[0], log[-1]
+    trained = [row for row in log if "round_pairs" in row]
+    displaced = [row["step"] + 1 for row in trained if row.get("chosen_logp_shift", 0) < -DISPLACEMENT_NATS]
+    metrics = {
+        "rounds": len(trained), "pairs": sum(row["round_pairs"] for row in trained),
+        "start_reward_mean": first["reward_mean"], "final_reward_mean": last["reward_mean"],
+        "final_kl": last["kl"], "final_answer_tokens": last["answer_tokens"], "log": log,
+    }
+    if judges:
+        metrics.update({"gold_judge": judges[0], "start_gold_mean": first.get("gold_mean"),
+                        "final_gold_mean": last.get("gold_mean")})
+    if displaced:
+        metrics["likelihood_displacement"] = (
+            f"the chosen answers' log-probability fell more than {DISPLACEMENT_NATS} nats below the round's start "
+            f"in round(s) "
+            f"{', '.join(map(str, displaced))}: DPO widened the margin by pushing the chosen answers down too "
+            f"(likelihood displacement); raise nll_weight or beta")
+    return metrics
+
+
+def finish_round(round_dir: Path, entry: dict, main: bool) -> None:
+    if main:
+        write_json_atomic(round_dir / "round.json", {"log": entry})
+
+
+def write_samples(path: Path, rows: list[dict], samples: list[list[dict]], scores: list[list[float]], main: bool):
+    if not main:
+        return
+    with path.open("w") as fh:
+        for row, group, values in zip(rows, samples, scores):
+            fh.write(json.dumps({"prompt": row["prompt"], "answers": [a["text"] for a in group],
+                                 "scores": values}) + "\n")
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,183 @@
+"""The online_dpo stage on tiny models: rounds of sample -> score -> pair -> DPO raise a toy reward that a toy
+judge watches; finished rounds are skipped on re-run; a reward model that cannot rank the policy's own answers is
+refused; and a proxy that rewards length, watched by a judge that wants brevity, is flagged as reward hacking."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from align.config import RecipeError, parse_recipe
+from align.pipeline import run_recipe, summary
+from align.runs import write_json_atomic
+from tests.conftest import tiny_recipe
+from tests.test_ppo import toy_gpt2  # noqa: F401  (a module fixture: a model with preferences RL can shift)
+
+TOY = {
+    "dataset": {"bundled": "sft", "limit": 32},
+    "use_reward_model": False,
+    "reward_functions": ["tests.toy_rewards:letter_e_fraction"],
+    "rounds": 3, "prompts_per_round": 32, "samples_per_prompt": 4, "max_new_tokens": 8, "missing_eos_penalty": 0.0,
+    "learning_rate": 1e-2, "num_train_epochs": 3, "per_device_train_batch_size": 8, "max_length": 256, "nll_weight": 0.0,
+    "beta": 0.1, "kl_samples": 16,
+}
+
+
+def online_run(model_dir, root, **change):
+    recipe = parse_recipe(tiny_recipe(model_dir, root, ["online_dpo"], online_dpo={**TOY, **change},
+                                      eval={"judges": ["tests.toy_rewards:letter_e_fraction"]}))
+    return recipe, run_recipe(recipe)
+
+
+def test_rounds_raise_the_reward_the_judge_watches(toy_gpt2, tmp_path):  # noqa: F811
+    recipe, records = online_run(toy_gpt2, tmp_path)
+    metrics = records["online_dpo"]["metrics"]
+    log = metrics["log"]
+    assert [row["policy"] for row in log] == ["start", "round-1", "round-2", "round-3"]
+    assert metrics["rounds"] == 3 and metrics["pairs"] > 0 and all(row["round_pairs"] > 0 for row in log[:3])
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-4), "the first samples come from the starting policy"
+    assert log[-1]["kl"] > log[0]["kl"] and all(math.isfinite(row["kl"]) for row in log)
+    # the toy judge (here the same function as the reward: a toy) scores the policy's answers higher round by round
+    assert log[-1]["gold_mean"] > log[0]["gold_mean"] + 0.05, [row["gold_mean"] for row in log]
+    assert metrics["final_gold_mean"] == log[-1]["gold_mean"] and metrics["gold_judge"].endswith("letter_e_fraction")
+    for row in log[:3]:
+        assert {"train_loss", "chosen_logp_shift", "rejected_logp_shift"} <= set(row)
+        assert row["chosen_logp_shift"] > row["rejected_logp_shift"], "DPO widened the margin"
+    stage = tmp_path / "tiny" / "online_dpo"
+    assert (stage / "adapter" / "adapter_model.safetensors").is_file()
+    assert len((stage / "metrics.jsonl").read_text().splitlines()) == 4
+    assert not (stage / "round-1" / "checkpoints").exists() and (stage / "round-1" / "samples.jsonl").is_file()
+    assert "online_dpo round-3" in summary(recipe, records)
+
+    # a re-run with round 3 and the final measurement undone redoes only those, from round 2's adapter
+    import shutil
+
+    for name in ("round-3", "round-4"):
+        shutil.rmtree(stage / name)
+    (stage / "stage.json").unlink()
+    again = run_recipe(recipe)["online_dpo"]["metrics"]["log"]
+    assert [row["reward_mean"] for row in again[:3]] == [row["reward_mean"] for row in log[:3]]
+
+    # `align export RUN_DIR` merges the run's final policy, the online rounds' adapter (not SFT's or none)
+    from align.cli import main
+    from align.runs import read_stage
+
+    assert main(["export", str(tmp_path / "tiny")]) == 0
+    assert read_stage(tmp_path / "tiny" / "export")["metrics"]["merged_from"].endswith("online_dpo/adapter")
+
+
+def test_a_reward_model_that_cannot_rank_the_policys_answers_is_refused(toy_gpt2, tmp_path):  # noqa: F811
+    from align.stages.online_dpo import check_reward_model_trusted
+
+    recipe = parse_recipe(tiny_recipe(toy_gpt2, tmp_path, ["reward", "online_dpo"],
+                                      online_dpo={**TOY, "use_reward_model": True, "reward_functions": []}))
+    reward = tmp_path / "reward"
+    write_json_atomic(reward / "stage.json", {"metrics": {
+        "policy_check_trusted": False, "policy_check_accuracy": 0.48, "policy_check_pairs": 50,
+        "policy_check_n": 4, "policy_check_best_of_n": 0.40, "policy_check_greedy": 0.55,
+        "policy_check_judge": "align.judges:gold"}})
+    with pytest.raises(RecipeError, match="cannot rank the SFT model's own answers.*require_trusted_reward_model"):
+        check_reward_model_trusted(recipe, {"reward": reward})
+    trusting = recipe.model_copy(update={"online_dpo": recipe.online_dpo.model_copy(
+        update={"require_trusted_reward_model": False})})
+    check_reward_model_trusted(trusting, {"reward": reward})  # told to go on anyway
+
+
+def test_nll_weight_becomes_trls_sft_loss_term_and_clashes_are_refused(toy_gpt2, tmp_path):  # noqa: F811
+    from align.runs import trl_args
+
+    recipe = parse_recipe(tiny_recipe(toy_gpt2, tmp_path, ["online_dpo"], online_dpo={**TOY, "nll_weight": 0.5}))
+    args = trl_args(recipe, "online_dpo", tmp_path)
+    assert list(args.loss_type) == ["sigmoid", "sft"] and list(args.loss_weights) == [1.0, 0.5]
+    with pytest.raises(RecipeError, match="nll_weight"):
+        parse_recipe(tiny_recipe(toy_gpt2, tmp_path, ["online_dpo"], online_dpo={**TOY, "nll_weight": 0.5, "loss_type": ["ipo"]}))
+
+
+def test_a_length_proxy_that_hurts_the_gold_judge_is_called_reward_hacking(toy_gpt2, tmp_path):  # noqa: F811
+    ppo = {"dataset": {"bundled": "sft", "limit": 64}, "use_reward_model": False,
+           "reward_functions": ["tests.toy_rewards:answer_length"], "missing_eos": "keep",
+           "steps": 24, "rollout_batch_size": 32, "mini_batch_size": 8, "ppo_epochs": 4, "max_new_tokens": 8,
+           "learning_rate": 1e-3, "lr_schedule": "constant", "kl_coef": 0.01, "save_steps": 24}
+    recipe = parse_recipe(tiny_recipe(toy_gpt2, tmp_path, ["ppo"], ppo=ppo,
+                                      eval={"judges": ["tests.toy_rewards:brevity"]}))
+    records = run_recipe(recipe)
+    rows = [json.loads(line) for line in (tmp_path / "tiny" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert all("gold_mean" in row for row in rows)
+    assert rows[-1]["reward_mean"] > rows[0]["reward_mean"] and rows[-1]["gold_mean"] < rows[0]["gold_mean"]
+    text = summary(recipe, records)
+    assert "ppo: reward hacking: from step" in text, text
+    report = (tmp_path / "tiny" / "report.html").read_text()
+    assert "ppo-proxy-vs-gold.png" in report and "reward hacking" in report
+
+
+def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(toy_gpt2, tmp_path):  # noqa: F811
+    from align.cli import main
+    from align.labels import LabelStore
+    from align.stages.online_dpo import LabelsPending
+
+    db = tmp_path / "labels.db"
+    people = {**TOY, "use_reward_model": False, "reward_functions": [], "label_db": str(db), "rounds": 1,
+              "prompts_per_round": 8, "labels_needed": 6}
+    recipe = parse_recipe(tiny_recipe(toy_gpt2, tmp_path / "runs", ["online_dpo"], online_dpo=people))
+    with pytest.raises(LabelsPending, match=r"0 of 8 pairs labelled .* 6 needed"):
+        run_recipe(recipe)
+    store = LabelStore(db)
+    assert store.counts()["items"] == 8
+    # a person prefers the answer with more e's, for 6 of the 8 pairs
+    for _ in range(6):
+        shown = store.next_assignment("alice")
+        a, b = shown["text_a"], shown["text_b"]
+        store.submit("alice", shown["item_id"], "A" if a.count("e") >= b.count("e") else "B")
+    store.close()
+    records = run_recipe(recipe)  # the same command again: round 1 trains on the labels, nothing is resampled
+    row = records["online_dpo"]["metrics"]["log"][0]
+    assert row["labelled_by"] == "people" and row["labelled_items"] == 6 and 1 <= row["round_pairs"] <= 6
+    assert (tmp_path / "runs" / "tiny" / "online_dpo" / "adapter" / "adapter_model.safetensors").is_file()
+
+    # through the CLI, waiting for labels is exit code 3 with the instructions, not an error
+    waiting = tmp_path / "waiting.yaml"
+    import yaml
+
+    waiting.write_text(yaml.safe_dump(tiny_recipe(toy_gpt2, tmp_path / "other", ["online_dpo"],
+                                                  online_dpo={**people, "label_db": str(tmp_path / "new.db")})))
+    assert main(["run", str(waiting)]) == 3
+
+
+@pytest.mark.fault("bad input")
+@pytest.mark.parametrize("change, message", [
+    ({"stages": ["sft", "online_dpo"], "online_dpo": {**TOY, "use_reward_model": True, "reward_functions": []}},
+     "add 'reward' to stages"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "reward_functions": []}}, "no judge"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "samples_per_prompt": 1}}, "samples_per_prompt"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "betta": 0.1}}, "did you mean beta"),
+    ({"stages": ["online_dpo"], "online_dpo": TOY, "eval": {"judges": ["align.judges:no_such_judge"]}},
+     "has no function 'no_such_judge'"),
+    ({"stages": ["sft", "reward"], "reward": {"dataset": "bundled:prefs_train",
+                                              "judge_labelled_pairs": {"judge": "align.judges:gold"}}},
+     "judge_labelled_pairs.prompts"),
+])
+def test_bad_online_settings_fail_at_load_time(toy_gpt2, tmp_path, change, message):  # noqa: F811
+    recipe = tiny_recipe(toy_gpt2, tmp_path, change.pop("stages"))
+    for key, value in change.items():
+        recipe[key] = value
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(recipe)
+
+
+def test_relabelling_retrains_the_reward_model_on_each_rounds_answers(tiny_llama, tmp_path):
+    online = {**TOY, "use_reward_model": True, "reward_functions": [], "rounds": 1, "prompts_per_round": 8,
+              "relabel_with": "tests.toy_rewards:letter_e_fraction", "require_trusted_reward_model": False,
+              "max_steps": 2}
+    recipe = parse_recipe(tiny_recipe(tiny_llama, tmp_path, ["reward", "online_dpo"], online_dpo=online))
+    records = run_recipe(recipe)
+    first = records["online_dpo"]["metrics"]["log"][0]
+    assert first["relabelled_pairs"] > 0 and math.isfinite(first["relabel_loss"])
+    stage = tmp_path / "tiny" / "online_dpo"
+    assert (stage / "round-1" / "reward_adapter" / "adapter_model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    before = load_file(tmp_path / "tiny" / "reward" / "adapter" / "adapter_model.safetensors")
+    after = load_file(stage / "round-1" / "reward_adapter" / "adapter_model.safetensors")
+    assert any(not (before[k] == after[k]).all() for k in before), "the reward model learned this round's pairs"

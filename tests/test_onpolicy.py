@@ -1,0 +1,68 @@
+"""On-policy pairs and figures on fixed inputs: best vs worst, ties and near-identical texts dropped, the reward
+model's ranking accuracy and best-of-n, and the pass@1 / pass@n headroom."""
+
+from __future__ import annotations
+
+import pytest
+
+from align.onpolicy import build_pairs, flatten, headroom, near_identical, ranking_accuracy, regroup
+
+PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def answers(*texts):
+    return [{"text": t, "tokens": len(t.split()), "ended_with_eos": True, "token_ids": []} for t in texts]
+
+
+def test_best_against_worst():
+    samples = [answers("Paris.", "London.", "It is Paris, I think.", "Berlin is the capital.")]
+    pairs, counts = build_pairs([PROMPT], samples, [[0.9, -1.0, 0.5, -1.0]])
+    assert counts == {"prompts": 1, "pairs": 1, "ties": 0, "near_identical": 0}
+    assert pairs[0]["chosen"][0]["content"] == "Paris."
+    assert pairs[0]["rejected"][0]["content"] == "London."  # the first of the two lowest
+    assert pairs[0]["prompt"] == PROMPT and (pairs[0]["chosen_score"], pairs[0]["rejected_score"]) == (0.9, -1.0)
+
+
+def test_ties_and_small_gaps_give_no_pair():
+    samples = [answers("Paris.", "London."), answers("Rome.", "Madrid.")]
+    pairs, counts = build_pairs([PROMPT, PROMPT], samples, [[1.0, 1.0], [0.3, 0.1]], min_score_gap=0.25)
+    assert pairs == [] and counts["ties"] == 2
+
+
+def test_near_identical_texts_are_dropped_but_a_different_worst_is_taken():
+    assert near_identical("The capital is Paris.", "the capital is paris", 0.9)
+    assert not near_identical("Paris.", "London.", 0.9)
+    # the two lowest: one is the chosen answer reworded, the other differs: the other is taken
+    samples = [answers("The capital is Paris.", "the capital is PARIS!", "Lyon.")]
+    pairs, _ = build_pairs([PROMPT], samples, [[2.0, 0.0, 0.0]])
+    assert pairs[0]["rejected"][0]["content"] == "Lyon."
+    # only a reworded copy below the best: no pair
+    pairs, counts = build_pairs([PROMPT], [answers("Paris.", "paris")], [[2.0, 0.0]])
+    assert pairs == [] and counts["near_identical"] == 1
+
+
+def test_ranking_accuracy_and_best_of_n_by_hand():
+    gold = [[1, 0, 0], [0, 0, 1], [1, 1, 1]]   # the last prompt's samples are all right: no pair
+    proxy = [[3.0, 1.0, 2.0],                  # both gold pairs ranked right: 2 of 2
+             [5.0, 0.0, 5.0]]                  # one wrong (0 < ... no: 5 vs 5 tie = 0.5), one right
+    proxy.append([0.0, 0.0, 0.0])
+    result = ranking_accuracy(proxy, gold)
+    # prompt 1: (0>1) right, (0>2) right; prompt 2: (2>0) tie 0.5, (2>1) right -> 3.5 of 4
+    assert result["pairs"] == 4 and result["accuracy"] == pytest.approx(3.5 / 4)
+    # picks: prompt 1 sample 0 (gold 1), prompt 2 sample 0 (first of the tied best: gold 0), prompt 3 gold 1
+    assert result["best_of_n"] == pytest.approx(2 / 3)
+
+
+def test_headroom_by_hand():
+    room = headroom([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    assert room["pass_at_1"] == pytest.approx((0.25 + 0 + 1) / 3)
+    assert room["pass_at_n"] == pytest.approx(2 / 3) and room["mixed_prompts"] == 1 and room["n"] == 4
+
+
+def test_flatten_and_regroup_keep_the_columns_with_their_samples():
+    rows = [{"prompt": PROMPT, "answer": ["Paris"]}, {"prompt": PROMPT, "answer": ["Rome"], "category": "capital"}]
+    samples = [answers("a", "b"), answers("c")]
+    prompts, texts, columns = flatten(rows, samples)
+    assert texts == ["a", "b", "c"] and columns["answer"] == [["Paris"], ["Paris"], ["Rome"]]
+    assert columns["category"] == [None, None, "capital"]
+    assert regroup([1, 2, 3], samples) == [[1, 2], [3]]
