@@ -23,12 +23,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="align",
         description="Align chat models the ChatGPT/InstructGPT way: supervised fine-tuning, a reward model on "
         "preference pairs, DPO, and a merged export, all on LoRA adapters (4-bit QLoRA on GPU).",
-        epilog="Start with: align run recipes/quickstart.yaml   (CPU, embedded model, about 15 minutes)",
+        epilog="Start with: align run recipes/quickstart.yaml   (CPU, embedded model, about 30 minutes)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a recipe's stages", description="Run a recipe. Outputs go to "
-                         "<output_root>/<name>/<stage>/; finished stages are skipped when you run it again.")
+                         "<output_root>/<name>/<stage>/; finished stages are skipped when you run it again. Exit "
+                         "code 3: an online_dpo round with label_db waits for people's labels; run it again after.")
     run.add_argument("recipe", help="recipe YAML file, e.g. recipes/quickstart.yaml")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, e.g. dpo.beta=0.2")
     group = run.add_mutually_exclusive_group()
@@ -144,7 +145,14 @@ def _serving_options(parser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may also come after --from/--only (argparse stops collecting them at the first flag)
+    late = [item for item in extra if "=" in item and not item.startswith("-")]
+    if late and args.command in ("run", "validate"):
+        args.overrides += late
+    if [item for item in extra if item not in late] or (late and args.command not in ("run", "validate")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     quiet_library_noise()
     from align.annotators import AccountError
     from align.config import RecipeError

@@ -19,10 +19,13 @@ from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 def main(run: str, out: str = "docs/labelling.png") -> None:
     work = Path(tempfile.mkdtemp())
-    # A held-out question where the quickstart's SFT and DPO models answer differently (greedy).
+    from align.runs import load_run_recipe
+
+    final = load_run_recipe(Path(run)).policy_stage()  # the run's final policy: online_dpo in the quickstart
+    # A held-out question where the SFT model and the final policy may answer differently (greedy).
     (work / "prompts.jsonl").write_text(json.dumps({"prompt": "How do you write 7 in words?"}) + "\n")
     args = ["--db", str(work / "labels.db"), "--prompts", str(work / "prompts.jsonl"), "--models", f"{run}/sft",
-            f"{run}/dpo", "--max-new-tokens", "96", "--temperature", "0"]
+            f"{run}/{final}", "--max-new-tokens", "96", "--temperature", "0"]
     with LabelServer(args, work / "server.log") as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 760})

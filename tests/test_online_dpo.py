@@ -112,7 +112,8 @@ def test_a_length_proxy_that_hurts_the_gold_judge_is_called_reward_hacking(toy_g
     assert "ppo-proxy-vs-gold.png" in report and "reward hacking" in report
 
 
-def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(toy_gpt2, tmp_path):  # noqa: F811
+def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(toy_gpt2, tmp_path,  # noqa: F811
+                                                                                 capsys):
     from align.cli import main
     from align.labels import LabelStore
     from align.stages.online_dpo import LabelsPending
@@ -142,7 +143,12 @@ def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(t
 
     waiting.write_text(yaml.safe_dump(tiny_recipe(toy_gpt2, tmp_path / "other", ["online_dpo"],
                                                   online_dpo={**people, "label_db": str(tmp_path / "new.db")})))
-    assert main(["run", str(waiting)]) == 3
+    # (an override after --from is still an override)
+    capsys.readouterr()
+    assert main(["run", str(waiting), "--from", "online_dpo", "online_dpo.labels_needed=2"]) == 3
+    printed = capsys.readouterr().out
+    assert "align run: waiting for labels" in printed and "0 of 8 pairs labelled" in printed
+    assert "2 needed" in printed
 
 
 @pytest.mark.fault("bad input")

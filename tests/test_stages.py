@@ -125,8 +125,8 @@ def test_eval_perplexity_matches_the_models_own_loss(tiny_llama):
         tokens += len(full) - len(context)
     expected = math.exp(nll / tokens)
     # A fresh LoRA adapter starts as the identity, so policy and base agree, and the KL between them is 0.
-    assert perplexity(chat, tokenizer, prompts, answers, "policy", "base") == pytest.approx(expected, rel=1e-5)
-    assert perplexity(chat, tokenizer, prompts, answers, "baseline", "base") == pytest.approx(expected, rel=1e-5)
+    assert perplexity(chat, tokenizer, prompts, answers, "policy") == pytest.approx(expected, rel=1e-5)
+    assert perplexity(chat, tokenizer, prompts, answers, "base") == pytest.approx(expected, rel=1e-5)
     own = [{"token_ids": token_ids(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": a}])[-4:]}
            for a in answers]
     assert answer_kl(chat, tokenizer, prompts, own, "base") == pytest.approx([0.0, 0.0], abs=1e-6)
