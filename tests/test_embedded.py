@@ -16,11 +16,15 @@ def test_quickstart_recipe_end_to_end_on_embedded_model(tmp_path, capsys):
     code = main([
         "run", str(REPO / "recipes" / "quickstart.yaml"), f"output_root={root}",
         "sft.dataset.limit=24", "reward.dataset.limit=24", "reward.eval_dataset.limit=16",
-        "dpo.dataset.limit=16", "eval.max_prompts=8", "eval.max_new_tokens=24",
+        "reward.judge_labelled_pairs.max_prompts=8", "reward.policy_check_prompts=8",
+        "online_dpo.rounds=1", "online_dpo.prompts_per_round=8", "online_dpo.max_new_tokens=24",
+        "eval.max_prompts=8", "eval.max_new_tokens=24", "eval.kl_prompts=4",
     ])
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
-    assert "reward model held-out pairwise accuracy:" in out and "dpo win rate vs sft" in out
+    assert "reward model held-out pairwise accuracy:" in out and "online_dpo win rate vs sft" in out
+    assert "reward model on the SFT model's own answers" in out and "gold judges on 8 held-out prompts" in out
+    assert "online_dpo start" in out and "online_dpo round-1" in out
     model_dir = root / "quickstart" / "export" / "model"
     assert (model_dir / "model.safetensors").is_file()
 
