@@ -65,7 +65,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     print(f"[online_dpo] {len(rows)} prompts from {where}; {cfg.rounds} rounds of {cfg.prompts_per_round} prompts "
           f"x {cfg.samples_per_prompt} samples" + (f"; gold judge (logged only): {judges[0]}" if judges else ""))
 
-    # --- models: the reward model once; the policy reloaded each round from the adapter the last round saved
+    # --- models: policy and reward model reloaded each round from the adapters the last round saved
     path = resolve_model_path(recipe.model.name_or_path)
     reward_adapter = inputs["reward"] / "adapter" if cfg.use_reward_model else None
     start = recipe.starting_policy("online_dpo")
