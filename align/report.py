@@ -17,7 +17,7 @@ from pathlib import Path
 from align.config import STAGE_ORDER
 from align.eval_metrics import (
     category_header, category_rows, gold_header, gold_table, hacking_message, is_number, judges_used,
-    reward_hacking_start, short_judge,
+    reward_hacking_start, short_judge, trailing_mean,
 )
 from align.runs import is_finished, read_stage
 
@@ -138,10 +138,18 @@ def plot_proxy_vs_gold(stage: str, points: list[dict], out: Path) -> Path | None
     x = [math.sqrt(max(p["kl"], 0.0)) for p in points]
     fig, proxy_axis = plt.subplots(figsize=(6.4, 3.6))
     gold_axis = proxy_axis.twinx()
-    proxy_axis.plot(x, [p["reward_mean"] for p in points], marker="o", markersize=3, linewidth=1.5,
-                    color="tab:blue", label="proxy reward")
-    gold_axis.plot(x, [p["gold_mean"] for p in points], marker="s", markersize=3, linewidth=1.5,
-                   color="tab:orange", label="gold score")
+    # PPO's per-step KL goes up and down: lines in step order would zigzag across the plot, so many points are
+    # drawn as dots with their trailing means (the smoothing reward_hacking_start uses) as lines
+    window = max(1, len(points) // 5)
+    for axis, key, marker, colour, label in ((proxy_axis, "reward_mean", "o", "tab:blue", "proxy reward"),
+                                             (gold_axis, "gold_mean", "s", "tab:orange", "gold score")):
+        values = [p[key] for p in points]
+        if window == 1:
+            axis.plot(x, values, marker=marker, markersize=3, linewidth=1.5, color=colour, label=label)
+        else:
+            axis.plot(x, values, marker=marker, markersize=3, linestyle="none", alpha=0.35, color=colour)
+            axis.plot(trailing_mean(x, window), trailing_mean(values, window), linewidth=1.5, color=colour,
+                      label=f"{label} (mean of {window} steps)")
     hacking = reward_hacking_start(points)
     if hacking is not None and is_number(hacking["kl_at_peak"]):
         proxy_axis.axvline(math.sqrt(max(hacking["kl_at_peak"], 0.0)), color="tab:red", linestyle="--",
