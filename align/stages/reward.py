@@ -130,8 +130,7 @@ def policy_check(recipe: Recipe, inputs: dict, tokenizer, reward_model) -> dict:
     del policy
     flat_prompts, texts, columns = flatten(rows, samples)
     gold = regroup(judge_scores([judge], flat_prompts, texts, columns)[judge], samples)
-    greedy_gold = judge_scores([judge], prompts, [a["text"] for a in greedy],
-                               {k: [r.get(k) for r in rows] for k in columns})[judge]
+    greedy_gold = [verdicts[0] for verdicts in gold]  # the greedy answer is every prompt's first candidate
     proxy = proxy_scores(reward_model, tokenizer, rows, samples, [], None, 0.0)
     ranking, room = ranking_accuracy(proxy, gold), headroom(gold)
     greedy_pass = sum(greedy_gold) / len(greedy_gold)
