@@ -7,9 +7,12 @@ One frozen base is loaded once (4-bit with QLoRA on GPU, float on CPU) and every
   reward     the reward stage's adapter + score head, frozen
 A reward model with its own base and tokenizer (reward_model_path) is loaded beside it and scores decoded text.
 
-Each step: sample responses to a batch of prompts -> score them -> log-probs of policy and reference and values
--> per-token rewards (KL penalty, score on the last token) -> GAE -> ppo_epochs of clipped updates in mini-batches.
-Under `accelerate launch` every process samples its own prompts and gradients are averaged across processes.
+`run` is the loop; each numbered step in it is a function below, in the same order: 1. rollout (sample responses
+to a batch of prompts) -> 2. score them -> 3. old log-probs of policy and reference, and values -> 4. advantages
+(per-token rewards with the KL penalty and the score on the last token, GAE) -> 5. update (ppo_epochs of clipped
+updates in mini-batches) -> 6. log -> 7. stop check -> 8. checkpoint. The arithmetic is in align/rl.py, the
+checkpoint files in align/checkpoints.py. Under `accelerate launch` every process samples its own prompts and
+gradients are averaged across processes (align/processes.py).
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ import contextlib
 import copy
 import json
 import math
-import random
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
 
-from align.config import ModelSection, Recipe
+from align.checkpoints import load_checkpoint, newest_checkpoint, save_checkpoint
+from align.config import ModelSection, PPOStage, Recipe
 from align.data import DataError, load_prompts, token_ids
 from align.generation import NonFiniteLogits, sample_responses
 from align.models import (
@@ -34,12 +37,13 @@ from align.models import (
     torch_dtype,
 )
 from align.onpolicy import judge_scores
+from align.processes import average_gradients, broadcast_from_main, gather_all, mean_over_processes
 from align.reward_functions import call_reward_function, load_reward_function
 from align.rl import (
     AdaptiveKLController, FixedKLController, RunningMoments, gae, masked_mean, masked_whiten,
     per_token_rewards, policy_loss, token_logprobs, value_loss,
 )
-from align.runs import TrainingDiverged, replace_dir, temp_dir_for, trim_log, write_json_atomic
+from align.runs import TrainingDiverged, replace_dir, temp_dir_for, trim_log
 from reward import AdapterHead, attach_reward_adapter, score_conversations
 from reward.model import add_lora_adapter, reward_lora_on_causal_lm
 
@@ -58,20 +62,113 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
     # --- data: prompts, checked before any model loads
     tokenizer = load_tokenizer(recipe.model)
+    rows, prompt_ids = load_checked_prompts(cfg, tokenizer)
+
+    # --- model: one base, the roles as adapters on it; what trains, and what scores
+    model, value_model, reward_model, reward_tokenizer = load_roles(recipe, inputs, tokenizer)
+    training = start_training(cfg, model, value_model, state)
+    sources = RewardSources(
+        model=reward_model, tokenizer=reward_tokenizer,
+        functions=[(spec, load_reward_function(spec)) for spec in cfg.reward_functions],
+        weights=cfg.reward_weights or [1.0] * (int(cfg.use_reward_model) + len(cfg.reward_functions)),
+        columns=sorted({k for row in rows for k in row if k != "prompt"}),
+        judges=recipe.eval.judges,  # watch only, whether or not an eval stage runs
+    )
+
+    # --- experiment tracking (metrics.jsonl is always written; tensorboard beside it when asked)
+    tensorboard = None
+    if "tensorboard" in recipe.report_to and state.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tensorboard = SummaryWriter(str(out / "tensorboard"))
+
+    # --- resume from the newest checkpoint of an interrupted run
+    start_step = resume(out, training, state)
+
+    # --- train
+    metrics, stopped, diverged = {}, None, False
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="ppo",
+               disable=not state.is_main_process)
+    for step in bar:
+        started = time.time()
+        indices = prompt_indices(step, len(rows), cfg.rollout_batch_size, recipe.seed, state.process_index,
+                                 state.num_processes)
+        batch = [rows[i] for i in indices]
+
+        # 1. rollout: the policy answers this step's prompts
+        try:
+            answers = rollout(training.model, tokenizer, [prompt_ids[i] for i in indices], cfg, autocast)
+        except NonFiniteLogits:  # the policy has blown up
+            stopped, diverged = f"the policy's next-token probabilities are not finite at step {step + 1}", True
+            print(f"[ppo] stopping early: {stopped}")
+            break
+        # 2. score: reward model and/or functions, then EOS handling and normalisation; the gold judge watches
+        scores = score(batch, answers, sources, training.moments, cfg, state, autocast)
+        # 3. old log-probs of policy and reference, and values, before this step's update
+        experience = old_logprobs_and_values(training, answers, cfg, autocast)
+        # 4. advantages: per-token rewards (KL penalty, score on the last token), GAE
+        kl, advantages, returns = estimate_advantages(experience, scores.trained, training.kl_controller.value, cfg)
+        # 5. update: ppo_epochs passes of clipped policy and value updates
+        stats = update(training, experience, advantages, returns, cfg, state, autocast)
+        # 6. log; the KL coefficient adapts to the KL averaged over processes, and the next step uses it
+        metrics = step_metrics(answers, scores, experience, kl, stats, training.kl_controller.value, state)
+        training.kl_controller.update(metrics["kl"], cfg.rollout_batch_size * state.num_processes)
+        metrics.update({"kl_coef": training.kl_controller.value, "learning_rate": training.scheduler.get_last_lr()[0],
+                        "step_seconds": time.time() - started, "rollout_seconds": answers.seconds})
+        if state.is_main_process:
+            write_logs(out, step, metrics, batch, answers.texts, scores.raw, cfg, tensorboard)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.3f}")
+        # 7. stop check, before the checkpoint: a diverged step's weights must never be saved
+        stopped, diverged = stop_check(metrics, training.policy_params + training.value_params, cfg.max_kl, step)
+        if stopped:
+            print(f"[ppo] stopping early: {stopped}")
+            break
+        # 8. checkpoint
+        if (step + 1) % cfg.save_steps == 0 or step + 1 == cfg.steps:
+            save_checkpoint(out, step + 1, training.model, training.value_model, training.optimizer,
+                            training.scheduler, training.kl_controller, training.moments, state, cfg.save_total_limit)
+
+    # --- save the policy adapter (the newest checkpoint's when stopped early)
+    steps_done = step + 1 if metrics else start_step
+    if stopped:
+        steps_done = fall_back_to_checkpoint(out, training, stopped, diverged, steps_done, state)
+    if tensorboard is not None:
+        tensorboard.close()
+    save_policy(out, training.model, tokenizer, state)
+    return {**{f"final_{k}": v for k, v in metrics.items()}, "steps": steps_done,
+            "prompts": len(rows), "stopped_early": stopped, "processes": state.num_processes}
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+def load_checked_prompts(cfg: PPOStage, tokenizer) -> tuple[list[dict], list[list[int]]]:
+    """The prompt rows and their token ids; prompts over max_prompt_length are refused before any model loads."""
     rows, where = load_prompts(cfg.dataset)
     prompt_ids = [token_ids(tokenizer, row["prompt"], add_generation_prompt=True) for row in rows]
     too_long = [i + 1 for i, ids in enumerate(prompt_ids) if len(ids) > cfg.max_prompt_length]
     if too_long:
         raise DataError(f"{where}: rows {too_long[:5]} have prompts over ppo.max_prompt_length="
                         f"{cfg.max_prompt_length} tokens ({len(too_long)} in all); raise it or drop them")
-    columns = {k: [row.get(k) for row in rows] for k in {k for row in rows for k in row if k != "prompt"}}
-    reward_functions = [(spec, load_reward_function(spec)) for spec in cfg.reward_functions]
-    judges = recipe.eval.judges  # watch only, whether or not an eval stage runs
-    weights = cfg.reward_weights or [1.0] * (int(cfg.use_reward_model) + len(reward_functions))
     print(f"[ppo] {len(rows)} prompts from {where}")
+    return rows, prompt_ids
 
-    # --- model: one base, the roles as adapters on it
-    model, value_model, reward_model, reward_tokenizer = load_roles(recipe, inputs, tokenizer)
+
+@dataclass
+class Training:
+    """What the loop changes from step to step, and what a checkpoint holds."""
+
+    model: torch.nn.Module  # the peft model: every role's adapter on the one base
+    value_model: AdapterHead  # the value adapter and its scalar head
+    policy_params: list[torch.Tensor]
+    value_params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    kl_controller: FixedKLController | AdaptiveKLController
+    moments: RunningMoments  # running score statistics, for reward_normalization: running
+
+
+def start_training(cfg: PPOStage, model, value_model: AdapterHead, state) -> Training:
     policy_params = [p for n, p in model.named_parameters() if ".default." in n and "lora_" in n]
     value_params = [p for n, p in model.named_parameters() if ".value." in n and "lora_" in n]
     value_params += list(value_model.head.parameters())
@@ -88,199 +185,255 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         kl_controller = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
     else:
         kl_controller = FixedKLController(cfg.kl_coef)
-    moments = RunningMoments()
+    return Training(model, value_model, policy_params, value_params, optimizer, scheduler, kl_controller,
+                    RunningMoments())
 
-    # --- experiment tracking (metrics.jsonl is always written; tensorboard beside it when asked)
-    tensorboard = None
-    if "tensorboard" in recipe.report_to and state.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
 
-        tensorboard = SummaryWriter(str(out / "tensorboard"))
+@dataclass
+class RewardSources:
+    """What scores a response: the reward model and/or reward functions, weighted and summed."""
 
-    # --- resume from the newest checkpoint of an interrupted run
-    start_step = 0
+    model: torch.nn.Module | None  # None without use_reward_model
+    tokenizer: object  # the reward model's own (reward_model_path), else the policy's
+    functions: list[tuple[str, Callable]]  # (spec, function)
+    weights: list[float]  # the reward model's first when it is used, then each function's
+    columns: list[str]  # the prompt rows' other fields, handed to reward functions and judges
+    judges: list[str]  # gold judges: the first is logged as gold_mean, never trained on
+
+
+def resume(out: Path, training: Training, state) -> int:
+    """The step to start from: an interrupted run's newest checkpoint (loaded, its logs cut back to it), else 0."""
     checkpoint = newest_checkpoint(out)
-    if checkpoint is not None:
-        start_step = load_checkpoint(checkpoint, model, value_model, optimizer, scheduler, kl_controller, moments,
-                                     state.process_index)
-        if state.is_main_process:
-            trim_log(out / "metrics.jsonl", start_step)
-            trim_log(out / "samples.jsonl", start_step)
-            print(f"[ppo] resuming from {checkpoint} at step {start_step}")
-        state.wait_for_everyone()
+    if checkpoint is None:
+        return 0
+    start_step = load_checkpoint(checkpoint, training.model, training.value_model, training.optimizer,
+                                 training.scheduler, training.kl_controller, training.moments, state.process_index)
+    if state.is_main_process:
+        trim_log(out / "metrics.jsonl", start_step)
+        trim_log(out / "samples.jsonl", start_step)
+        print(f"[ppo] resuming from {checkpoint} at step {start_step}")
+    state.wait_for_everyone()
+    return start_step
 
-    # --- train
-    metrics, stopped, diverged = {}, None, False
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="ppo",
-               disable=not state.is_main_process)
-    for step in bar:
-        started = time.time()
-        indices = prompt_indices(step, len(rows), cfg.rollout_batch_size, recipe.seed, state.process_index,
-                                 state.num_processes)
-        batch, batch_ids = [rows[i] for i in indices], [prompt_ids[i] for i in indices]
 
-        # rollout: sample with the policy adapter
-        model.set_adapter("default")
-        try:
+# ------------------------------------------------------------------------------------------------ steps
+
+
+@dataclass
+class Rollout:
+    """One sampled response per prompt: prompts left-padded, responses padded after their first EOS."""
+
+    query: torch.Tensor
+    query_mask: torch.Tensor
+    responses: torch.Tensor
+    response_mask: torch.Tensor  # 1 up to and including the EOS
+    ended: torch.Tensor  # the response has its EOS, not cut off at max_new_tokens
+    texts: list[str]  # decoded, what the reward sources read
+    seconds: float  # sampling time
+
+
+def rollout(model, tokenizer, prompt_ids: list[list[int]], cfg: PPOStage, autocast: Callable) -> Rollout:
+    """1. Sample with the policy adapter. Raises NonFiniteLogits when the policy has blown up."""
+    started = time.time()
+    model.set_adapter("default")
+    with autocast():
+        query, query_mask, responses, response_mask = sample_responses(
+            model, prompt_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.max_new_tokens,
+            cfg.temperature, cfg.top_k, cfg.top_p, cfg.rollout_cache,
+        )
+    seconds = time.time() - started
+    ended = (responses == tokenizer.eos_token_id).any(1) & (response_mask.sum(1) > 0)
+    texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
+             for r, m in zip(responses, response_mask)]
+    return Rollout(query, query_mask, responses, response_mask, ended, texts, seconds)
+
+
+@dataclass
+class Scores:
+    raw: torch.Tensor  # the weighted sum of the reward sources, as logged
+    trained: torch.Tensor  # after EOS handling, normalisation and clipping: what PPO optimises
+    gold: list[float] | None  # the first gold judge's, when there is one
+
+
+def score(batch: list[dict], answers: Rollout, sources: RewardSources, moments: RunningMoments, cfg: PPOStage,
+          state, autocast: Callable) -> Scores:
+    """2. The reward model and/or functions, weighted, then EOS handling and normalisation."""
+    prompts = [row["prompt"] for row in batch]
+    parts = []
+    if sources.model is not None:
+        conversations = [p + [{"role": "assistant", "content": t}] for p, t in zip(prompts, answers.texts)]
+        with autocast():
+            parts.append(score_conversations(sources.model, sources.tokenizer, conversations, cfg.mini_batch_size))
+    columns = {k: [row.get(k) for row in batch] for k in sources.columns}
+    for spec, function in sources.functions:
+        parts.append(call_reward_function(function, spec, prompts, answers.texts, columns))
+    raw = sum(w * torch.tensor(p, dtype=torch.float32) for w, p in zip(sources.weights, parts)).to(state.device)
+    # the gold judge watches (logged beside the proxy reward, never trained on): reward hacking shows as a gap
+    judges = sources.judges
+    gold = judge_scores(judges[:1], prompts, answers.texts, columns).get(judges[0]) if judges else None
+    scores = raw.clone()
+    if cfg.missing_eos == "penalty":
+        scores = torch.where(answers.ended, scores, scores - cfg.missing_eos_penalty)
+    elif cfg.missing_eos == "zero":
+        scores = torch.where(answers.ended, scores, torch.zeros_like(scores))
+    if cfg.reward_normalization == "batch":
+        scores = (scores - scores.mean()) / (scores.std() + 1e-8) if len(scores) > 1 else scores - scores.mean()
+    elif cfg.reward_normalization == "running":
+        moments.update(gather_all(scores, state))
+        scores = (scores - moments.mean) / moments.std
+    if cfg.reward_clip is not None:
+        scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+    return Scores(raw, scores, gold)
+
+
+@dataclass
+class Experience:
+    """A rollout as the update reads it: whole sequences, and the policy, reference and value model before it."""
+
+    sequences: torch.Tensor  # prompt then response
+    attention: torch.Tensor
+    responses: torch.Tensor
+    context: int  # the padded prompt length: responses start here
+    mask: torch.Tensor  # the response mask, as float
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    old_values: torch.Tensor  # zero on padding
+
+
+def old_logprobs_and_values(training: Training, answers: Rollout, cfg: PPOStage, autocast: Callable) -> Experience:
+    """3. Log-probs of policy and reference, and values: no gradients, one mini-batch at a time."""
+    sequences = torch.cat([answers.query, answers.responses], 1)
+    attention = torch.cat([answers.query_mask, answers.response_mask], 1)
+    context = answers.query.shape[1]
+    mask = answers.response_mask.float()
+    old_logprobs, ref_logprobs, old_values = [], [], []
+    with torch.no_grad(), autocast():
+        for chunk in chunks(len(sequences), cfg.mini_batch_size):
+            args = (sequences[chunk], attention[chunk], answers.responses[chunk], context, cfg.temperature)
+            old_logprobs.append(response_logprobs(training.model, "default", *args)[0])
+            ref_logprobs.append(response_logprobs(training.model, "reference", *args)[0])
+            old_values.append(response_values(training.value_model, sequences[chunk], attention[chunk], context))
+    return Experience(sequences, attention, answers.responses, context, mask, torch.cat(old_logprobs).float(),
+                      torch.cat(ref_logprobs).float(), torch.cat(old_values).float() * mask)
+
+
+def estimate_advantages(experience: Experience, scores: torch.Tensor, kl_coef: float, cfg: PPOStage
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4. (per-token KL to the reference, advantages, returns)."""
+    rewards, kl = per_token_rewards(scores, experience.old_logprobs, experience.ref_logprobs, experience.mask, kl_coef)
+    advantages, returns = gae(rewards, experience.old_values, experience.mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, experience.mask)
+    return kl, advantages, returns
+
+
+def update(training: Training, experience: Experience, advantages: torch.Tensor, returns: torch.Tensor,
+           cfg: PPOStage, state, autocast: Callable) -> list[dict]:
+    """5. ppo_epochs passes over the rollout batch in shuffled mini-batches, then one scheduler step.
+    Returns each mini-batch's losses and statistics."""
+    e, params = experience, training.policy_params + training.value_params
+    stats = []
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(len(e.sequences))
+        for chunk_start in range(0, len(e.sequences), cfg.mini_batch_size):
+            mb = order[chunk_start : chunk_start + cfg.mini_batch_size].to(state.device)
             with autocast():
-                query, query_mask, responses, response_mask = sample_responses(
-                    model, batch_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.max_new_tokens,
-                    cfg.temperature, cfg.top_k, cfg.top_p, cfg.rollout_cache,
-                )
-        except NonFiniteLogits:  # the policy has blown up
-            stopped, diverged = f"the policy's next-token probabilities are not finite at step {step + 1}", True
-            print(f"[ppo] stopping early: {stopped}")
-            break
-        rollout_seconds = time.time() - started
-        ended = (responses == tokenizer.eos_token_id).any(1) & (response_mask.sum(1) > 0)
-        texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
-                 for r, m in zip(responses, response_mask)]
-
-        # score: the reward model and/or functions, weighted, then EOS handling and normalisation
-        prompts = [row["prompt"] for row in batch]
-        parts = []
-        if cfg.use_reward_model:
-            conversations = [p + [{"role": "assistant", "content": t}] for p, t in zip(prompts, texts)]
+                logprobs, entropy = response_logprobs(training.model, "default", e.sequences[mb], e.attention[mb],
+                                                      e.responses[mb], e.context, cfg.temperature, with_entropy=True)
+                pg_loss, pg_stats = policy_loss(logprobs.float(), e.old_logprobs[mb], advantages[mb], e.mask[mb],
+                                                cfg.clip_range)
+            pg_loss.backward()
             with autocast():
-                parts.append(score_conversations(reward_model, reward_tokenizer, conversations, cfg.mini_batch_size))
-        batch_columns = {k: [row.get(k) for row in batch] for k in columns}
-        for spec, function in reward_functions:
-            parts.append(call_reward_function(function, spec, prompts, texts, batch_columns))
-        raw_scores = sum(w * torch.tensor(p, dtype=torch.float32) for w, p in zip(weights, parts)).to(state.device)
-        # the gold judge watches (logged beside the proxy reward, never trained on): reward hacking shows as a gap
-        gold = judge_scores(judges[:1], prompts, texts, batch_columns).get(judges[0]) if judges else None
-        scores = raw_scores.clone()
-        if cfg.missing_eos == "penalty":
-            scores = torch.where(ended, scores, scores - cfg.missing_eos_penalty)
-        elif cfg.missing_eos == "zero":
-            scores = torch.where(ended, scores, torch.zeros_like(scores))
-        if cfg.reward_normalization == "batch":
-            scores = (scores - scores.mean()) / (scores.std() + 1e-8) if len(scores) > 1 else scores - scores.mean()
-        elif cfg.reward_normalization == "running":
-            moments.update(gather_all(scores, state))
-            scores = (scores - moments.mean) / moments.std
-        if cfg.reward_clip is not None:
-            scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+                values = response_values(training.value_model, e.sequences[mb], e.attention[mb], e.context).float()
+                vf_loss, vf_stats = value_loss(values, e.old_values[mb], returns[mb], e.mask[mb], cfg.value_clip_range)
+            vf_loss.backward()
+            average_gradients(params, state)
+            torch.nn.utils.clip_grad_norm_(training.policy_params, cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(training.value_params, cfg.max_grad_norm)
+            training.optimizer.step()
+            training.optimizer.zero_grad(set_to_none=True)
+            stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
+                          "entropy": masked_mean(entropy.float(), e.mask[mb]).item(), **pg_stats, **vf_stats})
+    training.scheduler.step()
+    return stats
 
-        # log-probs of policy and reference, values: no gradients, one mini-batch at a time
-        sequences = torch.cat([query, responses], 1)
-        attention = torch.cat([query_mask, response_mask], 1)
-        context = query.shape[1]
-        mask = response_mask.float()
-        old_logprobs, ref_logprobs, old_values = [], [], []
-        with torch.no_grad(), autocast():
-            for chunk in chunks(len(batch), cfg.mini_batch_size):
-                args = (sequences[chunk], attention[chunk], responses[chunk], context, cfg.temperature)
-                old_logprobs.append(response_logprobs(model, "default", *args)[0])
-                ref_logprobs.append(response_logprobs(model, "reference", *args)[0])
-                old_values.append(response_values(value_model, sequences[chunk], attention[chunk], context))
-        old_logprobs, ref_logprobs = torch.cat(old_logprobs).float(), torch.cat(ref_logprobs).float()
-        old_values = torch.cat(old_values).float() * mask
 
-        # per-token rewards and advantages
-        rewards, kl = per_token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_controller.value)
-        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+def step_metrics(answers: Rollout, scores: Scores, experience: Experience, kl: torch.Tensor, stats: list[dict],
+                 kl_coef: float, state) -> dict:
+    """6. The step's metrics, averaged over processes; kl_coef is the one this step's rewards were computed with."""
+    sequence_kl, mask = kl.sum(1), experience.mask
+    local = {
+        "reward_mean": scores.raw.mean().item(),
+        "reward_std": scores.raw.std().item() if len(scores.raw) > 1 else 0.0,
+        "score_mean": scores.trained.mean().item(),
+        "kl": sequence_kl.mean().item(),
+        "non_score_reward": (-kl_coef * sequence_kl).mean().item(),
+        "response_length": mask.sum(1).mean().item(),
+        "eos_fraction": answers.ended.float().mean().item(),
+        "value_mean": masked_mean(experience.old_values, mask).item(),
+        "rollout_tokens_per_second": mask.sum().item() / max(answers.seconds, 1e-9),
+        **({"gold_mean": sum(scores.gold) / len(scores.gold)} if scores.gold is not None else {}),
+        **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
+    }
+    return mean_over_processes(local, state)
 
-        # optimise: ppo_epochs passes over the rollout batch in shuffled mini-batches
-        stats = []
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(batch))
-            for chunk_start in range(0, len(batch), cfg.mini_batch_size):
-                mb = order[chunk_start : chunk_start + cfg.mini_batch_size].to(state.device)
-                with autocast():
-                    logprobs, entropy = response_logprobs(model, "default", sequences[mb], attention[mb],
-                                                          responses[mb], context, cfg.temperature, with_entropy=True)
-                    pg_loss, pg_stats = policy_loss(logprobs.float(), old_logprobs[mb], advantages[mb], mask[mb],
-                                                    cfg.clip_range)
-                pg_loss.backward()
-                with autocast():
-                    values = response_values(value_model, sequences[mb], attention[mb], context).float()
-                    vf_loss, vf_stats = value_loss(values, old_values[mb], returns[mb], mask[mb],
-                                                   cfg.value_clip_range)
-                vf_loss.backward()
-                average_gradients(policy_params + value_params, state)
-                torch.nn.utils.clip_grad_norm_(policy_params, cfg.max_grad_norm)
-                torch.nn.utils.clip_grad_norm_(value_params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                              "entropy": masked_mean(entropy.float(), mask[mb]).item(), **pg_stats, **vf_stats})
-        scheduler.step()
 
-        # metrics, averaged over processes
-        sequence_kl = kl.sum(1)
-        local = {
-            "reward_mean": raw_scores.mean().item(),
-            "reward_std": raw_scores.std().item() if len(raw_scores) > 1 else 0.0,
-            "score_mean": scores.mean().item(),
-            "kl": sequence_kl.mean().item(),
-            "non_score_reward": (-kl_controller.value * sequence_kl).mean().item(),
-            "response_length": mask.sum(1).mean().item(),
-            "eos_fraction": ended.float().mean().item(),
-            "value_mean": masked_mean(old_values, mask).item(),
-            "rollout_tokens_per_second": mask.sum().item() / max(rollout_seconds, 1e-9),
-            **({"gold_mean": sum(gold) / len(gold)} if gold is not None else {}),
-            **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
-        }
-        metrics = mean_over_processes(local, state)
-        kl_controller.update(metrics["kl"], cfg.rollout_batch_size * state.num_processes)
-        metrics.update({"kl_coef": kl_controller.value, "learning_rate": scheduler.get_last_lr()[0],
-                        "step_seconds": time.time() - started, "rollout_seconds": rollout_seconds})
-        if state.is_main_process:
-            with (out / "metrics.jsonl").open("a") as fh:
-                fh.write(json.dumps({"step": step + 1, **metrics}) + "\n")
-            if tensorboard is not None:
-                for key, value in metrics.items():
-                    tensorboard.add_scalar(f"ppo/{key}", value, step + 1)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.3f}")
-            if step % cfg.sample_every == 0 or step + 1 == cfg.steps:
-                with (out / "samples.jsonl").open("a") as fh:
-                    for prompt, text, score in list(zip(prompts, texts, raw_scores.tolist()))[:2]:
-                        fh.write(json.dumps({"step": step + 1, "prompt": prompt, "response": text,
-                                             "score": score}) + "\n")
-
-        # checkpoint; stop when the policy runs away from the reference or the numbers stop being numbers
-        broken = [k for k in ("reward_mean", "kl", "policy_loss", "value_loss") if not math.isfinite(metrics[k])]
-        if not torch.stack([torch.isfinite(p).all() for p in policy_params + value_params]).all():  # one sync
-            broken.append("adapter weights")  # never checkpoint weights that are already NaN/inf
-        if broken:
-            stopped = f"{', '.join(broken)} not finite at step {step + 1}"
-            diverged = True
-        elif cfg.max_kl is not None and metrics["kl"] > cfg.max_kl:
-            stopped = f"KL {metrics['kl']:.2f} exceeded ppo.max_kl={cfg.max_kl} at step {step + 1}"
-        if stopped:
-            print(f"[ppo] stopping early: {stopped}")
-            break
-        if (step + 1) % cfg.save_steps == 0 or step + 1 == cfg.steps:
-            save_checkpoint(out, step + 1, model, value_model, optimizer, scheduler, kl_controller, moments, state,
-                            cfg.save_total_limit)
-
-    # --- save the policy adapter (the newest checkpoint's when stopped early)
-    steps_done = step + 1 if metrics else start_step
-    if stopped:
-        last = newest_checkpoint(out)
-        if last is not None:
-            steps_done = load_checkpoint(last, model, value_model, optimizer, scheduler, kl_controller, moments,
-                                         state.process_index)
-            print(f"[ppo] keeping the policy of {last}")
-        elif diverged:
-            raise TrainingDiverged(f"ppo: {stopped}; no checkpoint was saved before it, so there is no good policy "
-                                   "to keep. Lower ppo.learning_rate or max_grad_norm and run again.")
-        else:
-            print("[ppo] no checkpoint before the stop: keeping the policy as it was when it stopped")
+def write_logs(out: Path, step: int, metrics: dict, batch: list[dict], texts: list[str], raw_scores: torch.Tensor,
+               cfg: PPOStage, tensorboard) -> None:
+    """6. metrics.jsonl (and tensorboard) every step; two example rollouts to samples.jsonl every sample_every."""
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": step + 1, **metrics}) + "\n")
     if tensorboard is not None:
-        tensorboard.close()
+        for key, value in metrics.items():
+            tensorboard.add_scalar(f"ppo/{key}", value, step + 1)
+    if step % cfg.sample_every == 0 or step + 1 == cfg.steps:
+        prompts = [row["prompt"] for row in batch]
+        with (out / "samples.jsonl").open("a") as fh:
+            for prompt, text, score in list(zip(prompts, texts, raw_scores.tolist()))[:2]:
+                fh.write(json.dumps({"step": step + 1, "prompt": prompt, "response": text, "score": score}) + "\n")
+
+
+def stop_check(metrics: dict, params: list[torch.Tensor], max_kl: float | None, step: int) -> tuple[str | None, bool]:
+    """7. (why to stop after this step or None, whether that is divergence): the numbers stopped being numbers,
+    or the policy ran away from the reference."""
+    broken = [k for k in ("reward_mean", "kl", "policy_loss", "value_loss") if not math.isfinite(metrics[k])]
+    if not torch.stack([torch.isfinite(p).all() for p in params]).all():  # one sync
+        broken.append("adapter weights")  # never checkpoint weights that are already NaN/inf
+    if broken:
+        return f"{', '.join(broken)} not finite at step {step + 1}", True
+    if max_kl is not None and metrics["kl"] > max_kl:
+        return f"KL {metrics['kl']:.2f} exceeded ppo.max_kl={max_kl} at step {step + 1}", False
+    return None, False
+
+
+# ------------------------------------------------------------------------------------------------ the end
+
+
+def fall_back_to_checkpoint(out: Path, training: Training, stopped: str, diverged: bool, steps_done: int,
+                            state) -> int:
+    """After an early stop, the newest checkpoint's policy and its step count. Without one, the policy as it
+    stopped, unless it diverged: then there is no good policy to keep."""
+    last = newest_checkpoint(out)
+    if last is not None:
+        steps_done = load_checkpoint(last, training.model, training.value_model, training.optimizer,
+                                     training.scheduler, training.kl_controller, training.moments, state.process_index)
+        print(f"[ppo] keeping the policy of {last}")
+    elif diverged:
+        raise TrainingDiverged(f"ppo: {stopped}; no checkpoint was saved before it, so there is no good policy "
+                               "to keep. Lower ppo.learning_rate or max_grad_norm and run again.")
+    else:
+        print("[ppo] no checkpoint before the stop: keeping the policy as it was when it stopped")
+    return steps_done
+
+
+def save_policy(out: Path, model, tokenizer, state) -> None:
+    """The policy adapter alone (the other roles are this stage's own), with the tokenizer, in out/adapter."""
     if state.is_main_process:
         tmp = temp_dir_for(out / "adapter")
         model.save_pretrained(tmp, selected_adapters=["default"])
         tokenizer.save_pretrained(tmp)
         replace_dir(tmp, out / "adapter")
     state.wait_for_everyone()
-    return {**{f"final_{k}": v for k, v in metrics.items()}, "steps": steps_done,
-            "prompts": len(rows), "stopped_early": stopped, "processes": state.num_processes}
-
 
 # ------------------------------------------------------------------------------------------------ roles
 
@@ -387,122 +540,4 @@ def prompt_indices(step: int, rows: int, batch: int, seed: int, rank: int, world
             orders[epoch] = torch.randperm(rows, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         out.append(orders[epoch][index])
     return out
-
-
-def average_gradients(params: list[torch.Tensor], state) -> None:
-    """Mean of every process's gradients (LoRA and heads are small: one flat all-reduce)."""
-    if state.num_processes == 1:
-        return
-    import torch.distributed as dist
-
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
-    dist.all_reduce(flat)
-    flat /= state.num_processes
-    offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset : offset + g.numel()].view_as(g).to(p.dtype)
-        offset += g.numel()
-
-
-def broadcast_from_main(params: list[torch.Tensor], state) -> None:
-    if state.num_processes == 1:
-        return
-    import torch.distributed as dist
-
-    with torch.no_grad():
-        for p in params:
-            dist.broadcast(p.data, src=0)
-
-
-def mean_over_processes(values: dict, state) -> dict:
-    if state.num_processes == 1:
-        return values
-    import torch.distributed as dist
-
-    keys = sorted(values)
-    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=state.device)
-    dist.all_reduce(tensor)
-    return {k: v / state.num_processes for k, v in zip(keys, tensor.tolist())}
-
-
-def gather_all(values: torch.Tensor, state) -> torch.Tensor:
-    if state.num_processes == 1:
-        return values
-    import torch.distributed as dist
-
-    parts = [torch.zeros_like(values) for _ in range(state.num_processes)]
-    dist.all_gather(parts, values)
-    return torch.cat(parts)
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-# checkpoints/step-N/ holds state.pt (adapters, value head, optimiser, scheduler, KL controller, reward moments,
-# step) and rng-<rank>.pt per process; it is written under a temporary name and renamed, so it is whole or absent.
-
-
-def newest_checkpoint(out: Path) -> Path | None:
-    found = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    found = [p for p in found if (p / "state.pt").is_file()]
-    return found[-1] if found else None
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def save_checkpoint(out: Path, step: int, model, value_model, optimizer, scheduler, kl_controller, moments,
-                    state, keep: int) -> None:
-    from peft import get_peft_model_state_dict
-
-    target = out / "checkpoints" / f"step-{step}"
-    tmp = target.with_name(f".{target.name}.tmp")
-    if state.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    state.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng-{state.process_index}.pt")
-    if state.is_main_process:
-        torch.save({
-            "step": step,
-            "policy": get_peft_model_state_dict(model, adapter_name="default"),
-            "value_adapter": get_peft_model_state_dict(model, adapter_name="value"),
-            "value_head": value_model.head.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "kl_controller": kl_controller.state_dict(),
-            "reward_moments": moments.state_dict(),
-        }, tmp / "state.pt")
-    state.wait_for_everyone()
-    if state.is_main_process:
-        replace_dir(tmp, target)
-        for old in sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
-            shutil.rmtree(old)
-        write_json_atomic(out / "checkpoints" / "latest.json", {"step": step, "path": str(target)})
-    state.wait_for_everyone()
-
-
-def load_checkpoint(path: Path, model, value_model, optimizer, scheduler, kl_controller, moments, rank: int) -> int:
-    from peft import set_peft_model_state_dict
-
-    saved = torch.load(path / "state.pt", map_location=next(model.parameters()).device, weights_only=False)
-    set_peft_model_state_dict(model, saved["policy"], adapter_name="default")
-    set_peft_model_state_dict(model, saved["value_adapter"], adapter_name="value")
-    value_model.head.load_state_dict(saved["value_head"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    kl_controller.load_state_dict(saved["kl_controller"])
-    moments.load_state_dict(saved["reward_moments"])
-    rng_file = path / f"rng-{rank}.pt"
-    if rng_file.is_file():  # absent when resumed with more processes than saved: those continue unseeded
-        rng = torch.load(rng_file, weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-    return saved["step"]
 
