@@ -206,51 +206,68 @@ def cmd_validate(args) -> int:
           f"base {recipe.model.name_or_path}{' (4-bit)' if recipe.quantization.load_in_4bit else ''}")
     for line in check_datasets(recipe, recipe.stages, skip_hub=True):
         print("  " + line)
+    for line in trl_setting_lines(recipe):
+        print("  " + line)
     for stage, action in plan(recipe):
         print(f"  {stage}: {'will run' if action == 'run' else 'finished earlier, will be skipped'}")
     return 0
 
 
 def check_datasets(recipe, stages, skip_hub: bool = False) -> list[str]:
-    """Read and check every dataset the stages use, then the model path and tokenizer and the rows' lengths, so
-    bad input fails before the first stage trains; returns one line per dataset."""
-    from align.data import check_lengths, load_demonstrations, load_preferences
+    """Read and check every dataset the stages use (the stage table says which fields hold them), then the model
+    path and tokenizer and the rows' lengths, so bad input fails before the first stage trains; returns one line
+    per dataset."""
+    from align.data import check_lengths, load_demonstrations, load_preferences, load_prompts
     from align.models import is_hub_id, load_tokenizer, resolve_model_path
-    from align.runs import stage_dir, trl_args
+    from align.runs import stage_dir
+    from align.stages import STAGES
+    from align.trainer_settings import trl_args
 
+    loaders = {"demonstrations": load_demonstrations, "preferences": load_preferences, "prompts": load_prompts}
     lines, loaded = [], []
     for stage in stages:
         section = getattr(recipe, stage)
-        if stage in ("sft", "reward", "dpo"):
-            sources = [("dataset", section.dataset), ("eval_dataset", section.eval_dataset)]
-        elif stage == "eval":
-            sources = [("dataset", section.dataset)]
-        else:
-            continue
-        for field, source in sources:
+        for field, kind in STAGES[stage].datasets.items():
+            source = getattr(section, field)
             if source is None:
                 continue
             if source.hub and skip_hub:
                 lines.append(f"{stage}.{field}: {source.describe()} (hub dataset: checked when the run loads it)")
                 continue
-            rows, where = (load_demonstrations if stage == "sft" else load_preferences)(source)
-            lines.append(f"{stage}.{field}: {len(rows)} valid rows from {where}")
-            loaded.append((len(lines) - 1, stage, field, rows, where))
+            rows, where = loaders[kind](source)
+            lines.append(f"{stage}.{field}: {len(rows)} valid {kind if kind != 'preferences' else 'pairs'} from {where}")
+            if kind != "prompts" and STAGES[stage].trl_config:
+                loaded.append((len(lines) - 1, stage, field, kind, rows, where))
 
     resolve_model_path(recipe.model.name_or_path)  # a missing model directory fails now
     if skip_hub and is_hub_id(recipe.model.name_or_path):
         return lines  # `align validate` does not download a tokenizer to check lengths
     tokenizer = load_tokenizer(recipe.model)
-    for line, stage, field, rows, where in loaded:
-        if stage == "eval":
-            continue
+    for line, stage, field, kind, rows, where in loaded:
         max_length = trl_args(recipe, stage, stage_dir(recipe, stage)).max_length
-        answers = ("completion",) if stage == "sft" else ("chosen", "rejected")
+        answers = ("completion",) if kind == "demonstrations" else ("chosen", "rejected")
         # RewardTrainer skips the pairs longer than max_length; the other trainers cut them.
         lengths = check_lengths(rows, tokenizer, max_length, where, answers,
                                 dropped=stage == "reward" and field == "dataset")
         if max_length is not None:
             lines[line] += f"; {lengths['truncated']} longer than max_length={max_length}"
+    return lines
+
+
+def trl_setting_lines(recipe) -> list[str]:
+    """Per trl stage, the settings that differ from trl's defaults and who set them."""
+    from align.runs import stage_dir
+    from align.stages import STAGES
+    from align.trainer_settings import changed_from_trl_defaults, show
+
+    lines = []
+    for stage in recipe.stages:
+        if not STAGES[stage].trl_config:
+            continue
+        changed = changed_from_trl_defaults(recipe, stage, stage_dir(recipe, stage))
+        lines.append(f"{stage}: trl.{STAGES[stage].trl_config} differs from trl's defaults in {len(changed)} settings")
+        lines.extend(f"    {key} = {show(value)}   (trl: {show(default)}; set by {who})"
+                     for key, value, default, who in changed)
     return lines
 
 
@@ -267,25 +284,25 @@ def cmd_ls(args) -> int:
 def cmd_export(args) -> int:
     import time
 
-    from align.config import POLICY_STAGES
     from align.runs import finish_stage, is_finished, load_run_recipe, stage_dir
-    from align.stages import export
+    from align.stages import POLICY_STAGES, STAGES
 
     run = Path(args.run_dir).resolve()
     # The run dir may have been moved, copied or renamed: read its stages from where it is now.
     recipe = load_run_recipe(run).model_copy(update={"output_root": str(run.parent), "name": run.name})
-    # every finished policy stage: export merges the last one, as the recipe's own export stage does
-    inputs = {s: stage_dir(recipe, s) for s in POLICY_STAGES if is_finished(stage_dir(recipe, s))}
-    if not inputs:
+    finished = [s for s in recipe.stages if s != "export" and is_finished(stage_dir(recipe, s))]
+    if not any(s in POLICY_STAGES for s in finished):
         raise FileNotFoundError(f"{args.run_dir}: no finished policy stage ({', '.join(POLICY_STAGES)}) to export")
-    stages = [s for s in recipe.stages if s in inputs] + ["export"]
-    recipe = recipe.model_copy(update={"stages": stages})
+    # The recipe's stages as far as they finished: export merges the last policy stage's adapter, as the recipe's
+    # own export stage does, and its model card carries every finished stage's figures.
+    recipe = recipe.model_copy(update={"stages": finished + ["export"]})
+    inputs = {s: stage_dir(recipe, s) for s in finished}
     out = stage_dir(recipe, "export")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    metrics = export.run(recipe, out, inputs)
+    metrics = STAGES["export"].function()(recipe, out, inputs)
     finish_stage(out, recipe, "export", metrics, time.time() - started, inputs)
-    print(f"exported to {out / 'model'}")
+    print(f"exported {recipe.policy_stage()} to {out / 'model'}")
     return 0
 
 

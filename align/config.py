@@ -19,12 +19,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from align.stages import ONLINE_STAGES, POLICY_STAGES, STAGES
+
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
-STAGE_ORDER = ("sft", "reward", "dpo", "online_dpo", "ppo", "rloo", "grpo", "eval", "export")
-POLICY_STAGES = ("sft", "dpo", "online_dpo", "ppo", "rloo", "grpo")  # stages that produce a chat-model adapter
-# sample answers and score them with the reward model and/or functions
-ONLINE_STAGES = ("online_dpo", "ppo", "rloo", "grpo")
-StageName = Literal["sft", "reward", "dpo", "online_dpo", "ppo", "rloo", "grpo", "eval", "export"]
+STAGE_ORDER = tuple(STAGES)
+StageName = Literal[STAGE_ORDER]
 
 
 class RecipeError(ValueError):
@@ -147,7 +146,7 @@ class TrlStage(Section):
 
 
 class SFTStage(TrlStage):
-    trl_config_name: typing.ClassVar[str] = "SFTConfig"
+    trl_config_name: typing.ClassVar[str] = STAGES["sft"].trl_config
 
     @model_validator(mode="after")
     def _no_label_database(self) -> SFTStage:
@@ -180,7 +179,7 @@ class JudgeLabelledPairs(Section):
 
 
 class RewardStage(TrlStage):
-    trl_config_name: typing.ClassVar[str] = "RewardConfig"
+    trl_config_name: typing.ClassVar[str] = STAGES["reward"].trl_config
     judge_labelled_pairs: JudgeLabelledPairs | None = Field(
         None, description="Add judge-ordered pairs of the SFT model's samples to the training pairs; None = off."
     )
@@ -197,7 +196,7 @@ class RewardStage(TrlStage):
 
 
 class DPOStage(TrlStage):
-    trl_config_name: typing.ClassVar[str] = "DPOConfig"
+    trl_config_name: typing.ClassVar[str] = STAGES["dpo"].trl_config
 
 
 class OnlineDPOStage(TrlStage):
@@ -206,7 +205,7 @@ class OnlineDPOStage(TrlStage):
     (trl DPOTrainer, reference = the policy at the round's start) trains on them with an NLL term on the chosen
     answer. Any other key goes to trl.DPOConfig (beta, learning_rate, ...)."""
 
-    trl_config_name: typing.ClassVar[str] = "DPOConfig"
+    trl_config_name: typing.ClassVar[str] = STAGES["online_dpo"].trl_config
     dataset: DataSource = Field(description="Prompts to answer: prompt, messages, demonstration or preference rows.")
     rounds: int = Field(2, gt=0, description="Sample -> score -> pair -> train rounds.")
     prompts_per_round: int = Field(
@@ -305,11 +304,11 @@ class OnlineTrlStage(TrlStage):
 
 
 class RLOOStage(OnlineTrlStage):
-    trl_config_name: typing.ClassVar[str] = "RLOOConfig"
+    trl_config_name: typing.ClassVar[str] = STAGES["rloo"].trl_config
 
 
 class GRPOStage(OnlineTrlStage):
-    trl_config_name: typing.ClassVar[str] = "GRPOConfig"
+    trl_config_name: typing.ClassVar[str] = STAGES["grpo"].trl_config
 
 
 class PPOStage(Section):
@@ -486,8 +485,8 @@ class Recipe(Section):
             raise ValueError(f"stages: each stage at most once (got {stages})")
         if stages != sorted(stages, key=STAGE_ORDER.index):
             raise ValueError(f"stages: must follow the order {list(STAGE_ORDER)} (got {stages})")
-        for stage in ("sft", "reward", "dpo", *ONLINE_STAGES):
-            if stage in stages and getattr(self, stage) is None:
+        for stage in stages:
+            if getattr(self, stage) is None:
                 raise ValueError(f"stages lists '{stage}' but the recipe has no '{stage}:' section")
         for stage in ONLINE_STAGES:
             section = getattr(self, stage)
@@ -521,13 +520,36 @@ class Recipe(Section):
         return earlier[-1] if earlier else None
 
 
-# Keys of the TRL configs that align sets itself, with the reason shown to the user.
+# ------------------------------------------------------------------- TRL settings align changes from trl's defaults
+# A stage's trl config is built (align.trainer_settings.trl_args) from trl's defaults, then RECIPE_TRL_KEYS from the
+# recipe, then TRL_DEFAULTS, then the stage's own `trl_defaults` in the stage table (align/stages/__init__.py),
+# then the keys the recipe gives in the stage's section. `align validate` prints every value that differs from
+# trl's defaults and where it came from; each stage writes the whole config it ran with to <stage>/trl_config.json.
+
+# Keys align derives from the recipe, with the reason shown to a recipe that sets them itself.
 RESERVED_TRL_KEYS = {
     "output_dir": "runs/<name>/<stage>/ from the recipe's name and output_root",
     "model_init_kwargs": "the model is built from the model:/quantization: sections",
     "seed": "the recipe's top-level seed",
     "data_seed": "the recipe's top-level seed",
 }
+# Also derived, but a recipe may override them: report_to (the recipe's report_to), bf16 (on when model.dtype
+# resolves to bfloat16), use_cpu (on when there is no GPU).
+TRL_DEFAULTS = {
+    "logging_steps": 5,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 2,  # checkpoints are for resuming, and a 4-bit 8B run's are big
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "dataloader_num_workers": 0,
+    # trl turns it on by default; it recomputes every activation (about a third more time per step), so only a
+    # recipe that runs short of memory (long sequences, big models) should ask for it.
+    "activation_checkpointing": False,
+}
+# transformers 5 renamed these (the old names still work, with a FutureWarning on every run)
+RENAMED_TRL_KEYS = {"gradient_checkpointing": "activation_checkpointing",
+                    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
 
 
 @functools.cache

@@ -7,37 +7,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from align.config import ONLINE_STAGES, Recipe, RecipeError, recipe_to_yaml
+from align.config import Recipe, RecipeError, recipe_to_yaml
 from align.runs import (
-    TRL_STAGES, finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, trl_args, versions,
-    write_json_atomic, write_text_atomic,
+    finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, versions, write_json_atomic,
+    write_text_atomic,
 )
+from align.stages import ONLINE_STAGES, STAGES, TRL_STAGES
+from align.trainer_settings import trl_args
 
 BARRIER_TIMEOUT_HOURS = 3
-
-# What each stage reads from earlier stages (besides the recipe).
-NEEDS = {
-    "sft": (),
-    "reward": ("sft",),  # samples of the SFT model: judge-labelled pairs and the on-policy check
-    "dpo": ("sft",),
-    "online_dpo": ("sft", "dpo", "reward"),
-    "ppo": ("sft", "dpo", "online_dpo", "reward"),
-    "rloo": ("sft", "dpo", "online_dpo", "ppo", "reward"),
-    "grpo": ("sft", "dpo", "online_dpo", "ppo", "rloo", "reward"),
-    "eval": ("reward", "sft", "dpo", "online_dpo", "ppo", "rloo", "grpo"),
-    "export": ("sft", "dpo", "online_dpo", "ppo", "rloo", "grpo"),
-}
-# run on every process under accelerate launch
-TRAINING_STAGES = ("sft", "reward", "dpo", "online_dpo", "ppo", "rloo", "grpo")
-
-
-def stage_function(stage: str):
-    from align.stages import dpo, evaluate, export, group_rl, online_dpo, ppo, reward, sft
-
-    return {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "online_dpo": online_dpo.run, "ppo": ppo.run,
-            "rloo": group_rl.run_rloo,
-            "grpo": group_rl.run_grpo, "eval": evaluate.run, "export": export.run}[stage]
-
 
 def select_stages(recipe: Recipe, only: str | None, start: str | None) -> list[str]:
     for flag, value in (("--only", only), ("--from", start)):
@@ -79,7 +57,7 @@ def plan(recipe: Recipe, only: str | None = None, start: str | None = None) -> l
     for stage, action in steps:
         if action == "skip":
             continue
-        for need in NEEDS[stage]:
+        for need in STAGES[stage].reads:
             if need in recipe.stages and need not in will_exist:
                 raise RecipeError(
                     f"stage '{stage}' needs the output of '{need}' ({stage_dir(recipe, need)}), which has not "
@@ -122,9 +100,8 @@ def run_recipe(recipe: Recipe, only: str | None = None, start: str | None = None
         directory.mkdir(parents=True, exist_ok=True)
         print(f"[{stage}] starting -> {directory}", flush=True)
         started = time.time()
-        trains = stage in TRAINING_STAGES
-        if trains or state.is_main_process:  # trainers run on every process; eval and export on the main one
-            metrics = stage_function(stage)(recipe, directory, dict(inputs))
+        if STAGES[stage].every_process or state.is_main_process:  # trainers run on every process
+            metrics = STAGES[stage].function()(recipe, directory, dict(inputs))
             if state.is_main_process:
                 records[stage] = finish_stage(directory, recipe, stage, metrics, time.time() - started, inputs)
         state.wait_for_everyone()

@@ -14,12 +14,12 @@ import json
 import math
 from pathlib import Path
 
-from align.config import STAGE_ORDER
 from align.eval_metrics import (
     category_header, category_rows, gold_header, gold_table, hacking_message, is_number, judges_used,
     reward_hacking_start, short_judge, trailing_mean,
 )
 from align.runs import is_finished, read_stage
+from align.stages import STAGES
 
 # Curves worth a panel, in order of interest; each stage shows the first four it logged.
 CURVES = ("loss", "eval_loss", "accuracy", "eval_accuracy", "margin", "rewards/accuracies", "rewards/margins",
@@ -200,7 +200,7 @@ def write_report(run: Path) -> Path:
     run = Path(run)
     images = run / "report"
     images.mkdir(exist_ok=True)
-    records = {stage: read_stage(run / stage) for stage in STAGE_ORDER if is_finished(run / stage)}
+    records = {stage: read_stage(run / stage) for stage in STAGES if is_finished(run / stage)}
     parts = [f"<h1>{html.escape(run.name)}</h1>",
              f"<p>Run directory <code>{html.escape(str(run))}</code>; stages "
              f"{' &rarr; '.join(html.escape(s) for s in records)}.</p>"]

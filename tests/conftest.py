@@ -142,3 +142,33 @@ def pytest_terminal_summary(terminalreporter):
     if broke:
         write("FAULT TESTS FAILED, ERRORED OR SKIPPED: " + ", ".join(f"{kind}: {n}" for kind, n in sorted(broke.items())),
               red=True)
+
+
+def export_again_and_compare(run: Path, base_dir: Path, stage: str) -> dict:
+    """`align export RUN` on a finished run (its recipe's export moved aside): the merged model must give the
+    logits of `stage`'s adapter on the base, and differ from the SFT adapter's. Returns the export's metrics."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align.cli import main
+    from align.runs import read_stage
+
+    (run / "export").rename(run / "export.by-recipe")
+    assert main(["export", str(run)]) == 0
+    metrics = read_stage(run / "export")["metrics"]
+    assert metrics["merged_from"].endswith(f"{stage}/adapter")
+    tokenizer = AutoTokenizer.from_pretrained(run / "export" / "model")
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(run / "export" / "model", dtype=torch.float32)(ids).logits
+
+        def adapter_logits(name: str) -> torch.Tensor:
+            base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            return PeftModel.from_pretrained(base, str(run / name / "adapter")).eval()(ids).logits
+
+        assert torch.allclose(merged, adapter_logits(stage), atol=1e-4)
+        assert not torch.allclose(merged, adapter_logits("sft"), atol=1e-4), "the export must not be SFT's adapter"
+    card = (run / "export" / "model" / "README.md").read_text()
+    assert f"the `{stage}` LoRA adapter is" in card and "heldout_accuracy" in card  # and the reward stage's figures
+    return metrics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -196,7 +198,7 @@ def test_checkpointing_takes_the_old_or_the_new_name_without_a_warning(tmp_path)
     the old name (trl's configs do, by default); a recipe may use either, and the run prints no warning."""
     import warnings
 
-    from align.runs import trl_args
+    from align.trainer_settings import trl_args
 
     for settings, expected in (({}, False), ({"gradient_checkpointing": True}, True),
                                ({"activation_checkpointing": True}, True)):
@@ -521,7 +523,45 @@ def test_validate_applies_overrides(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = write_recipe(tmp_path, minimal())
     assert align.cli.main(["validate", str(path), "sft.dataset.limit=10"]) == 0
-    assert "sft.dataset: 10 valid rows from bundled:sft" in capsys.readouterr().out
+    assert "sft.dataset: 10 valid demonstrations from bundled:sft" in capsys.readouterr().out
+
+
+def test_validate_prints_the_trl_settings_align_and_the_recipe_changed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = write_recipe(tmp_path, minimal(sft={"dataset": "bundled:sft", "learning_rate": 3e-4}))
+    assert align.cli.main(["validate", str(path), "sft.num_train_epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "sft: trl.SFTConfig differs from trl's defaults" in out
+    assert "num_train_epochs = 2.0   (trl: 3.0; set by recipe)" in out
+    assert "learning_rate = 0.0003   (trl: 2e-05; set by recipe)" in out
+    assert "logging_steps = 5   (trl: 10; set by align)" in out  # align.config.TRL_DEFAULTS
+    assert "train_sampling_strategy = group_by_length   (trl: random; set by align)" in out  # the stage table's
+    assert "per_device_train_batch_size" not in out  # align's 8 is trl's default too
+
+
+def test_the_stage_table_describes_every_stage_consistently():
+    """One entry per stage: its section in the recipe schema, an importable run function, a real trl config
+    class, reads only of stages listed before it, and dataset fields its section has."""
+    import trl
+
+    from align.config import Recipe
+    from align.stages import POLICY_STAGES, STAGES
+
+    names = list(STAGES)
+    assert names == list(typing.get_args(typing.get_args(Recipe.model_fields["stages"].annotation)[0]))
+    for name, stage in STAGES.items():
+        assert name in Recipe.model_fields, name
+        assert callable(stage.function()), name
+        assert all(names.index(earlier) < names.index(name) for earlier in stage.reads), name
+        section = Recipe.model_fields[name].annotation
+        section = next(t for t in typing.get_args(section) or (section,) if t is not type(None))
+        for field, kind in stage.datasets.items():
+            assert field in section.model_fields and kind in ("demonstrations", "preferences", "prompts"), name
+        if stage.trl_config:
+            assert getattr(trl, stage.trl_config) and section.trl_config_name == stage.trl_config, name
+            assert not set(stage.trl_defaults) - {f.name for f in dataclasses.fields(getattr(trl, stage.trl_config))}
+        assert not stage.produces_policy or stage.every_process, f"{name}: a policy is trained on every process"
+    assert set(STAGES["export"].reads) == set(POLICY_STAGES)
 
 
 def test_validate_reports_bad_rows(tmp_path, monkeypatch, capsys):

@@ -86,7 +86,7 @@ def test_a_reward_model_that_cannot_rank_the_policys_answers_is_refused(toy_gpt2
 
 
 def test_nll_weight_becomes_trls_sft_loss_term_and_clashes_are_refused(toy_gpt2, tmp_path):  # noqa: F811
-    from align.runs import trl_args
+    from align.trainer_settings import trl_args
 
     recipe = parse_recipe(tiny_recipe(toy_gpt2, tmp_path, ["online_dpo"], online_dpo={**TOY, "nll_weight": 0.5}))
     args = trl_args(recipe, "online_dpo", tmp_path)

@@ -260,3 +260,11 @@ def test_trl_online_stages_use_the_reward_model_and_functions(tiny_llama, tmp_pa
     assert sft.keys() == tuned.keys(), "the saved adapter is the policy alone (not trl's 'ref' copy)"
     assert any(not torch.equal(sft[k], tuned[k]) for k in sft)
     assert math.isfinite(records[stage]["metrics"]["final_reward"])
+
+
+def test_align_export_of_a_ppo_run_merges_the_ppo_adapter(chatgpt_run, tiny_llama):
+    from tests.conftest import export_again_and_compare
+
+    _, _, run = chatgpt_run
+    metrics = export_again_and_compare(run, tiny_llama, "ppo")
+    assert metrics["max_logit_diff"] <= 1e-3

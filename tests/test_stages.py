@@ -49,6 +49,17 @@ def test_sft_trains_the_adapter(llama_run):
     assert (run / "sft" / "recipe.yaml").is_file() and records["sft"]["versions"]["trl"] == "1.16.0"
 
 
+def test_every_trl_stage_records_the_whole_config_it_trained_with(llama_run):
+    recipe, _, run = llama_run
+    for stage in ("sft", "reward", "dpo"):
+        settings = json.loads((run / stage / "trl_config.json").read_text())
+        # the recipe's key, align's default and trl's own default all appear
+        assert settings["max_steps"] == 4 and settings["per_device_train_batch_size"] == 2, stage
+        assert settings["train_sampling_strategy"] == "group_by_length" and settings["adam_beta1"] == 0.9, stage
+        assert settings["output_dir"] == str(run / stage / "checkpoints"), stage
+    assert json.loads((run / "dpo" / "trl_config.json").read_text())["class"] == "trl.DPOConfig"
+
+
 def test_reward_saves_score_head_and_reports_heldout_accuracy(llama_run):
     _, records, run = llama_run
     tensors = adapter_tensors(run / "reward")
@@ -71,6 +82,13 @@ def test_reward_adapter_reloads_to_same_scores(llama_run, tiny_llama):
     again = pairwise_accuracy(model, tokenizer, pairs)
     assert again["accuracy"] == pytest.approx(records["reward"]["metrics"]["heldout_accuracy"])
     assert again["mean_margin"] == pytest.approx(records["reward"]["metrics"]["heldout_mean_margin"], abs=1e-4)
+
+
+def test_align_export_of_a_dpo_run_merges_the_dpo_adapter(llama_run, tiny_llama):
+    from tests.conftest import export_again_and_compare
+
+    _, _, run = llama_run
+    assert export_again_and_compare(run, tiny_llama, "dpo")["max_logit_diff"] <= 1e-3
 
 
 def test_dpo_continues_from_sft_and_moves_away(llama_run):
@@ -292,7 +310,8 @@ def test_batches_group_rows_of_similar_length(stage, tiny_llama, make_recipe, tm
 
     from align.data import load_demonstrations, load_preferences, to_dataset
     from align.models import load_tokenizer
-    from align.runs import add_lengths, trl_args
+    from align.runs import add_lengths
+    from align.trainer_settings import trl_args
 
     recipe = make_recipe(tiny_llama, [stage], **{stage: {"dataset": {"bundled": "sft" if stage == "sft" else
                                                                      "prefs_train", "limit": 96},
@@ -344,7 +363,7 @@ def test_dpo_reference_log_probs_are_precomputed_from_the_starting_policy(llama_
     """DPO computes the reference log-probs once, before training, from the policy it starts from (the SFT
     adapter), so the first step's implicit rewards are exactly 0 and its loss is ln 2. The cached rows are
     removed once the stage is done."""
-    from align.runs import trl_args
+    from align.trainer_settings import trl_args
 
     recipe, _, run = llama_run
     assert trl_args(recipe, "dpo", run / "dpo").precompute_ref_log_probs  # align's default; the recipe is silent

@@ -6,7 +6,7 @@ import pytest
 
 from align.data import DataError, check_lengths, load_demonstrations, load_preferences, preference, to_dataset
 from align.models import DEFAULT_CHAT_TEMPLATE, load_policy, load_tokenizer
-from align.runs import trl_args
+from align.trainer_settings import trl_args
 
 EXAMPLE = {"prompt": "What is the capital of France?", "chosen": "The capital of France is Paris.",
            "rejected": "Ugh. Paris, obviously."}

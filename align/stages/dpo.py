@@ -13,7 +13,8 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import check_lengths, load_preferences, shortest_first, to_dataset
 from align.models import load_policy, load_tokenizer, sync_special_tokens
-from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter, trl_args
+from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter
+from align.trainer_settings import record_trl_config, trl_args
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -23,6 +24,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # --- config
     cfg = recipe.dpo
     args = trl_args(recipe, "dpo", out)
+    record_trl_config(args, out)
     set_seed(recipe.seed)
 
     # --- data

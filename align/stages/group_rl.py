@@ -18,7 +18,8 @@ from align.models import (
     load_kwargs, load_policy, load_tokenizer, on_this_process_device, resolve_model_path, sync_special_tokens,
 )
 from align.reward_functions import call_reward_function, load_reward_function
-from align.runs import last_checkpoint, metrics_callback, save_adapter, trl_args
+from align.runs import last_checkpoint, metrics_callback, save_adapter
+from align.trainer_settings import record_trl_config, trl_args
 from reward import load_reward_model, score_conversations
 
 
@@ -40,6 +41,7 @@ def run(recipe: Recipe, out: Path, inputs: dict, stage: str, trainer_class) -> d
     # --- config
     cfg = getattr(recipe, stage)
     args = trl_args(recipe, stage, out)
+    record_trl_config(args, out)
     set_seed(recipe.seed)
 
     # --- data: prompts (other columns reach the reward functions)

@@ -31,9 +31,10 @@ from align.models import (
 from align.onpolicy import build_pairs, flatten, judge_scores, proxy_scores, regroup
 from align.report import read_jsonl
 from align.runs import (
-    add_lengths, last_checkpoint, metrics_callback, read_stage, save_adapter, trl_args, write_json_atomic,
+    add_lengths, last_checkpoint, metrics_callback, read_stage, save_adapter, write_json_atomic,
     write_text_atomic,
 )
+from align.trainer_settings import record_trl_config, trl_args
 from reward import load_reward_model
 
 # A chosen answer's mean log-prob falling by more than this over a round is likelihood displacement (Razin et al.
@@ -210,6 +211,7 @@ def refresh_reward_model(recipe: Recipe, round_dir: Path, tokenizer, rows: list[
         return reward_adapter, {"relabelled_pairs": 0}
     out = round_dir / "reward"
     args = trl_args(recipe, "reward", out)
+    record_trl_config(args, out)
     model = load_reward_model(resolve_model_path(recipe.model.name_or_path),
                               load_kwargs(recipe.model, recipe.quantization), tokenizer.pad_token_id,
                               adapter_dir=reward_adapter, trainable=True)
@@ -273,6 +275,7 @@ def train_round(recipe: Recipe, round_dir: Path, policy, tokenizer, pairs: list[
     from trl import DPOTrainer
 
     args = trl_args(recipe, "online_dpo", round_dir)
+    record_trl_config(args, round_dir)
     rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
     lengths = check_lengths(rows, tokenizer, args.max_length, round_dir.name, ("chosen", "rejected"))
     policy.train()

@@ -18,7 +18,8 @@ from align.data import check_lengths, load_preferences, load_prompts, to_dataset
 from align.generation import generate_answers, sample_answers
 from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config, resolve_model_path
 from align.onpolicy import build_pairs, flatten, headroom, judge_scores, proxy_scores, ranking_accuracy, regroup
-from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter, trl_args
+from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter
+from align.trainer_settings import record_trl_config, trl_args
 from reward import load_reward_model, pairwise_accuracy
 
 
@@ -29,6 +30,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # --- config
     cfg = recipe.reward
     args = trl_args(recipe, "reward", out)
+    record_trl_config(args, out)
     set_seed(recipe.seed)
 
     # --- data

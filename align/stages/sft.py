@@ -10,7 +10,8 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import check_lengths, load_demonstrations, to_dataset
 from align.models import load_policy, load_tokenizer, sync_special_tokens
-from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter, trl_args
+from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter
+from align.trainer_settings import record_trl_config, trl_args
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -20,6 +21,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # --- config
     cfg = recipe.sft
     args = trl_args(recipe, "sft", out)
+    record_trl_config(args, out)
     set_seed(recipe.seed)
 
     # --- data: checked before the model loads, so bad rows fail in seconds
