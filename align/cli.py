@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     if [item for item in extra if item not in late] or (late and args.command not in ("run", "validate")):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     quiet_library_noise()
-    from align.annotators import AccountError
+    from align.labelling.accounts import AccountError
     from align.config import RecipeError
     from align.data import DataError
-    from align.labels import LabelError
+    from align.labelling.store import LabelError
     from align.models import ModelError
     from align.runs import TrainingDiverged
 
@@ -274,10 +273,14 @@ def trl_setting_lines(recipe) -> list[str]:
 def cmd_ls(args) -> int:
     import yaml
 
-    for path in sorted(RECIPES_DIR.rglob("*.yaml")):
+    from align.config import shipped_recipes
+
+    folder = shipped_recipes()
+    for path in sorted(folder.rglob("*.yaml")):
         data = yaml.safe_load(path.read_text()) or {}
         stages = " -> ".join(data.get("stages", []))
-        print(f"{path.relative_to(RECIPES_DIR.parent)}\n    {data.get('description', '').strip()}\n    [{stages}]")
+        # the name `align run` takes anywhere; in a checkout it is also the file's path
+        print(f"recipes/{path.relative_to(folder)}\n    {data.get('description', '').strip()}\n    [{stages}]")
     return 0
 
 
@@ -314,7 +317,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from align.compare import compare, default_against, slug
+    from align.compare_models import compare, default_against, slug
 
     against = args.against or default_against(args.target)
     if args.out:
@@ -353,12 +356,11 @@ def serving_module():
     """The web app lives in ui/ (which imports align, never the reverse at import time): the CLI is the one
     place that reaches it, and only when asked to serve."""
     import importlib
+    import importlib.util
 
-    try:
-        importlib.import_module("gradio")
-    except ImportError as err:
-        raise MissingExtra(f"the labelling app needs the ui extra: pip install 'align[ui]' ({err})") from None
-    return importlib.import_module("ui.serve")
+    if importlib.util.find_spec("gradio") is None:
+        raise MissingExtra("the labelling app needs the ui extra: pip install 'align[ui]' (gradio is not installed)")
+    return importlib.import_module("align.ui.serve")
 
 
 def cmd_label(args) -> int:
@@ -372,12 +374,12 @@ def cmd_arena(args) -> int:
 def cmd_labels(args) -> int:
     import json
 
-    from align.labels import LabelError, LabelStore, preference_rows
+    from align.labelling.store import LabelError, LabelStore, preference_rows
 
     if args.labels_command == "add-user":
         import getpass
 
-        from align.annotators import add_account
+        from align.labelling.accounts import add_account
 
         password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(f"password for {args.name}: ")
         add_account(args.users_file, args.name, password, admin=args.admin)
@@ -386,7 +388,7 @@ def cmd_labels(args) -> int:
     store = LabelStore(args.db, create=False)
     judgments = store.judgments()
     if args.labels_command == "stats":
-        from align.label_stats import format_report, label_report
+        from align.labelling.stats import format_report, label_report
 
         report = label_report(judgments)
         if args.json:

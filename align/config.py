@@ -656,10 +656,28 @@ def parse_recipe(tree: dict, source: str = "<recipe>") -> Recipe:
         raise RecipeError(_format_errors(err, source)) from None
 
 
+def shipped_recipes() -> Path:
+    """The folder of recipes that ship with align (recipes/ in a checkout, align/recipes in an install)."""
+    from importlib import resources
+
+    return Path(str(resources.files("align.recipes")))
+
+
+def find_recipe(name: str | Path) -> Path:
+    """A recipe file, or a shipped recipe by its name as `align ls` prints it (quickstart, recipes/quickstart.yaml,
+    gpu/gpt2), so the commands work outside a checkout too."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    relative = Path(*path.parts[1:]) if path.parts and path.parts[0] == "recipes" else path
+    for candidate in (relative, relative.with_suffix(".yaml")):
+        if (shipped_recipes() / candidate).is_file():
+            return shipped_recipes() / candidate
+    raise RecipeError(f"recipe file not found: {path} (nor a shipped recipe of that name; `align ls` lists them)")
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
+    path = find_recipe(path)
     try:
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

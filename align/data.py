@@ -48,7 +48,7 @@ def read_rows(source: DataSource) -> tuple[list[dict], str]:
             raise DataError(f"hub:{source.hub}: could not load split '{source.split}': {err}") from None
         where = f"hub:{source.hub}[{source.split}]"
     elif source.labels:
-        from align.labels import LabelError, read_label_rows
+        from align.labelling.store import LabelError, read_label_rows
 
         where = f"labels:{source.labels}"
         try:
@@ -139,13 +139,13 @@ def _text(row: dict, field: str, where: str) -> str:
     return value
 
 
-def _prompt(row: dict, where: str) -> list[dict]:
+def prompt_messages(row: dict, where: str) -> list[dict]:
     if isinstance(row.get("prompt"), list):
         return _messages(row["prompt"], where, "prompt")
     return [{"role": "user", "content": _text(row, "prompt", where)}]
 
 
-def _answer(row: dict, field: str, where: str) -> list[dict]:
+def answer_messages(row: dict, field: str, where: str) -> list[dict]:
     """One assistant message, from a string or a message list whose last message is the assistant's."""
     value = row.get(field)
     if isinstance(value, list):
@@ -196,9 +196,9 @@ def demonstration(row: dict, where: str) -> dict:
             raise DataError(f"{where}: field 'messages' must end with an assistant message (the demonstration)")
         return {"prompt": messages[:-1], "completion": messages[-1:]}
     if "prompt" in row or "completion" in row:
-        prompt = _prompt(row, where)
+        prompt = prompt_messages(row, where)
         check_turn_order(prompt + [{"role": "assistant", "content": "x"}], where, "prompt")
-        return {"prompt": prompt, "completion": _answer(row, "completion", where)}
+        return {"prompt": prompt, "completion": answer_messages(row, "completion", where)}
     raise DataError(f"{where}: missing field 'messages' (or 'prompt' and 'completion'); has {sorted(row)}")
 
 
@@ -226,9 +226,9 @@ def preference(row: dict, where: str) -> dict:
                 raise DataError(f"{where}: 'chosen' and 'rejected' conversations differ before their last turn")
             prompt = full_chosen[:-1]
         else:
-            prompt = _prompt(row, where)
-        chosen = _answer(row, "chosen", where)
-        rejected = _answer(row, "rejected", where)
+            prompt = prompt_messages(row, where)
+        chosen = answer_messages(row, "chosen", where)
+        rejected = answer_messages(row, "rejected", where)
     check_turn_order(prompt + chosen, where, "prompt")
     if chosen[0]["content"].strip() == rejected[0]["content"].strip():
         raise DataError(f"{where}: 'chosen' and 'rejected' are identical, so the pair teaches nothing")
@@ -245,7 +245,7 @@ def prompt_row(row: dict, where: str) -> dict:
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with 'prompt' or 'messages'")
     if "prompt" in row and row["prompt"] is not None:
-        prompt = _prompt(row, where)
+        prompt = prompt_messages(row, where)
     elif "messages" in row:
         prompt = _messages(row["messages"], where, "messages")
         if prompt[-1]["role"] == "assistant":

@@ -6,6 +6,9 @@ statistics, and BLEU / ROUGE-L against reference answers through sacrebleu and r
 Gold judges (judges that did not train the policy): pass rates with Wilson intervals, paired model-vs-model
 differences (exact McNemar for 0/1 scores, paired bootstrap otherwise), the step where a proxy reward keeps
 rising while the gold score falls (reward hacking), and their plain-text table for the terminal summary.
+
+From a model's log-probabilities: the perplexity of reference answers, and the exact KL between two models along
+the policy's own answers.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 def win_rate_with_interval(scores: list[float], baseline_scores: list[float], z: float = 1.96) -> dict:
     """Share of items where `scores` beats `baseline_scores` (exact ties count half), with a Wilson score
     interval: unlike the normal approximation it stays inside [0, 1] and is sensible at 0% or 100% wins."""
-    from reward.scoring import win_rate
+    from align.reward.scoring import win_rate
 
     p = win_rate(scores, baseline_scores)  # checks the lists
     wins = sum(a > b for a, b in zip(scores, baseline_scores))
@@ -333,3 +336,58 @@ def gold_lines(gold: dict, indent: str = "  ") -> list[str]:
         rows = [(category, f"n={n}", " / ".join(rates)) for category, n, *rates in category_rows(gold, first)]
         lines += aligned(rows, indent + "  ")
     return lines
+
+
+# ------------------------------------------------------------------ figures from a model's log-probabilities
+
+def sequence_logprobs(model, ids: list[int], start: int):
+    """Full next-token log-distributions at the positions predicting ids[start:]."""
+    import torch
+
+    tensor = torch.tensor([ids], device=next(model.parameters()).device)
+    with torch.no_grad():
+        return torch.log_softmax(model(input_ids=tensor).logits[0, start - 1 : -1].float(), -1)
+
+
+def reference_perplexity(model, tokenizer, prompts, references, token_ids) -> float:
+    """exp(mean negative log-likelihood per token) of the reference answers, over the answer span the chat
+    template renders (prompts whose rendering changes once answered have no clean span and are skipped)."""
+    import torch
+
+    nll, count = 0.0, 0
+    for prompt, answer in zip(prompts, references):
+        context = token_ids(tokenizer, prompt, add_generation_prompt=True)
+        full = token_ids(tokenizer, prompt + [{"role": "assistant", "content": answer}])
+        if full[: len(context)] != context or len(full) <= len(context):
+            continue
+        logprobs = sequence_logprobs(model, full, len(context))
+        nll -= logprobs.gather(1, torch.tensor(full[len(context):], device=logprobs.device)[:, None]).sum().item()
+        count += len(full) - len(context)
+    return math.exp(nll / count) if count else float("nan")
+
+
+def policy_kl(models: dict, prompts, answers: list[dict], token_ids) -> list[float] | None:
+    """KL(policy || baseline) summed along the policy's answers; None when the tokenizers differ (no shared
+    token space to compare distributions in)."""
+    (_, policy_tok), (_, baseline_tok) = models["policy"], models["baseline"]
+    if policy_tok.get_vocab() != baseline_tok.get_vocab():
+        return None
+    return kl_along_answers(lambda name, ids, start: sequence_logprobs(models[name][0], ids, start),
+                            policy_tok, prompts, answers, token_ids)
+
+
+def kl_along_answers(logprobs_of, tokenizer, prompts, answers: list[dict], token_ids) -> list[float]:
+    """Per answer: the sum over its tokens of KL(policy || baseline) between the two full next-token
+    distributions, along the policy's own answer; exact (no sampling), so deterministic.
+    `logprobs_of(name, ids, start)` gives model `name`'s log-distributions predicting ids[start:]."""
+    out = []
+    for prompt, answer in zip(prompts, answers):
+        context = token_ids(tokenizer, prompt, add_generation_prompt=True)
+        if not answer["token_ids"]:
+            out.append(0.0)
+            continue
+        ids = context + answer["token_ids"]
+        p = logprobs_of("policy", ids, len(context))
+        q = logprobs_of("baseline", ids, len(context)).to(p.device)
+        out.append((p.exp() * (p - q)).sum().item())
+    return out

@@ -84,7 +84,7 @@ def proxy_scores(reward_model, tokenizer, rows: list[dict], samples: list[list[d
                  weights: list[float] | None, missing_eos_penalty: float, batch_size: int = 32) -> list[list[float]]:
     """The training signal of a sample: weighted sum of the reward model's score (when given) and each reward
     function's, minus missing_eos_penalty for answers cut off before their end."""
-    from reward import score_conversations
+    from align.reward import score_conversations
 
     prompts, texts, columns = flatten(rows, samples)
     parts = []

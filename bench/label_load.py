@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gradio_client import Client  # noqa: E402
+from gradio_client import Client
 
-from align.labels import LabelStore  # noqa: E402
-from tests.label_server import LabelServer, users_env  # noqa: E402
+from align.labelling.store import LabelStore
+from align.ui.label_process import LabelServer, users_env
 
 
 def main() -> None:

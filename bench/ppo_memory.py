@@ -31,7 +31,7 @@ def main() -> None:
     from align.models import load_kwargs, load_policy, load_tokenizer, resolve_model_path
     from align.runs import load_run_recipe
     from align.stages.ppo import load_roles
-    from reward import load_reward_model
+    from align.reward import load_reward_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run directory with finished sft/ and reward/ stages")

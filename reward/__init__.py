@@ -4,8 +4,8 @@ Depends only on libraries (torch, transformers, peft); `align` passes in the res
 tokenizer, so the chat template used for scoring is the one used in training.
 """
 
-from reward.model import AdapterHead, attach_reward_adapter, load_reward_model
-from reward.scoring import pairwise_accuracy, score_conversations, win_rate
+from align.reward.model import AdapterHead, attach_reward_adapter, load_reward_model
+from align.reward.scoring import pairwise_accuracy, score_conversations, win_rate
 
 __all__ = [
     "AdapterHead", "attach_reward_adapter", "load_reward_model", "pairwise_accuracy", "score_conversations", "win_rate",

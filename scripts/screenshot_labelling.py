@@ -12,9 +12,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.label_server import USERS, LabelServer  # noqa: E402
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from align.ui.label_process import CHROMIUM, CHROMIUM_ARGS, USERS, LabelServer
 
 
 def main(run: str, out: str = "docs/labelling.png") -> None:

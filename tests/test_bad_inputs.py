@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from align.cli import main
-from align.labels import LabelStore
+from align.labelling.store import LabelStore
 from tests.conftest import tiny_recipe
 
 pytestmark = pytest.mark.fault("bad input")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from align.cli import main
-from align.labels import LabelStore
+from align.labelling.store import LabelStore
 from align.pipeline import run_recipe
 
 
@@ -40,7 +40,7 @@ def test_eval_compares_a_run_with_its_sft_and_reads_human_labels(tiny_run, tiny_
 
 @pytest.mark.parametrize("target, against", [("alpha-model", "zeta-model"), ("zeta-model", "alpha-model")])
 def test_human_win_rate_is_read_back_from_the_labels(tmp_path, target, against):
-    from align.compare import human_comparison
+    from align.compare_models import human_comparison
 
     db = tmp_path / "labels.db"
     prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]

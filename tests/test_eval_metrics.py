@@ -61,7 +61,7 @@ def test_kl_along_the_answer_by_hand():
 
     import torch
 
-    from align.compare import policy_kl
+    from align.eval_metrics import policy_kl
 
     class Fixed(torch.nn.Module):
         def __init__(self, logits):

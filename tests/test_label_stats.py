@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from align.label_stats import (
+from align.labelling.stats import (
     binomial_two_sided_p,
     cohen_kappa,
     fleiss_kappa,

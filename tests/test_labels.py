@@ -9,11 +9,12 @@ import threading
 
 import pytest
 
-from align.annotators import AccountError, add_account, load_accounts, parse_accounts, password_matches
+from align.labelling.accounts import AccountError, add_account, load_accounts, parse_accounts, password_matches
 from align.cli import main
 from align.config import DataSource, RecipeError, parse_recipe
 from align.data import DataError, load_preferences
-from align.labels import LabelError, LabelStore, pair_items, preference_rows, prompt_items
+from align.labelling.sources import pair_items, prompt_items
+from align.labelling.store import LabelError, LabelStore, preference_rows
 
 
 def pairs(n: int) -> list[dict]:

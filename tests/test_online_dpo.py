@@ -115,7 +115,7 @@ def test_a_length_proxy_that_hurts_the_gold_judge_is_called_reward_hacking(toy_g
 def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(toy_gpt2, tmp_path,  # noqa: F811
                                                                                  capsys):
     from align.cli import main
-    from align.labels import LabelStore
+    from align.labelling.store import LabelStore
     from align.stages.online_dpo import LabelsPending
 
     db = tmp_path / "labels.db"

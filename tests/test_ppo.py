@@ -110,7 +110,7 @@ def test_reward_adapter_on_the_shared_base_scores_like_the_reward_model(chatgpt_
     from transformers import AutoModelForCausalLM
 
     from align.models import load_tokenizer
-    from reward import AdapterHead, attach_reward_adapter, load_reward_model, score_conversations
+    from align.reward import AdapterHead, attach_reward_adapter, load_reward_model, score_conversations
 
     recipe, _, run = chatgpt_run
     tokenizer = load_tokenizer(recipe.model)
@@ -136,7 +136,7 @@ def test_ppo_with_a_separate_reward_model_scores_decoded_text(tiny_llama, tiny_g
 
     from align.config import ModelSection
     from align.models import load_tokenizer
-    from reward import score_conversations
+    from align.reward import score_conversations
 
     torch.manual_seed(1)
     reward_dir = tmp_path / "gpt2-reward"

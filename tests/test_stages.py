@@ -72,7 +72,7 @@ def test_reward_saves_score_head_and_reports_heldout_accuracy(llama_run):
 def test_reward_adapter_reloads_to_same_scores(llama_run, tiny_llama):
     from align.data import load_preferences
     from align.models import load_kwargs, load_tokenizer
-    from reward import load_reward_model, pairwise_accuracy
+    from align.reward import load_reward_model, pairwise_accuracy
 
     recipe, records, run = llama_run
     tokenizer = load_tokenizer(recipe.model)

@@ -17,7 +17,7 @@ def trainers(recipe, tmp_path):
     from trl import DPOTrainer, RewardTrainer, SFTTrainer
 
     from align.models import load_kwargs, lora_config, resolve_model_path
-    from reward import load_reward_model
+    from align.reward import load_reward_model
 
     tokenizer = load_tokenizer(recipe.model)
     pair = preference(EXAMPLE, "example")

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
-from align.labels import LabelStore  # noqa: E402
-from tests.label_server import USERS, LabelServer, users_env  # noqa: E402
+from align.labelling.store import LabelStore  # noqa: E402
+from align.ui.label_process import USERS, LabelServer, users_env  # noqa: E402
 
 
 def client(server: LabelServer, name: str | None) -> Client:

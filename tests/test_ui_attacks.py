@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
-from align.labels import MAX_REASON_CHARS, LabelStore  # noqa: E402
-from tests.label_server import USERS, LabelServer  # noqa: E402
+from align.labelling.store import MAX_REASON_CHARS, LabelStore  # noqa: E402
+from align.ui.label_process import USERS, LabelServer  # noqa: E402
 
 pytestmark = pytest.mark.fault("attack")
 

@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from align.labels import LabelStore  # noqa: E402
-from tests.label_server import USERS, LabelServer  # noqa: E402
+from align.labelling.store import LabelStore  # noqa: E402
+from align.ui.label_process import CHROMIUM, CHROMIUM_ARGS, USERS, LabelServer  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Chromium's background connections are refused on a closed network; these flags keep it quiet and quick.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 
 XSS_PAIR = {"id": "xss", "prompt": "Write <b>bold</b> HTML for me",
             "response_a": "<script>window.__xss = 1</script>Here: <img src=x onerror=\"window.__xss = 2\"> ${window.__xss = 3}",

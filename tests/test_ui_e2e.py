@@ -12,9 +12,9 @@ pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
 from align.cli import main  # noqa: E402
-from align.labels import LabelStore, read_label_rows  # noqa: E402
+from align.labelling.store import LabelStore, read_label_rows  # noqa: E402
 from tests.conftest import tiny_recipe  # noqa: E402
-from tests.label_server import USERS, LabelServer  # noqa: E402
+from align.ui.label_process import USERS, LabelServer  # noqa: E402
 
 
 def test_labels_from_the_app_train_reward_and_dpo(tiny_llama, tmp_path):

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from align.chat import ChatModels
-from align.label_stats import format_report, label_report
-from align.labels import DEFAULT_LEASE_SECONDS, MAX_REASON_CHARS, LabelError, LabelStore
-from ui.render import conversation_html, response_html
+from align.labelling.stats import format_report, label_report
+from align.labelling.store import DEFAULT_LEASE_SECONDS, MAX_REASON_CHARS, LabelError, LabelStore
+from align.ui.render import conversation_html, response_html
 
 CHOICE_LABELS = [("A is better  [1]", "A"), ("B is better  [2]", "B"), ("Tie  [3]", "tie"), ("Both bad  [4]", "both_bad")]
 

@@ -13,9 +13,10 @@ import os
 import sys
 import threading
 
-from align.annotators import AccountError, load_accounts, password_matches
+from align.labelling.accounts import AccountError, load_accounts, password_matches
 from align.chat import ChatModels
-from align.labels import LabelError, LabelStore, pair_items, prompt_items
+from align.labelling.sources import pair_items, prompt_items
+from align.labelling.store import LabelError, LabelStore
 
 
 def prefetch(session, stop: threading.Event, ahead: int = 4) -> None:
@@ -99,7 +100,7 @@ class RequestSizeLimit:
 def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_specs: list[str]) -> int:
     from starlette.middleware import Middleware
 
-    from ui.app import CSS, KEYBOARD_JS, LabelSession, build_app
+    from align.ui.app import CSS, KEYBOARD_JS, LabelSession, build_app
 
     accounts = checked_accounts(args)
     if args.lease_minutes <= 0:

@@ -25,7 +25,7 @@ from align.generation import generate_answers
 from align.models import load_kwargs, load_tokenizer, on_this_process_device, resolve_model_path
 from align.eval_metrics import comparison_figures, paired_difference, pass_rate
 from align.onpolicy import judge_scores
-from reward import load_reward_model, pairwise_accuracy, score_conversations
+from align.reward import load_reward_model, pairwise_accuracy, score_conversations
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -176,16 +176,16 @@ def use_model(chat, name: str):
 def perplexity(chat, tokenizer, prompts: list[list[dict]], answers: list[str], name: str) -> float:
     """exp(mean negative log-likelihood per answer token) of reference answers after their prompts, over the
     tokens the chat template adds for the assistant turn (what SFT trains on), under model `name`."""
-    from align.compare import reference_perplexity
+    from align.eval_metrics import reference_perplexity
 
     with use_model(chat, name):
         return reference_perplexity(chat, tokenizer, prompts, answers, token_ids)
 
 
 def answer_kl(chat, tokenizer, prompts: list[list[dict]], answers: list[dict], baseline: str) -> list[float]:
-    """Per answer: KL(policy || baseline) summed along the policy's own answer (align.compare.kl_along_answers),
+    """Per answer: KL(policy || baseline) summed along the policy's own answer (align.compare_models.kl_along_answers),
     both models being adapters (or no adapter) on the one base."""
-    from align.compare import kl_along_answers, sequence_logprobs
+    from align.eval_metrics import kl_along_answers, sequence_logprobs
 
     def logprobs_of(name, ids, start):
         with use_model(chat, "policy" if name == "policy" else baseline):

@@ -20,7 +20,7 @@ from align.models import (
 from align.reward_functions import call_reward_function, load_reward_function
 from align.runs import last_checkpoint, metrics_callback, save_adapter
 from align.trainer_settings import record_trl_config, trl_args
-from reward import load_reward_model, score_conversations
+from align.reward import load_reward_model, score_conversations
 
 
 def run_rloo(recipe: Recipe, out: Path, inputs: dict) -> dict:

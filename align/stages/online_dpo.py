@@ -35,7 +35,7 @@ from align.runs import (
     write_text_atomic,
 )
 from align.trainer_settings import record_trl_config, trl_args
-from reward import load_reward_model
+from align.reward import load_reward_model
 
 # A chosen answer's mean log-prob falling by more than this over a round is likelihood displacement (Razin et al.
 # 2024): DPO widens the margin by pushing both answers down, and mass leaks to answers it never saw.
@@ -237,7 +237,7 @@ def pairs_from_people(cfg, round_dir: Path, entry: dict | None = None, candidate
     """Queue the round's candidate pairs in the label database (once: queued.json remembers them), then return
     the round's log entry and the pairs people have judged (majority per pair; ties and both-bad teach nothing).
     Raises LabelsPending while fewer than labels_needed (default: all) of them have a judgment."""
-    from align.labels import LabelStore, preference_rows
+    from align.labelling.store import LabelStore, preference_rows
 
     queued = round_dir / "queued.json"
     store = LabelStore(cfg.label_db)
@@ -308,7 +308,7 @@ def kl_to_start(policy, start_adapter: Path | None, tokenizer, rows: list[dict],
     started from no adapter)."""
     import contextlib
 
-    from align.compare import kl_along_answers, sequence_logprobs
+    from align.eval_metrics import kl_along_answers, sequence_logprobs
 
     pairs = [(row["prompt"], a) for row, group in zip(rows, samples) for a in group][:limit]
     if not pairs:

@@ -44,8 +44,8 @@ from align.rl import (
     per_token_rewards, policy_loss, token_logprobs, value_loss,
 )
 from align.runs import TrainingDiverged, replace_dir, temp_dir_for, trim_log
-from reward import AdapterHead, attach_reward_adapter, score_conversations
-from reward.model import add_lora_adapter, reward_lora_on_causal_lm
+from align.reward import AdapterHead, attach_reward_adapter, score_conversations
+from align.reward.model import add_lora_adapter, reward_lora_on_causal_lm
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:

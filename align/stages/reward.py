@@ -20,7 +20,7 @@ from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config,
 from align.onpolicy import build_pairs, flatten, headroom, judge_scores, proxy_scores, ranking_accuracy, regroup
 from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter
 from align.trainer_settings import record_trl_config, trl_args
-from reward import load_reward_model, pairwise_accuracy
+from align.reward import load_reward_model, pairwise_accuracy
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:

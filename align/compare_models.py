@@ -12,15 +12,13 @@ reported when both models share a tokenizer. Results go to OUT/eval/ (stage.json
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from pathlib import Path
 
-import torch
 
 from align.chat import load_chat_model
-from align.eval_metrics import comparison_figures
+from align.eval_metrics import comparison_figures, policy_kl, reference_perplexity
 from align.generation import generate_answers
 
 
@@ -43,13 +41,6 @@ def slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", spec.strip("/")).strip("-")[-60:] or "model"
 
 
-@torch.no_grad()
-def sequence_logprobs(model, ids: list[int], start: int) -> torch.Tensor:
-    """Full next-token log-distributions at the positions predicting ids[start:]."""
-    tensor = torch.tensor([ids], device=next(model.parameters()).device)
-    return torch.log_softmax(model(input_ids=tensor).logits[0, start - 1 : -1].float(), -1)
-
-
 def compare(target: str, against: str | None, reward: str | None, dataset: str, max_prompts: int, max_new_tokens: int,
             out: Path, human_db: str | None = None) -> dict:
     from align.config import DataSource, expand_data_shorthand
@@ -57,7 +48,7 @@ def compare(target: str, against: str | None, reward: str | None, dataset: str, 
     from align.models import load_kwargs, load_tokenizer, resolve_model_path
     from align.report import evaluation_markdown, write_report
     from align.runs import load_run_recipe, write_json_atomic
-    from reward import load_reward_model, pairwise_accuracy, score_conversations
+    from align.reward import load_reward_model, pairwise_accuracy, score_conversations
 
     # --- config and data
     started = time.time()
@@ -113,52 +104,10 @@ def compare(target: str, against: str | None, reward: str | None, dataset: str, 
     return metrics
 
 
-def reference_perplexity(model, tokenizer, prompts, references, token_ids) -> float:
-    """exp(mean negative log-likelihood per token) of the reference answers, over the answer span the chat
-    template renders (prompts whose rendering changes once answered have no clean span and are skipped)."""
-    nll, count = 0.0, 0
-    for prompt, answer in zip(prompts, references):
-        context = token_ids(tokenizer, prompt, add_generation_prompt=True)
-        full = token_ids(tokenizer, prompt + [{"role": "assistant", "content": answer}])
-        if full[: len(context)] != context or len(full) <= len(context):
-            continue
-        logprobs = sequence_logprobs(model, full, len(context))
-        nll -= logprobs.gather(1, torch.tensor(full[len(context):], device=logprobs.device)[:, None]).sum().item()
-        count += len(full) - len(context)
-    return math.exp(nll / count) if count else float("nan")
-
-
-def policy_kl(models: dict, prompts, answers: list[dict], token_ids) -> list[float] | None:
-    """KL(policy || baseline) summed along the policy's answers; None when the tokenizers differ (no shared
-    token space to compare distributions in)."""
-    (_, policy_tok), (_, baseline_tok) = models["policy"], models["baseline"]
-    if policy_tok.get_vocab() != baseline_tok.get_vocab():
-        return None
-    return kl_along_answers(lambda name, ids, start: sequence_logprobs(models[name][0], ids, start),
-                            policy_tok, prompts, answers, token_ids)
-
-
-def kl_along_answers(logprobs_of, tokenizer, prompts, answers: list[dict], token_ids) -> list[float]:
-    """Per answer: the sum over its tokens of KL(policy || baseline) between the two full next-token
-    distributions, along the policy's own answer; exact (no sampling), so deterministic.
-    `logprobs_of(name, ids, start)` gives model `name`'s log-distributions predicting ids[start:]."""
-    out = []
-    for prompt, answer in zip(prompts, answers):
-        context = token_ids(tokenizer, prompt, add_generation_prompt=True)
-        if not answer["token_ids"]:
-            out.append(0.0)
-            continue
-        ids = context + answer["token_ids"]
-        p = logprobs_of("policy", ids, len(context))
-        q = logprobs_of("baseline", ids, len(context)).to(p.device)
-        out.append((p.exp() * (p - q)).sum().item())
-    return out
-
-
 def human_comparison(db: str, prompts, answers: dict, target: str, against: str) -> dict:
     """Add the pairs to a label database (idempotent) and read the human win rate of what has been judged."""
-    from align.label_stats import label_report
-    from align.labels import LabelStore
+    from align.labelling.stats import label_report
+    from align.labelling.store import LabelStore
 
     store = LabelStore(db)
     items = [{"prompt": p, "response_1": a["text"], "response_2": b["text"], "model_1": target, "model_2": against}

@@ -1,4 +1,5 @@
-"""Start `align label` / `align arena` as a real server process for the UI tests, and stop it (gently or kill -9)."""
+"""Start `align label` / `align arena` as a real server process and stop it (gently or kill -9): used by the UI
+tests, the labelling load benchmark (bench/label_load.py) and the screenshot script; and where Chromium is."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium's background connections are refused on a closed network; these flags keep it quiet and quick.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+# Demo accounts for tests, benchmarks and screenshots
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "admin": "admin-pw"}
 
 

@@ -17,7 +17,7 @@ import itertools
 import math
 from collections import Counter, defaultdict
 
-from align.labels import CHOICES
+from align.labelling.store import CHOICES
 SIGNIFICANCE = 0.05
 BINOMIAL_RELATIVE_TOLERANCE = 1e-7  # as scipy.stats.binomtest: outcomes tied with the observed one within float noise
 
