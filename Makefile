@@ -1,4 +1,4 @@
-# make demo   # install into .venv, then run recipes/quickstart.yaml on the embedded model (2-core CPU, ~31 min)
+# make demo   # install into .venv, then run recipes/quickstart.yaml on the embedded model (2-core CPU, about 31 minutes)
 # make test   # install into .venv (with ui and test extras) and Chromium, then run the whole test suite
 VENV ?= .venv
 PYTHON ?= python3

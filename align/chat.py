@@ -10,36 +10,17 @@ import threading
 from pathlib import Path
 
 
-def resolve_chat_model(target: str) -> Path:
-    path = Path(target).expanduser()
-    for candidate in (path, path / "model", path / "export" / "model"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"{target}: no model here (looked for config.json in it, model/ and export/model/); "
-        f"export a run first with `align export RUN_DIR`"
-    )
-
-
 def chat(target: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float, lines=None) -> None:
     """Read user turns from `lines` (default: the terminal) and print the model's streamed answers."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
+    from transformers import TextStreamer
 
-    from align.models import DEFAULT_CHAT_TEMPLATE
-
-    model_dir = resolve_chat_model(target)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
-    if torch.cuda.is_available():
-        model.to("cuda")
+    model, tokenizer = load_chat_model(target)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     history = [{"role": "system", "content": system}] if system else []
     interactive = lines is None
     if interactive:
-        print(f"Chatting with {model_dir}. Empty line or Ctrl-D quits; /reset clears the history.")
+        print(f"Chatting with {target}. Empty line or Ctrl-D quits; /reset clears the history.")
     source = iter(lines) if lines is not None else None
     while True:
         try:
@@ -80,6 +61,8 @@ def load_chat_model(spec: str):
     from align.runs import load_run_recipe
 
     path = Path(spec).expanduser()
+    if (path / "model" / "config.json").is_file():  # an export stage's directory
+        path = path / "model"
     run, stage = None, None
     if (path / "recipe.yaml").is_file() and not (path / "adapter").is_dir():
         run = path

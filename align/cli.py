@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="align",
         description="Align chat models the ChatGPT/InstructGPT way: supervised fine-tuning, a reward model on "
         "preference pairs, DPO, and a merged export, all on LoRA adapters (4-bit QLoRA on GPU).",
-        epilog="Start with: align run recipes/quickstart.yaml   (CPU, embedded model, about 30 minutes)",
+        epilog="Start with: align run recipes/quickstart.yaml   (CPU, embedded model, about 31 minutes)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -45,8 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="merge a run's final adapter into a full model (needs only the run dir)")
     exp.add_argument("run_dir", help="e.g. runs/quickstart")
 
-    chat = sub.add_parser("chat", help="chat in the terminal with an exported model or a run directory")
-    chat.add_argument("model", help="export dir (runs/NAME/export/model), run dir, or any HF model dir")
+    chat = sub.add_parser("chat", help="chat in the terminal with a model, an export, a run or one of its stages")
+    chat.add_argument("model", help="embedded, hub id, model dir, export, run dir (its export, else its final "
+                      "policy) or a run's stage dir (runs/x/sft)")
     chat.add_argument("--system", help="system prompt")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="compare two chat models on held-out prompts (reward model, optionally people)",
                         description="Both models answer held-out prompts (greedy); a run's reward model judges. "
-                        "Reports win rate with a 95%% interval, reward gap, KL (shared tokenizer), lengths and their "
+                        "Reports win rate with a 95% interval, reward gap, KL (shared tokenizer), lengths and their "
                         "correlation with reward, EOS and repetition rates, perplexity, BLEU and ROUGE-L.")
     ev.add_argument("target", help="embedded, hub id, model dir, export, run dir (its final policy) or stage dir")
     ev.add_argument("--against", help="the model to compare with (default for a run dir: its sft stage)")
@@ -238,9 +239,9 @@ def check_datasets(recipe, stages, skip_hub: bool = False) -> list[str]:
             if kind != "prompts" and STAGES[stage].trl_config:
                 loaded.append((len(lines) - 1, stage, field, kind, rows, where))
 
-    resolve_model_path(recipe.model.name_or_path)  # a missing model directory fails now
     if skip_hub and is_hub_id(recipe.model.name_or_path):
         return lines  # `align validate` does not download a tokenizer to check lengths
+    resolve_model_path(recipe.model.name_or_path)  # a missing model directory, or an unreachable hub, fails now
     tokenizer = load_tokenizer(recipe.model)
     for line, stage, field, kind, rows, where in loaded:
         max_length = trl_args(recipe, stage, stage_dir(recipe, stage)).max_length

@@ -6,9 +6,11 @@ template are the same for SFT, reward, DPO, evaluation and export.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import torch
@@ -79,24 +81,60 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def is_embedded(name_or_path: str) -> bool:
+    return name_or_path in (EMBEDDED_MODEL, "embedded")
+
+
 def is_hub_id(name_or_path: str) -> bool:
     """'org/name' rather than a local directory (or the embedded model)."""
     path = Path(name_or_path).expanduser()
     # 'models/x' whose folder 'models' exists here is a local path with a typo, not a hub id.
-    return name_or_path != EMBEDDED_MODEL and not (
+    return not is_embedded(name_or_path) and not (
         name_or_path.startswith((".", "/", "~")) or path.exists() or name_or_path.count("/") > 1
         or ("/" in name_or_path and path.parent.is_dir()))
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    if name_or_path == EMBEDDED_MODEL:
+    """A local directory for the embedded model and model directories; a hub id as given while the hub answers,
+    else its cached copy."""
+    if is_embedded(name_or_path):
         return str(embedded_model_dir())
     local = Path(name_or_path).expanduser()
     if not is_hub_id(name_or_path):
         if not (local / "config.json").is_file():
             raise ModelError(f"model.name_or_path: {name_or_path} is not a model directory (no config.json there)")
         return str(local)
-    return name_or_path  # a hub id
+    if hub_reachable():
+        return name_or_path
+    from huggingface_hub import snapshot_download
+
+    try:  # offline: a copy downloaded earlier still works
+        return snapshot_download(name_or_path, local_files_only=True)
+    except Exception:
+        raise ModelError(
+            f"{name_or_path}: looks like a hub id, but the hub ({hub_endpoint()}) cannot be reached from here and "
+            f"no copy is cached. Give a local model directory, or `embedded` for the embedded SmolLM2-135M-Instruct."
+        ) from None
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers at all: without a network transformers retries for about a minute before it
+    fails, so this asks once, in at most `timeout` seconds."""
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(hub_endpoint())
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def on_gpu() -> bool:

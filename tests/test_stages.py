@@ -184,6 +184,21 @@ def test_run_writes_its_report_and_tensorboard_logs(llama_run):
     assert "## Evaluation" in card and all(label in card for label, _, _ in evaluation_rows(ev))
 
 
+def test_chat_and_eval_name_models_the_same_way(llama_run, capsys):
+    """`align chat` takes what `align label --models` and `align eval` take: a run's stage, the run (its export,
+    else its final policy), an export stage's directory, a model directory."""
+    from align.chat import chat, load_chat_model
+
+    _, _, run = llama_run
+    for spec in (run / "sft", run, run / "export", run / "export" / "model"):
+        chat(str(spec), None, max_new_tokens=4, temperature=0.0, top_p=1.0, lines=["What is 2 + 2?"])
+        assert capsys.readouterr().out.startswith("bot> "), spec
+    sft_model, _ = load_chat_model(str(run / "sft"))
+    dpo_model, _ = load_chat_model(str(run / "dpo"))
+    assert sft_model.active_adapter != "" and not torch.equal(*(
+        next(p for name, p in model.named_parameters() if "lora_B" in name) for model in (sft_model, dpo_model)))
+
+
 def test_report_escapes_model_output(tmp_path):
     from align.report import write_report
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from align.data import DataError, check_lengths, load_demonstrations, load_preferences, preference, to_dataset
+from align.data import DataError, check_lengths, load_demonstrations, preference, to_dataset
 from align.models import DEFAULT_CHAT_TEMPLATE, load_policy, load_tokenizer
 from align.trainer_settings import trl_args
 

@@ -8,6 +8,7 @@ Markdown images are shown as their text for the same reason (no requests to addr
 from __future__ import annotations
 
 import html
+import re
 
 from markdown_it import MarkdownIt
 
@@ -16,8 +17,17 @@ _markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["t
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
+# Markup that shows nothing: "0." or "1." alone is an empty numbered list, "-" an empty bullet, "#" an empty heading.
+_EMPTY_BLOCK = re.compile(r"<(li|h[1-6])[^>]*>\s*</\1>|<hr\s*/?>")
+
+
 def markdown_html(text: str | None) -> str:
-    return _markdown.render(text or "")
+    """Markdown, unless it would hide some of the text (an answer of just "1." must show "1.", not an empty list):
+    then the text as it is, escaped, with its line breaks."""
+    rendered = _markdown.render(text or "")
+    if _EMPTY_BLOCK.search(rendered) or (text or "").strip() and not re.sub(r"<[^>]+>", "", rendered).strip():
+        return "<p>" + html.escape(text or "").replace("\n", "<br>\n") + "</p>\n"
+    return rendered
 
 
 def conversation_html(messages: list[dict]) -> str:
