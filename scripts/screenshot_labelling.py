@@ -1,4 +1,4 @@
-"""Make docs/labelling.png: the labelling page with SFT vs DPO answers from a finished quickstart run.
+"""Make docs/labelling.png: the labelling page with SFT vs final-policy answers from a finished quickstart run.
 
     python scripts/screenshot_labelling.py runs/quickstart      # needs /usr/bin/chromium (make test installs it)
 """

@@ -1,8 +1,8 @@
 """Start the labelling app: `align label ...` and `align arena ...` land here (see `align label --help`).
 
     align label --pairs pairs.jsonl --db labels.db --users users.txt
-    align label --prompts bundled:prefs_test --models runs/quickstart/sft runs/quickstart/dpo --db labels.db
-    align arena runs/quickstart/sft runs/quickstart/dpo --db labels.db --users users.txt
+    align label --prompts bundled:prefs_test --models runs/quickstart/sft runs/quickstart/online_dpo --db labels.db
+    align arena runs/quickstart/sft runs/quickstart/online_dpo --db labels.db --users users.txt
 
 Binds to 127.0.0.1 and never opens a public share link unless asked (--host 0.0.0.0, --share).
 """
