@@ -65,6 +65,11 @@ class LoraSection(Section):
     )
 
 
+# The row fields a dataset's `columns:` may map from other names (align.formats reads the layouts built on them).
+MAPPABLE_COLUMNS = ("prompt", "completion", "chosen", "rejected", "messages", "label", "system", "conversations",
+                    "instruction", "input", "output", "history", "completions")
+
+
 class DataSource(Section):
     """Where rows come from. Exactly one of path / hub / bundled / labels."""
 
@@ -75,6 +80,17 @@ class DataSource(Section):
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split to read from a hub dataset.")
     limit: int | None = Field(None, gt=0, description="Use only the first N rows (quick experiments).")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="align's column name -> the file's, e.g. {prompt: question, chosen: good}."
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(MAPPABLE_COLUMNS))
+        if unknown:
+            raise ValueError(f"cannot map {unknown}: the names align reads are {', '.join(MAPPABLE_COLUMNS)}")
+        return value
 
     @model_validator(mode="before")
     @classmethod

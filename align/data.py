@@ -1,8 +1,10 @@
 """Datasets: read rows from files, the hub or the bundled sets, normalise them, and reject bad rows up front.
 
-Every supported layout becomes one of two conversational shapes that all TRL trainers accept:
+Every supported layout (align/formats.py: ShareGPT, Alpaca, UltraFeedback, OpenAI, KTO, HH-RLHF, mapped columns)
+becomes one of the conversational shapes that the TRL trainers accept:
   demonstrations  {"prompt": [messages], "completion": [assistant message]}
   preferences     {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}
+  feedback        {"prompt": [messages], "completion": [assistant message], "label": true | false}   (KTO)
 so the chat template is applied by the same tokenizer in SFT, reward and DPO. Errors name the source, the row
 (1-based, as a person counts lines) and the field, and are raised before any model is loaded.
 """
@@ -15,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from align.config import DataSource
+from align.formats import ACCEPTED_LAYOUTS, LayoutError, rename_columns, to_align_row
 
 ROLES = ("system", "user", "assistant")
 ROW_NUMBER = "__row_number__"  # set by the JSONL reader: the file line of the row
@@ -23,6 +26,14 @@ MAX_ERRORS_SHOWN = 5
 
 class DataError(ValueError):
     """Rows that cannot be trained on; the message names file, row and field."""
+
+
+NO_LABEL_ROWS = {
+    "preferences": "no A/B judgments or corrections yet (ties and both-bad are not training pairs)",
+    "demonstrations": "no corrected replies yet (a correction in the chat-feedback tab is a demonstration)",
+    "feedback": "no rated replies yet (thumbs up or down in the chat-feedback tab)",
+    "prompts": "no prompts yet",
+}
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -36,9 +47,10 @@ def bundled_path(name: str) -> Path:
     return path
 
 
-def read_rows(source: DataSource) -> tuple[list[dict], str]:
+def read_rows(source: DataSource, kind: str = "preferences") -> tuple[list[dict], str]:
     """Rows as plain dicts, and a name for error messages. JSONL rows remember their line number (`ROW_NUMBER`)
-    so errors point at the line a person would open, blank lines included."""
+    so errors point at the line a person would open, blank lines included. A label database serves the rows of
+    `kind` it holds (judgments and corrections as pairs, corrections as demonstrations, ratings as feedback)."""
     if source.hub:
         import datasets
 
@@ -52,11 +64,11 @@ def read_rows(source: DataSource) -> tuple[list[dict], str]:
 
         where = f"labels:{source.labels}"
         try:
-            rows = read_label_rows(source.labels)
+            rows = read_label_rows(source.labels, kind)
         except LabelError as err:
             raise DataError(str(err)) from None
         if not rows:
-            raise DataError(f"{where}: no A/B judgments yet (ties and both-bad are not training pairs)")
+            raise DataError(f"{where}: {NO_LABEL_ROWS[kind]}")
     else:
         path = bundled_path(source.bundled) if source.bundled else Path(source.path).expanduser()
         where = str(path) if source.path else f"bundled:{source.bundled}"
@@ -189,6 +201,9 @@ def is_hh_row(row: dict) -> bool:
 def demonstration(row: dict, where: str) -> dict:
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with 'messages' or 'prompt'/'completion'")
+    if "label" in row and feedback_label(row, where) is False:
+        raise DataError(f"{where}: a row labelled false is an answer people did not want, not a demonstration; "
+                        "train on it in the kto stage")
     if "messages" in row:
         messages = _messages(row["messages"], where, "messages")
         check_turn_order(messages, where, "messages")
@@ -199,7 +214,8 @@ def demonstration(row: dict, where: str) -> dict:
         prompt = prompt_messages(row, where)
         check_turn_order(prompt + [{"role": "assistant", "content": "x"}], where, "prompt")
         return {"prompt": prompt, "completion": answer_messages(row, "completion", where)}
-    raise DataError(f"{where}: missing field 'messages' (or 'prompt' and 'completion'); has {sorted(row)}")
+    raise DataError(f"{where}: missing field 'messages' (or 'prompt' and 'completion'); has {sorted(row)}. "
+                    f"Layouts read: {ACCEPTED_LAYOUTS}")
 
 
 def preference(row: dict, where: str) -> dict:
@@ -217,7 +233,8 @@ def preference(row: dict, where: str) -> dict:
         implicit = isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
         for field in ("chosen", "rejected") if implicit else ("prompt", "chosen", "rejected"):
             if field not in row:
-                raise DataError(f"{where}: missing field '{field}' (a preference row has prompt, chosen, rejected)")
+                raise DataError(f"{where}: missing field '{field}' (a preference row has prompt, chosen, rejected); "
+                                f"has {sorted(row)}. Layouts read: {ACCEPTED_LAYOUTS}")
         if implicit and not row.get("prompt"):
             # Implicit prompt: two full conversations sharing everything but the last turn.
             full_chosen = _messages(row["chosen"], where, "chosen")
@@ -235,7 +252,36 @@ def preference(row: dict, where: str) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-ROW_FIELDS = ("prompt", "messages", "completion", "chosen", "rejected")
+def feedback_label(row: dict, where: str) -> bool:
+    value = row.get("label")
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1) or (isinstance(value, str) and value.strip().lower() in ("true", "false", "0", "1")):
+        return str(value).strip().lower() in ("1", "true")
+    raise DataError(f"{where}: field 'label' must be true (a wanted answer) or false (an unwanted one), "
+                    f"got {value!r}")
+
+
+def feedback(row: dict, where: str) -> dict:
+    """Unpaired feedback for KTO: one answer and whether people wanted it."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with 'prompt', 'completion', 'label'")
+    if "label" not in row:
+        raise DataError(f"{where}: missing field 'label' (a feedback row has prompt, completion and label "
+                        f"true/false); has {sorted(row)}. Layouts read: {ACCEPTED_LAYOUTS}")
+    label = feedback_label(row, where)
+    if "messages" in row:
+        messages = _messages(row["messages"], where, "messages")
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: field 'messages' must end with the assistant answer that was rated")
+        prompt, completion = messages[:-1], messages[-1:]
+    else:
+        prompt, completion = prompt_messages(row, where), answer_messages(row, "completion", where)
+    check_turn_order(prompt + completion, where, "prompt")
+    return {"prompt": prompt, "completion": completion, "label": label}
+
+
+ROW_FIELDS = ("prompt", "messages", "completion", "chosen", "rejected", "label")
 
 
 def prompt_row(row: dict, where: str) -> dict:
@@ -261,14 +307,21 @@ def prompt_row(row: dict, where: str) -> dict:
     return {"prompt": prompt, **extras}
 
 
-def normalise(rows: list[dict], source_name: str, kind: str) -> list[dict]:
-    """Convert every row, collecting the first few errors so the user can fix them in one go."""
-    convert = {"demonstrations": demonstration, "preferences": preference, "prompts": prompt_row}[kind]
+def normalise(rows: list[dict], source_name: str, kind: str, columns: dict[str, str] | None = None) -> list[dict]:
+    """Convert every row (mapped columns first, then a known layout), collecting the first few errors so the
+    user can fix them in one go."""
+    convert = {"demonstrations": demonstration, "preferences": preference, "prompts": prompt_row,
+               "feedback": feedback}[kind]
     out, errors = [], []
     for index, row in enumerate(rows, start=1):
         number = row.pop(ROW_NUMBER, index) if isinstance(row, dict) else index
+        where = f"{source_name}: row {number}"
         try:
-            out.append(convert(row, f"{source_name}: row {number}"))
+            if isinstance(row, dict):
+                row = to_align_row(rename_columns(row, columns) if columns else row)
+            out.append(convert(row, where))
+        except LayoutError as err:
+            errors.append(f"{where}: {err}")
         except DataError as err:
             errors.append(str(err))
     if errors:
@@ -278,19 +331,32 @@ def normalise(rows: list[dict], source_name: str, kind: str) -> list[dict]:
     return out
 
 
+def load_rows(source: DataSource, kind: str) -> tuple[list[dict], str]:
+    rows, where = read_rows(source, kind)
+    return normalise(rows, where, kind, source.columns), where
+
+
 def load_demonstrations(source: DataSource) -> tuple[list[dict], str]:
-    rows, where = read_rows(source)
-    return normalise(rows, where, "demonstrations"), where
+    return load_rows(source, "demonstrations")
 
 
 def load_preferences(source: DataSource) -> tuple[list[dict], str]:
-    rows, where = read_rows(source)
-    return normalise(rows, where, "preferences"), where
+    return load_rows(source, "preferences")
 
 
 def load_prompts(source: DataSource) -> tuple[list[dict], str]:
-    rows, where = read_rows(source)
-    return normalise(rows, where, "prompts"), where
+    return load_rows(source, "prompts")
+
+
+def load_feedback(source: DataSource) -> tuple[list[dict], str]:
+    """Unpaired feedback rows {prompt, completion, label} for KTO; both labels must be present."""
+    rows, where = load_rows(source, "feedback")
+    kinds = {row["label"] for row in rows}
+    if len(kinds) < 2:
+        missing = "down (false)" if True in kinds else "up (true)"
+        raise DataError(f"{where}: every row is labelled {'true' if True in kinds else 'false'}; KTO weighs wanted "
+                        f"against unwanted answers, so it needs some rated {missing} too")
+    return rows, where
 
 
 # ------------------------------------------------------------------------------------------------ lengths

@@ -93,7 +93,7 @@ CATALOGUE = [
     ("empty data file", {"files": {"empty.jsonl": "\n"}, "sft": {"dataset": "{dir}/empty.jsonl"}},
      ["empty.jsonl: no rows"]),
     ("zero usable rows: labels that are all ties", {"labels": ["tie", "both_bad"], "dpo": {"dataset": "labels:{dir}/labels.db"}},
-     ["labels.db: no A/B judgments yet"]),
+     ["labels.db: no A/B judgments or corrections yet"]),
     ("zero usable rows: every reward pair over max_length",
      {"top": {"stages": ["reward"]}, "reward": {"max_length": 44, "eval_dataset": None,
                                                 "dataset": {"bundled": "prefs_train", "limit": 4}}},

@@ -275,7 +275,7 @@ def test_recipe_reads_labels_and_cli_exports_them(store, tmp_path, capsys):
         parse_recipe({"name": "x", "stages": ["sft"], "sft": {"dataset": f"labels:{db}"}})
     empty = LabelStore(tmp_path / "empty.db")
     empty.add_items(pairs(1), "t")
-    with pytest.raises(DataError, match="no A/B judgments yet"):
+    with pytest.raises(DataError, match="no A/B judgments or corrections yet"):
         load_preferences(DataSource.model_validate({"labels": str(tmp_path / "empty.db")}))
     with pytest.raises(DataError, match="write labels:"):
         load_preferences(DataSource.model_validate(db))

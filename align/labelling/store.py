@@ -27,6 +27,7 @@ CHOICES = ("A", "B", "tie", "both_bad")
 SCHEMA_VERSION = "1"
 MAX_REASON_CHARS = 2000  # a reason is a sentence or two; longer input is refused, not stored
 MAX_ITEM_ID_CHARS = 200
+MAX_CORRECTION_CHARS = 8000  # an answer, not a document
 DEFAULT_LEASE_SECONDS = 3600.0  # an item shown but not judged for this long may go to another annotator
 REVOKED = -1  # assignments.done: the lease ran out and the pair went to someone else
 # How many annotators hold pair i: judged it, or were shown it within the lease (parameter: now - lease).
@@ -73,6 +74,21 @@ CREATE TABLE IF NOT EXISTS judgments (
     undone_at    REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_live_judgment ON judgments(item_id, annotator) WHERE undone_at IS NULL;
+-- Chat feedback: every reply a model gave in the chat tab, then the person's rating and correction of it.
+CREATE TABLE IF NOT EXISTS replies (
+    reply_id     TEXT PRIMARY KEY,       -- made by the app before generating: a retried save is stored once
+    annotator    TEXT NOT NULL,
+    model        TEXT NOT NULL,
+    conversation TEXT NOT NULL,          -- JSON: every message shown before this reply (system first if any)
+    reply        TEXT NOT NULL,          -- the reply exactly as generated and shown
+    settings     TEXT NOT NULL,          -- JSON: temperature, top_p, max_new_tokens, seed
+    created_at   REAL NOT NULL,
+    rating       INTEGER CHECK (rating IN (-1, 1)),   -- NULL: not rated
+    rated_at     REAL,
+    correction   TEXT,                   -- the answer the person wanted instead; NULL: none
+    corrected_at REAL
+);
+CREATE INDEX IF NOT EXISTS replies_by_annotator ON replies(annotator, created_at);
 CREATE INDEX IF NOT EXISTS judgments_by_annotator ON judgments(annotator, submitted_at);
 """
 
@@ -88,6 +104,11 @@ def check_judgment(choice: str, reason: str | None) -> None:
         raise LabelError(f"reason must be text, got {type(reason).__name__}")
     if reason and len(reason) > MAX_REASON_CHARS:
         raise LabelError(f"reason is {len(reason)} characters; at most {MAX_REASON_CHARS} are kept, so shorten it")
+
+
+def check_reply_id(reply_id) -> None:
+    if not isinstance(reply_id, str) or not reply_id or len(reply_id) > MAX_ITEM_ID_CHARS:
+        raise LabelError(f"reply id must be text of 1 to {MAX_ITEM_ID_CHARS} characters")
 
 
 def item_id_for(prompt: list[dict], response_1: str | None, response_2: str | None, models=(None, None)) -> str:
@@ -361,6 +382,65 @@ class LabelStore:
             )
             return cursor.lastrowid
 
+    # ------------------------------------------------------------------------------------------ chat feedback
+
+    def add_reply(self, reply_id: str, annotator: str, model: str, conversation: list[dict], reply: str,
+                  settings: dict) -> bool:
+        """Store a reply as shown; True if new. The same id again with the same content is a retry (nothing
+        added); with other content it is an error, never an overwrite."""
+        check_reply_id(reply_id)
+        if not isinstance(reply, str) or not isinstance(conversation, list) or not conversation:
+            raise LabelError("a reply needs its text and the conversation it answers")
+        shown = json.dumps(conversation, ensure_ascii=False)
+        with self.transaction() as db:
+            old = db.execute("SELECT annotator, conversation, reply FROM replies WHERE reply_id = ?",
+                             (reply_id,)).fetchone()
+            if old is not None:
+                if tuple(old) != (annotator, shown, reply):
+                    raise LabelError(f"reply {reply_id}: already stored with other content")
+                return False
+            db.execute("INSERT INTO replies (reply_id, annotator, model, conversation, reply, settings, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (reply_id, annotator, model, shown, reply,
+                                                        json.dumps(settings, sort_keys=True), time.time()))
+        return True
+
+    def rate_reply(self, reply_id: str, annotator: str, rating: int | None) -> None:
+        """Thumbs up (1), down (-1), or take the rating back (None); only the person who chatted may rate."""
+        if rating not in (1, -1, None):
+            raise LabelError(f"rating must be 1 (up), -1 (down) or none, got {str(rating)[:20]}")
+        with self.transaction() as db:
+            self._own_reply(db, reply_id, annotator)
+            db.execute("UPDATE replies SET rating = ?, rated_at = ? WHERE reply_id = ?",
+                       (rating, time.time(), reply_id))
+
+    def correct_reply(self, reply_id: str, annotator: str, correction: str | None) -> None:
+        """The answer the person wanted instead (None or blank takes it back)."""
+        if correction is not None and not isinstance(correction, str):
+            raise LabelError(f"a correction must be text, got {type(correction).__name__}")
+        text = (correction or "").strip() or None
+        if text and len(text) > MAX_CORRECTION_CHARS:
+            raise LabelError(f"the correction is {len(text)} characters; at most {MAX_CORRECTION_CHARS} are kept")
+        with self.transaction() as db:
+            reply = self._own_reply(db, reply_id, annotator)
+            if text is not None and text == reply["reply"].strip():
+                raise LabelError("the correction is the reply unchanged; edit it into the answer you wanted")
+            db.execute("UPDATE replies SET correction = ?, corrected_at = ? WHERE reply_id = ?",
+                       (text, time.time(), reply_id))
+
+    def _own_reply(self, db, reply_id: str, annotator: str):
+        row = db.execute("SELECT * FROM replies WHERE reply_id = ?", (str(reply_id)[:MAX_ITEM_ID_CHARS],)).fetchone()
+        if row is None or row["annotator"] != annotator:
+            raise LabelError(f"no reply {str(reply_id)[:40]} of yours to rate or correct")
+        return row
+
+    def replies(self, annotator: str | None = None) -> list[dict]:
+        """Stored replies, oldest first, with conversation and settings decoded."""
+        where, args = ("WHERE annotator = ?", (annotator,)) if annotator else ("", ())
+        rows = self.connection().execute(f"SELECT * FROM replies {where} ORDER BY created_at, reply_id",
+                                         args).fetchall()
+        return [{**dict(r), "conversation": json.loads(r["conversation"]), "settings": json.loads(r["settings"])}
+                for r in rows]
+
     # ------------------------------------------------------------------------------------------ reading
 
     def progress(self, annotator: str, overlap: int = 1, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> dict:
@@ -399,6 +479,9 @@ class LabelStore:
             "arena_rounds": db.execute("SELECT COUNT(*) FROM items WHERE kind = 'arena'").fetchone()[0],
             "judgments": db.execute("SELECT COUNT(*) FROM judgments WHERE undone_at IS NULL").fetchone()[0],
             "undone": db.execute("SELECT COUNT(*) FROM judgments WHERE undone_at IS NOT NULL").fetchone()[0],
+            "replies": db.execute("SELECT COUNT(*) FROM replies").fetchone()[0],
+            "rated": db.execute("SELECT COUNT(*) FROM replies WHERE rating IS NOT NULL").fetchone()[0],
+            "corrected": db.execute("SELECT COUNT(*) FROM replies WHERE correction IS NOT NULL").fetchone()[0],
         }
 
     def close(self) -> None:
@@ -486,11 +569,35 @@ def _majority_rows(judgments: list[dict]) -> list[dict]:
     return rows
 
 
-def read_label_rows(path: str | Path) -> list[dict]:
-    """Preference rows for training, straight from a label database (every A/B judgment; ties and both-bad
-    are left out because they do not say which response is better)."""
+def feedback_training_rows(replies: list[dict], kind: str) -> list[dict]:
+    """What chat feedback teaches each kind of stage: a correction is a demonstration, and with the reply it
+    corrects a preference pair (correction over reply); a rating is unpaired feedback for KTO, and a correction
+    is an answer people wanted."""
+    rows = []
+    for r in replies:
+        common = {"prompt": r["conversation"], "annotator": r["annotator"], "model": r["model"],
+                  "reply_id": r["reply_id"]}
+        answer = [{"role": "assistant", "content": r["reply"]}]
+        wanted = [{"role": "assistant", "content": r["correction"]}] if r["correction"] else None
+        if kind == "demonstrations" and wanted:
+            rows.append({**common, "completion": wanted})
+        elif kind == "preferences" and wanted and _trainable_pair(r["correction"], r["reply"]):
+            rows.append({**common, "chosen": wanted, "rejected": answer, "choice": "correction"})
+        elif kind == "feedback":
+            if r["rating"] is not None and r["reply"].strip():
+                rows.append({**common, "completion": answer, "label": r["rating"] == 1})
+            if wanted:
+                rows.append({**common, "completion": wanted, "label": True})
+    return rows
+
+
+def read_label_rows(path: str | Path, kind: str = "preferences") -> list[dict]:
+    """Training rows of `kind` straight from a label database: preferences are every A/B judgment (ties and
+    both-bad say neither is better) and every correction over the reply it corrects; demonstrations are the
+    corrections; feedback is the rated replies and the corrections."""
     store = LabelStore(path, create=False)
     try:
-        return preference_rows(store.judgments())
+        judged = preference_rows(store.judgments()) if kind == "preferences" else []
+        return judged + feedback_training_rows(store.replies(), kind)
     finally:
         store.close()
