@@ -217,13 +217,14 @@ def check_datasets(recipe, stages, skip_hub: bool = False) -> list[str]:
     """Read and check every dataset the stages use (the stage table says which fields hold them), then the model
     path and tokenizer and the rows' lengths, so bad input fails before the first stage trains; returns one line
     per dataset."""
-    from align.data import check_lengths, load_demonstrations, load_preferences, load_prompts
+    from align.data import check_lengths, load_demonstrations, load_feedback, load_preferences, load_prompts
     from align.models import is_hub_id, load_tokenizer, resolve_model_path
     from align.runs import stage_dir
     from align.stages import STAGES
     from align.trainer_settings import trl_args
 
-    loaders = {"demonstrations": load_demonstrations, "preferences": load_preferences, "prompts": load_prompts}
+    loaders = {"demonstrations": load_demonstrations, "preferences": load_preferences, "feedback": load_feedback,
+               "prompts": load_prompts}
     lines, loaded = [], []
     for stage in stages:
         section = getattr(recipe, stage)
@@ -235,7 +236,8 @@ def check_datasets(recipe, stages, skip_hub: bool = False) -> list[str]:
                 lines.append(f"{stage}.{field}: {source.describe()} (hub dataset: checked when the run loads it)")
                 continue
             rows, where = loaders[kind](source)
-            lines.append(f"{stage}.{field}: {len(rows)} valid {kind if kind != 'preferences' else 'pairs'} from {where}")
+            noun = {"preferences": "pairs", "feedback": "rated answers"}.get(kind, kind)
+            lines.append(f"{stage}.{field}: {len(rows)} valid {noun} from {where}")
             if kind != "prompts" and STAGES[stage].trl_config:
                 loaded.append((len(lines) - 1, stage, field, kind, rows, where))
 
@@ -245,7 +247,7 @@ def check_datasets(recipe, stages, skip_hub: bool = False) -> list[str]:
     tokenizer = load_tokenizer(recipe.model)
     for line, stage, field, kind, rows, where in loaded:
         max_length = trl_args(recipe, stage, stage_dir(recipe, stage)).max_length
-        answers = ("completion",) if kind == "demonstrations" else ("chosen", "rejected")
+        answers = ("chosen", "rejected") if kind == "preferences" else ("completion",)
         # RewardTrainer skips the pairs longer than max_length; the other trainers cut them.
         lengths = check_lengths(rows, tokenizer, max_length, where, answers,
                                 dropped=stage == "reward" and field == "dataset")
@@ -389,16 +391,19 @@ def cmd_labels(args) -> int:
     store = LabelStore(args.db, create=False)
     judgments = store.judgments()
     if args.labels_command == "stats":
-        from align.labelling.stats import format_report, label_report
+        from align.labelling.stats import feedback_report, format_feedback, format_report, label_report
 
         report = label_report(judgments)
+        feedback = feedback_report(store.replies())
         if args.json:
-            print(json.dumps({"counts": store.counts(), **report}, indent=2))
+            print(json.dumps({"counts": store.counts(), **report, "feedback": feedback}, indent=2))
         else:
             counts = store.counts()
             print(f"{args.db}: {counts['items']} pairs, {counts['arena_rounds']} arena rounds, "
-                  f"{counts['judgments']} judgments ({counts['undone']} undone)\n")
+                  f"{counts['judgments']} judgments ({counts['undone']} undone), {counts['replies']} chat replies "
+                  f"({counts['rated']} rated, {counts['corrected']} corrected)\n")
             print(format_report(report))
+            print(format_feedback(feedback))
         return 0
     rows = preference_rows(judgments, keep_ties=args.keep_ties, majority=args.majority)
     if not rows:

@@ -164,14 +164,6 @@ class TrlStage(Section):
 class SFTStage(TrlStage):
     trl_config_name: typing.ClassVar[str] = STAGES["sft"].trl_config
 
-    @model_validator(mode="after")
-    def _no_label_database(self) -> SFTStage:
-        for name in ("dataset", "eval_dataset"):
-            if getattr(self, name) is not None and getattr(self, name).labels:
-                raise ValueError(f"{name}: a label database holds preference pairs, not demonstrations; "
-                                 "use it in the reward or dpo stage")
-        return self
-
 
 class JudgeLabelledPairs(Section):
     """Pairs of the SFT model's own answers, ordered by a judge standing in for human labellers (Gao et al.'s
@@ -213,6 +205,14 @@ class RewardStage(TrlStage):
 
 class DPOStage(TrlStage):
     trl_config_name: typing.ClassVar[str] = STAGES["dpo"].trl_config
+
+
+class KTOStage(TrlStage):
+    """KTO on unpaired feedback: answers rated up or down (a label database's chat ratings, or KTO rows
+    {prompt, completion, label}). Any other key goes to trl.KTOConfig (beta, desirable_weight, ...)."""
+
+    trl_config_name: typing.ClassVar[str] = STAGES["kto"].trl_config
+    dataset: DataSource = Field(description="Rated answers: KTO rows, or labels: a label database's chat ratings.")
 
 
 class OnlineDPOStage(TrlStage):
@@ -468,6 +468,7 @@ class Recipe(Section):
     sft: SFTStage | None = Field(None, description="Supervised fine-tuning on demonstrations.")
     reward: RewardStage | None = Field(None, description="Reward model on preference pairs.")
     dpo: DPOStage | None = Field(None, description="Direct preference optimisation on preference pairs.")
+    kto: KTOStage | None = Field(None, description="KTO on answers people rated up or down.")
     online_dpo: OnlineDPOStage | None = Field(None, description="On-policy preference rounds judged by rewards.")
     ppo: PPOStage | None = Field(None, description="PPO against the reward model with a KL penalty.")
     rloo: RLOOStage | None = Field(None, description="REINFORCE leave-one-out (trl RLOOTrainer).")

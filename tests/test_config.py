@@ -556,7 +556,7 @@ def test_the_stage_table_describes_every_stage_consistently():
         section = Recipe.model_fields[name].annotation
         section = next(t for t in typing.get_args(section) or (section,) if t is not type(None))
         for field, kind in stage.datasets.items():
-            assert field in section.model_fields and kind in ("demonstrations", "preferences", "prompts"), name
+            assert field in section.model_fields and kind in ("demonstrations", "preferences", "feedback", "prompts"), name
         if stage.trl_config:
             assert getattr(trl, stage.trl_config) and section.trl_config_name == stage.trl_config, name
             assert not set(stage.trl_defaults) - {f.name for f in dataclasses.fields(getattr(trl, stage.trl_config))}

@@ -11,8 +11,8 @@ import pytest
 
 from align.labelling.accounts import AccountError, add_account, load_accounts, parse_accounts, password_matches
 from align.cli import main
-from align.config import DataSource, RecipeError, parse_recipe
-from align.data import DataError, load_preferences
+from align.config import DataSource
+from align.data import DataError, load_demonstrations, load_preferences
 from align.labelling.sources import pair_items, prompt_items
 from align.labelling.store import LabelError, LabelStore, preference_rows
 
@@ -271,11 +271,55 @@ def test_recipe_reads_labels_and_cli_exports_them(store, tmp_path, capsys):
     assert "Fleiss" in capsys.readouterr().out
     assert main(["labels", "stats", str(tmp_path / "missing.db")]) == 2
 
-    with pytest.raises(RecipeError, match="label database holds preference pairs"):
-        parse_recipe({"name": "x", "stages": ["sft"], "sft": {"dataset": f"labels:{db}"}})
+    # SFT reads a label database's corrections; judgments alone are not demonstrations
+    with pytest.raises(DataError, match="no corrected replies yet"):
+        load_demonstrations(DataSource.model_validate({"labels": db}))
     empty = LabelStore(tmp_path / "empty.db")
     empty.add_items(pairs(1), "t")
     with pytest.raises(DataError, match="no A/B judgments or corrections yet"):
         load_preferences(DataSource.model_validate({"labels": str(tmp_path / "empty.db")}))
     with pytest.raises(DataError, match="write labels:"):
         load_preferences(DataSource.model_validate(db))
+
+
+def test_chat_replies_ratings_and_corrections_are_stored_once_and_feed_each_stage(tmp_path, capsys):
+    from align.labelling.stats import feedback_report
+    from align.labelling.store import read_label_rows
+
+    db = tmp_path / "feedback.db"
+    store = LabelStore(db)
+    hello = [{"role": "user", "content": "Capital of France?"}]
+    settings = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 1}
+    assert store.add_reply("r1", "alice", "model-a", hello, "Lyon.", settings)
+    assert not store.add_reply("r1", "alice", "model-a", hello, "Lyon.", settings), "a retry adds nothing"
+    with pytest.raises(LabelError, match="already stored with other content"):
+        store.add_reply("r1", "alice", "model-a", hello, "Paris.", settings)
+    store.add_reply("r2", "bob", "model-b", hello, "Paris.", settings)
+    store.rate_reply("r1", "alice", -1)
+    store.correct_reply("r1", "alice", "Paris.")
+    store.rate_reply("r2", "bob", 1)
+    with pytest.raises(LabelError, match="no reply r2 of yours"):
+        store.rate_reply("r2", "alice", -1)
+    with pytest.raises(LabelError, match="unchanged"):
+        store.correct_reply("r2", "bob", " Paris. ")
+    with pytest.raises(LabelError, match="rating must be"):
+        store.rate_reply("r2", "bob", 5)
+    [first, second] = store.replies()
+    assert (first["rating"], first["correction"], first["settings"]) == (-1, "Paris.", settings)
+    assert first["conversation"] == hello and second["annotator"] == "bob"
+    store.close()
+
+    demos = read_label_rows(db, "demonstrations")
+    assert [d["completion"][0]["content"] for d in demos] == ["Paris."]
+    [pair] = read_label_rows(db, "preferences")
+    assert (pair["chosen"][0]["content"], pair["rejected"][0]["content"]) == ("Paris.", "Lyon.")
+    feedback = read_label_rows(db, "feedback")
+    assert sorted((f["completion"][0]["content"], f["label"]) for f in feedback) == [
+        ("Lyon.", False), ("Paris.", True), ("Paris.", True)]
+
+    report = feedback_report(LabelStore(db).replies())
+    assert (report["replies"], report["rated"], report["up"], report["corrected"]) == (2, 2, 1, 1)
+    assert report["per_model"]["model-a"]["up_rate"] == 0.0 and report["per_annotator"]["bob"]["up_rate"] == 1.0
+    assert main(["labels", "stats", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "2 chat replies (2 rated, 1 corrected)" in out and "## Chat feedback" in out and "| model-b | 1 |" in out

@@ -229,6 +229,58 @@ def _model_row(pair: tuple[str, str], tally: Counter) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------------ chat feedback
+
+
+def feedback_report(replies: list[dict]) -> dict:
+    """Chat-feedback counts, and the up-rate (ups / rated, with a 95% Wilson interval) per model and per
+    annotator."""
+    def tally(group: list[dict]) -> dict:
+        up = sum(r["rating"] == 1 for r in group)
+        down = sum(r["rating"] == -1 for r in group)
+        rated = up + down
+        low, high = wilson(up, rated)
+        return {"replies": len(group), "rated": rated, "up": up, "down": down,
+                "corrected": sum(r["correction"] is not None for r in group),
+                "up_rate": up / rated if rated else None, "up_rate_low": low, "up_rate_high": high}
+
+    by = {"per_model": {}, "per_annotator": {}}
+    for key, field in (("per_model", "model"), ("per_annotator", "annotator")):
+        groups: dict[str, list[dict]] = {}
+        for reply in replies:
+            groups.setdefault(reply[field], []).append(reply)
+        by[key] = {name: tally(group) for name, group in sorted(groups.items())}
+    return {**tally(replies), **by}
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float | None, float | None]:
+    if n == 0:
+        return None, None
+    p = successes / n
+    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n), (centre + spread) / (1 + z * z / n)
+
+
+def format_feedback(report: dict) -> str:
+    lines = ["## Chat feedback", "",
+             f"- Replies: {report['replies']}; rated {report['rated']} ({report['up']} up, {report['down']} down); "
+             f"corrected {report['corrected']}"]
+    if not report["replies"]:
+        return "\n".join(lines)
+    header = ["", "replies", "rated", "up", "down", "corrected", "up rate [95%]"]
+    for title, key in (("model", "per_model"), ("annotator", "per_annotator")):
+        rows = [[_cell(name), str(t["replies"]), str(t["rated"]), str(t["up"]), str(t["down"]), str(t["corrected"]),
+                 _rate(t)] for name, t in report[key].items()]
+        lines += ["", _table([title, *header[1:]], rows)]
+    return "\n".join(lines)
+
+
+def _rate(tally: dict) -> str:
+    if tally["up_rate"] is None:
+        return "n/a"
+    return f"{tally['up_rate']:.3f} [{tally['up_rate_low']:.3f}, {tally['up_rate_high']:.3f}]"
+
+
 # ------------------------------------------------------------------------------------------------ text
 
 

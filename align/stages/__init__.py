@@ -17,7 +17,8 @@ class Stage:
     produces_policy: bool = False  # its adapter is a chat model: eval compares the last one, export merges it
     online: bool = False  # samples answers from the policy and scores them with the reward model and/or functions
     reads: tuple[str, ...] = ()  # earlier stages whose output directories it reads, when the recipe lists them
-    datasets: dict[str, str] = field(default_factory=dict)  # section field -> demonstrations | preferences | prompts
+    # section field -> demonstrations | preferences | feedback | prompts (align.data's row kinds)
+    datasets: dict[str, str] = field(default_factory=dict)
     trl_config: str | None = None  # the trl config class its extra recipe keys go into
     # What align sets in that config beyond align.config.TRL_DEFAULTS (shown by `align validate`, recorded in
     # <stage>/trl_config.json); the recipe's own keys override both.
@@ -48,25 +49,30 @@ STAGES: dict[str, Stage] = {
                     trl_config="RewardConfig", trl_defaults=_GROUPED),
     "dpo": Stage("align.stages.dpo:run", every_process=True, produces_policy=True, reads=("sft",),
                  datasets=_PAIRS, trl_config="DPOConfig", trl_defaults=_DPO),
+    # unpaired feedback (thumbs up/down); trl's KL estimate pairs each row with its batch neighbours in stored
+    # order, so batches stay sequential (the stage shuffles the rows once, by the recipe's seed)
+    "kto": Stage("align.stages.kto:run", every_process=True, produces_policy=True, reads=("sft", "dpo"),
+                 datasets={"dataset": "feedback", "eval_dataset": "feedback"}, trl_config="KTOConfig",
+                 trl_defaults={"precompute_ref_log_probs": True, "learning_rate": 5e-5}),
     # one DPOTrainer per round on that round's pairs: a few dozen short pairs, so it logs every step
     "online_dpo": Stage("align.stages.online_dpo:run", every_process=True, produces_policy=True, online=True,
-                        reads=("sft", "dpo", "reward"), datasets={"dataset": "prompts"},
+                        reads=("sft", "dpo", "kto", "reward"), datasets={"dataset": "prompts"},
                         trl_config="DPOConfig", trl_defaults={**_DPO, "logging_steps": 1}),
     # align's own PPO (trl 1.16 has none): its knobs are all fields of the ppo section
     "ppo": Stage("align.stages.ppo:run", every_process=True, produces_policy=True, online=True,
-                 reads=("sft", "dpo", "online_dpo", "reward"), datasets={"dataset": "prompts"}),
+                 reads=("sft", "dpo", "kto", "online_dpo", "reward"), datasets={"dataset": "prompts"}),
     "rloo": Stage("align.stages.group_rl:run_rloo", every_process=True, produces_policy=True, online=True,
-                  reads=("sft", "dpo", "online_dpo", "ppo", "reward"), datasets={"dataset": "prompts"},
+                  reads=("sft", "dpo", "kto", "online_dpo", "ppo", "reward"), datasets={"dataset": "prompts"},
                   trl_config="RLOOConfig", trl_defaults=_ONLINE_RL),
     "grpo": Stage("align.stages.group_rl:run_grpo", every_process=True, produces_policy=True, online=True,
-                  reads=("sft", "dpo", "online_dpo", "ppo", "rloo", "reward"), datasets={"dataset": "prompts"},
+                  reads=("sft", "dpo", "kto", "online_dpo", "ppo", "rloo", "reward"), datasets={"dataset": "prompts"},
                   trl_config="GRPOConfig", trl_defaults=_ONLINE_RL),
     "eval": Stage("align.stages.evaluate:run", every_process=False,
-                  reads=("reward", "sft", "dpo", "online_dpo", "ppo", "rloo", "grpo"),
+                  reads=("reward", "sft", "dpo", "kto", "online_dpo", "ppo", "rloo", "grpo"),
                   datasets={"dataset": "preferences"}),
     # merges the last policy stage's adapter; the model card also carries the figures of every other finished stage
     "export": Stage("align.stages.export:run", every_process=False,
-                    reads=("sft", "dpo", "online_dpo", "ppo", "rloo", "grpo")),
+                    reads=("sft", "dpo", "kto", "online_dpo", "ppo", "rloo", "grpo")),
 }
 
 POLICY_STAGES = tuple(name for name, stage in STAGES.items() if stage.produces_policy)
