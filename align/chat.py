@@ -122,6 +122,46 @@ class ChatModels:
                 )
             return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
+    def stream(self, spec: str, messages: list[dict], seed: int):
+        """The reply as it grows (each yield is the whole text so far); the last yield is the same answer
+        `reply` gives for this seed."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        with self._lock:
+            model, tokenizer = self.load(spec)
+            enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True).to(model.device)
+            streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            sample = self.temperature > 0
+            failure: list[BaseException] = []
+
+            def generate() -> None:
+                try:
+                    if sample:
+                        torch.manual_seed(seed)
+                    with torch.no_grad():
+                        model.generate(
+                            **enc, max_new_tokens=self.max_new_tokens, do_sample=sample, streamer=streamer,
+                            temperature=self.temperature if sample else None, top_p=self.top_p if sample else None,
+                            top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                except BaseException as err:  # handed to the reader: the page shows it instead of hanging
+                    failure.append(err)
+                    streamer.end()
+
+            worker = threading.Thread(target=generate, daemon=True, name="chat-stream")
+            worker.start()
+            text = ""
+            for piece in streamer:
+                text += piece
+                yield text.strip()
+            worker.join()
+            if failure:
+                raise failure[0]
+
+    def settings(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+
     def candidates(self, item: dict) -> tuple[str, str]:
         """The two responses of a generated item. Seeds derive from the item id, so a crash and restart
         regenerates the same texts; one model sampling twice gets two different seeds (and retries a

@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("--overlap", type=_positive_int, default=1, help="annotators per pair (for agreement), default 1")
     label.add_argument("--lease-minutes", type=_positive_float, default=60.0,
                        help="a pair shown but not judged for this long may go to someone else")
+    label.add_argument("--chat", metavar="MODEL", help="also serve a Chat tab with this model: people rate and "
+                       "correct its replies (as `align feedback`)")
     _serving_options(label)
 
     arena = sub.add_parser("arena", help="chat with two models side by side (blind) and vote",
@@ -95,6 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     arena.add_argument("--db", required=True, help="label database (SQLite), created if missing")
     arena.set_defaults(overlap=1, lease_minutes=60.0)
     _serving_options(arena)
+
+    feedback = sub.add_parser("feedback", help="chat with a model in the browser; rate and correct its replies",
+                              description="Serve the chat-feedback app: a logged-in person chats with MODEL, rates "
+                              "each reply up or down and may edit it into the answer they wanted. Replies, ratings "
+                              "and corrections go to the --db label database, where recipes read them (labels: "
+                              "DB): corrections for sft, correction-over-reply pairs for reward and dpo, ratings "
+                              "for kto.")
+    feedback.add_argument("model", help="embedded, hub id, model dir, export, run dir, or a run's stage dir")
+    feedback.add_argument("--db", required=True, help="label database (SQLite), created if missing")
+    feedback.set_defaults(overlap=1, lease_minutes=60.0)
+    _serving_options(feedback)
 
     labels = sub.add_parser("labels", help="statistics, export and accounts of a label database")
     labels_sub = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
@@ -374,6 +387,10 @@ def cmd_arena(args) -> int:
     return serving_module().arena(args)
 
 
+def cmd_feedback(args) -> int:
+    return serving_module().feedback(args)
+
+
 def cmd_labels(args) -> int:
     import json
 
@@ -424,7 +441,7 @@ def cmd_labels(args) -> int:
 
 COMMANDS = {
     "run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "export": cmd_export, "chat": cmd_chat, "env": cmd_env,
-    "label": cmd_label, "arena": cmd_arena, "labels": cmd_labels, "report": cmd_report, "eval": cmd_eval,
+    "label": cmd_label, "arena": cmd_arena, "feedback": cmd_feedback, "labels": cmd_labels, "report": cmd_report, "eval": cmd_eval,
 }
 
 if __name__ == "__main__":

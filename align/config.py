@@ -214,6 +214,19 @@ class KTOStage(TrlStage):
     trl_config_name: typing.ClassVar[str] = STAGES["kto"].trl_config
     dataset: DataSource = Field(description="Rated answers: KTO rows, or labels: a label database's chat ratings.")
 
+    @model_validator(mode="after")
+    def _batch_for_the_kl_term(self) -> KTOStage:
+        settings = self.model_extra or {}
+        if settings.get("loss_type", "kto") == "apo_zero_unpaired":  # the one loss without trl's batch KL estimate
+            return self
+        if settings.get("per_device_train_batch_size", 8) < 2:
+            raise ValueError("per_device_train_batch_size: KTO needs 2 or more per batch, because its KL term "
+                             "compares each answer with the other answers in its batch")
+        if settings.get("train_sampling_strategy", "sequential") != "sequential":
+            raise ValueError("train_sampling_strategy: KTO's KL term pairs each row with its neighbours in stored "
+                             "order, so batches must be 'sequential' (the stage shuffles the rows once itself)")
+        return self
+
 
 class OnlineDPOStage(TrlStage):
     """On-policy preference rounds (iterative / online DPO): each round the current policy samples answers to

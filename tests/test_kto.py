@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -67,3 +68,18 @@ def test_chat_feedback_in_a_label_database_trains_sft_and_kto(tiny_llama, tmp_pa
     assert records["sft"]["metrics"]["train_loss"] > 0
     # 8 ratings (4 up, 4 down) and 4 corrections (wanted answers)
     assert records["kto"]["metrics"]["desirable_rows"] == 8 and records["kto"]["metrics"]["undesirable_rows"] == 4
+
+
+@pytest.mark.fault("bad input")
+@pytest.mark.parametrize("settings, message", [
+    ({"per_device_train_batch_size": 1}, "KTO needs 2 or more per batch"),
+    ({"train_sampling_strategy": "group_by_length"}, "batches must be 'sequential'"),
+    ({"learnin_rate": 1e-4}, "did you mean learning_rate"),
+])
+def test_bad_kto_settings_fail_at_load_time(tiny_llama, tmp_path, settings, message):
+    from align.config import RecipeError
+
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(tiny_recipe(tiny_llama, tmp_path, ["sft", "kto"], kto={"dataset": "x.jsonl", **settings}))
+    loss_without_kl = {"dataset": "x.jsonl", "per_device_train_batch_size": 1, "loss_type": "apo_zero_unpaired"}
+    assert parse_recipe(tiny_recipe(tiny_llama, tmp_path, ["sft", "kto"], kto=loss_without_kl)).kto

@@ -151,3 +151,37 @@ def test_fifty_annotators_kill_9_and_restart_lose_and_duplicate_nothing(tmp_path
     for item, _ in keys:
         per_item[item] = per_item.get(item, 0) + 1
     assert set(per_item.values()) == {3}
+
+
+@pytest.mark.fault("kill -9")
+def test_chat_feedback_through_the_api_survives_kill_9_without_duplicates(tiny_llama, tmp_path, record_property):
+    db = tmp_path / "labels.db"
+    args = [str(tiny_llama), "--db", str(db), "--max-new-tokens", "6", "--temperature", "0.8"]
+    hello = [{"role": "user", "content": "Name a colour."}]
+    server = LabelServer(args, tmp_path / "log", command="feedback").start()
+    try:
+        alice, bob = client(server, "alice"), client(server, "bob")
+        first = alice.predict(messages=hello, api_name="/chat_reply")
+        second = alice.predict(messages=hello + [{"role": "assistant", "content": first["reply"]},
+                                                 {"role": "user", "content": "Another?"}], api_name="/chat_reply")
+        alice.predict(reply_id=first["reply_id"], rating=1, api_name="/rate_reply")
+        alice.predict(reply_id=first["reply_id"], rating=1, api_name="/rate_reply")  # a retried request
+        alice.predict(reply_id=second["reply_id"], correction="Blue.", api_name="/correct_reply")
+        with pytest.raises(Exception, match="of yours"):  # bob cannot rate alice's reply
+            bob.predict(reply_id=first["reply_id"], rating=-1, api_name="/rate_reply")
+        with pytest.raises(Exception, match="must end with your message"):
+            alice.predict(messages=hello + [{"role": "assistant", "content": "x"}], api_name="/chat_reply")
+        server.kill9()  # everything acknowledged above is committed
+        server = LabelServer(args, tmp_path / "log", command="feedback").start()
+        alice = client(server, "alice")
+        alice.predict(reply_id=second["reply_id"], rating=-1, api_name="/rate_reply")
+    finally:
+        server.stop()
+    replies = LabelStore(db).replies()
+    # acknowledged before the kill: two replies, a rating and a correction
+    kept = len(replies) + sum(r["rating"] == 1 for r in replies) + sum(r["correction"] is not None for r in replies)
+    record_property("labels_acknowledged", 4)
+    record_property("labels_lost", 4 - kept)
+    assert [(r["reply_id"], r["rating"], r["correction"]) for r in replies] == [
+        (first["reply_id"], 1, None), (second["reply_id"], -1, "Blue.")]
+    assert replies[0]["reply"] == first["reply"] and replies[1]["conversation"][-1]["content"] == "Another?"

@@ -163,3 +163,53 @@ def test_arena_command_serves_only_the_arena(browser, tiny_llama, tiny_gpt2, tmp
     # The second round's prompt continues from the first round's kept answer (A on a tie).
     assert second["prompt"] == first["prompt"] + [{"role": "assistant", "content": first["text_a"]},
                                                 {"role": "user", "content": "And again?"}]
+
+
+def test_chat_feedback_in_chromium_trains_sft_and_kto(browser, tiny_llama, tmp_path):
+    """Log in, chat two turns, rate one reply up and one down, correct one; the rows are in the database; then a
+    tiny recipe trains sft on the correction and kto on the ratings."""
+    from align.config import parse_recipe
+    from align.pipeline import run_recipe
+    from tests.conftest import tiny_recipe
+
+    expect = sync_api.expect
+    db = tmp_path / "labels.db"
+    args = [str(tiny_llama), "--db", str(db), "--max-new-tokens", "12", "--temperature", "1.0"]
+    with LabelServer(args, tmp_path / "server.log", command="feedback") as server:
+        page = log_in(browser, server, "alice")
+        status = page.locator("#feedback-status")
+        expect(page.get_by_role("tab", name="Chat")).to_be_visible()
+        assert page.get_by_role("tab", name="Label").count() == 0
+        expect(page.locator("#feedback-settings")).to_contain_text("temperature 1.0")
+        page.locator("#feedback-up").click()  # nothing to rate yet: refused, nothing stored
+        page.locator("#feedback-message textarea").fill("What is the capital of <b>France</b>?")
+        page.locator("#feedback-send").click()
+        expect(status).to_contain_text("Rate the reply", timeout=60_000)
+        expect(page.locator("#feedback-conversation")).to_contain_text("What is the capital of <b>France</b>?")
+        page.locator("#feedback-up").click()
+        expect(status).to_contain_text("Saved: good reply")
+
+        page.locator("#feedback-message textarea").fill("And of Spain?")
+        page.locator("#feedback-send").click()
+        expect(status).to_contain_text("Rate the reply", timeout=60_000)
+        page.locator("#feedback-down").click()
+        expect(status).to_contain_text("Saved: bad reply")
+        page.locator("#feedback-correction textarea").fill("The capital of Spain is Madrid.")
+        page.locator("#feedback-correct").click()
+        expect(status).to_contain_text("Saved your correction")
+        expect(page.locator("#feedback-conversation")).to_contain_text("The capital of Spain is Madrid.")
+
+    first, second = LabelStore(db).replies()
+    assert (first["annotator"], first["model"], first["rating"], first["correction"]) == ("alice", str(tiny_llama), 1, None)
+    assert first["conversation"] == [{"role": "user", "content": "What is the capital of <b>France</b>?"}]
+    assert (second["rating"], second["correction"]) == (-1, "The capital of Spain is Madrid.")
+    assert second["conversation"] == first["conversation"] + [{"role": "assistant", "content": first["reply"]},
+                                                              {"role": "user", "content": "And of Spain?"}]
+    assert second["settings"]["temperature"] == 1.0 and second["settings"]["max_new_tokens"] == 12
+
+    few = {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1, "save_steps": 2, "max_length": 128}
+    recipe = parse_recipe(tiny_recipe(tiny_llama, tmp_path / "runs", ["sft", "kto"],
+                                      sft={"dataset": f"labels:{db}", **few}, kto={"dataset": f"labels:{db}", **few}))
+    records = run_recipe(recipe)
+    assert records["sft"]["metrics"]["train_loss"] > 0
+    assert (records["kto"]["metrics"]["desirable_rows"], records["kto"]["metrics"]["undesirable_rows"]) == (2, 1)

@@ -1,8 +1,10 @@
-"""The labelling web app: pairwise labelling, a blind two-model arena, and an admin view, on one label store.
+"""The labelling web app: pairwise labelling, a blind two-model arena, chat with feedback (rate replies up or
+down, correct them), and an admin view, on one label store.
 
 Started by `align label ...` and `align arena ...` (ui/serve.py). Every handler reads the annotator from the
 logged-in session (gr.Request.username), never from the page, so nobody can write labels under another name.
-The same operations are exposed as API endpoints (/next_pair, /submit_label, /undo_label) for gradio_client.
+The same operations are exposed as API endpoints (/next_pair, /submit_label, /undo_label; /chat_reply,
+/rate_reply, /correct_reply when a chat model is served) for gradio_client.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import gradio as gr
 
 from align.chat import ChatModels
-from align.labelling.stats import format_report, label_report
-from align.labelling.store import DEFAULT_LEASE_SECONDS, MAX_REASON_CHARS, LabelError, LabelStore
+from align.labelling.stats import feedback_report, format_feedback, format_report, label_report
+from align.labelling.store import (
+    DEFAULT_LEASE_SECONDS, MAX_CORRECTION_CHARS, MAX_REASON_CHARS, LabelError, LabelStore,
+)
 from align.ui.render import conversation_html, response_html
 
 CHOICE_LABELS = [("A is better  [1]", "A"), ("B is better  [2]", "B"), ("Tie  [3]", "tie"), ("Both bad  [4]", "both_bad")]
@@ -64,6 +69,7 @@ class LabelSession:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     models: ChatModels | None = None
     arena_models: tuple[str, str] | None = None
+    chat_model: str | None = None  # the model of the chat-feedback tab
     admins: set[str] = field(default_factory=set)
     allow_anonymous: bool = False
     generating: threading.Lock = field(default_factory=threading.Lock)
@@ -265,6 +271,133 @@ def build_arena_tab(session: LabelSession) -> None:
     new_chat.click(lambda: ("", "", "", "", [], None, "New conversation."), None, outputs, api_visibility="private")
 
 
+# ---------------------------------------------------------------------------------------------- chat feedback
+
+
+def chat_answer(session: LabelSession, annotator: str, conversation: list[dict]):
+    """Stream the chat model's reply to `conversation`, then store it; yields (text so far, reply id or None).
+    The reply is committed before the page shows its rating buttons, so a rating always has a row to land on."""
+    if not conversation or conversation[-1].get("role") != "user":
+        raise LabelError("the conversation must end with your message")
+    if any(len(str(m.get("content", ""))) > MAX_MESSAGE_CHARS for m in conversation):
+        raise LabelError(f"a message is over {MAX_MESSAGE_CHARS} characters")
+    seed = random.randrange(2**31)
+    text = ""
+    for text in session.models.stream(session.chat_model, conversation, seed=seed):
+        yield text, None
+    reply_id = uuid.uuid4().hex
+    session.store.add_reply(reply_id, annotator, session.chat_model, conversation, text,
+                            {**session.models.settings(), "seed": seed})
+    yield text, reply_id
+
+
+def chat_page(messages: list[dict], pending: str | None = None) -> str:
+    shown = messages + ([{"role": "assistant", "content": pending}] if pending is not None else [])
+    return conversation_html(shown) if shown else "<p><em>Say something to start.</em></p>"
+
+
+def build_feedback_tab(session: LabelSession) -> None:
+    """Chat with one model; rate its latest reply up or down, or edit it into the answer you wanted (the chat
+    then goes on from your version). Every reply, rating and correction is saved as it happens."""
+    models = session.models
+    gr.Markdown(f"Chatting with **{session.chat_model}**: temperature {models.temperature}, top-p {models.top_p}, "
+                f"up to {models.max_new_tokens} new tokens, the model's own chat template.",
+                elem_id="feedback-settings")
+    page = gr.HTML(chat_page([]), elem_id="feedback-conversation")
+    message = gr.Textbox(label="Your message", lines=2, max_length=MAX_MESSAGE_CHARS, elem_id="feedback-message")
+    send = gr.Button("Send", variant="primary", elem_id="feedback-send")
+    with gr.Row():
+        up = gr.Button("Good reply", elem_id="feedback-up")
+        down = gr.Button("Bad reply", elem_id="feedback-down")
+    correction = gr.Textbox(label="The answer you wanted instead of the latest reply (optional)", lines=3,
+                            max_length=MAX_CORRECTION_CHARS, elem_id="feedback-correction")
+    save = gr.Button("Save correction", elem_id="feedback-correct")
+    status = gr.Markdown(elem_id="feedback-status")
+    new_chat = gr.Button("New conversation", size="sm", elem_id="feedback-new")
+    history = gr.State([])
+    last_reply = gr.State(None)
+
+    def on_send(text: str, past: list, request: gr.Request):
+        annotator = session.annotator(request)
+        if not text.strip():
+            raise gr.Error("Type a message first.")
+        conversation = past + [{"role": "user", "content": text.strip()}]
+        yield chat_page(conversation, ""), "", past, None, "Writing…"
+        try:
+            for reply, reply_id in chat_answer(session, annotator, conversation):
+                if reply_id is None:
+                    yield chat_page(conversation, reply), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        except LabelError as err:
+            raise gr.Error(str(err)) from None
+        past = conversation + [{"role": "assistant", "content": reply}]
+        yield chat_page(past), "", past, reply_id, "Rate the reply, correct it, or keep chatting."
+
+    def make_rating(rating: int):
+        def on_rate(reply_id: str | None, request: gr.Request):
+            annotator = session.annotator(request)
+            if reply_id is None:
+                raise gr.Error("No reply to rate yet: send a message first.")
+            try:
+                session.store.rate_reply(reply_id, annotator, rating)
+            except LabelError as err:
+                raise gr.Error(str(err)) from None
+            return f"Saved: {'good' if rating == 1 else 'bad'} reply."
+        return on_rate
+
+    def on_correct(text: str, past: list, reply_id: str | None, request: gr.Request):
+        annotator = session.annotator(request)
+        if reply_id is None:
+            raise gr.Error("No reply to correct yet: send a message first.")
+        try:
+            session.store.correct_reply(reply_id, annotator, text)
+        except LabelError as err:
+            raise gr.Error(str(err)) from None
+        if not text.strip():
+            return gr.skip(), gr.skip(), gr.skip(), "Correction removed."
+        past = past[:-1] + [{"role": "assistant", "content": text.strip()}]  # the chat goes on from your answer
+        return chat_page(past), "", past, "Saved your correction; the chat continues from it."
+
+    send.click(on_send, [message, history], [page, message, history, last_reply, status], api_visibility="private")
+    up.click(make_rating(1), [last_reply], status, api_visibility="private")
+    down.click(make_rating(-1), [last_reply], status, api_visibility="private")
+    save.click(on_correct, [correction, history, last_reply], [page, correction, history, status],
+               api_visibility="private")
+    new_chat.click(lambda: (chat_page([]), [], None, "New conversation."), None, [page, history, last_reply, status],
+                   api_visibility="private")
+
+
+def add_feedback_api(session: LabelSession) -> None:
+    def chat_reply(messages: list[dict], request: gr.Request = None) -> dict:
+        """The chat model's reply to a conversation ending with the user's message; stored, with its id."""
+        annotator = session.annotator(request)
+        try:
+            for reply, reply_id in chat_answer(session, annotator, messages):
+                pass
+        except LabelError as err:
+            raise gr.Error(str(err)) from None
+        return {"reply_id": reply_id, "reply": reply}
+
+    def rate_reply(reply_id: str, rating: int, request: gr.Request = None) -> dict:
+        """Rate one of your replies: 1 (good), -1 (bad)."""
+        try:
+            session.store.rate_reply(reply_id, session.annotator(request), rating)
+        except LabelError as err:
+            raise gr.Error(str(err)) from None
+        return {"reply_id": reply_id, "rating": rating}
+
+    def correct_reply(reply_id: str, correction: str, request: gr.Request = None) -> dict:
+        """The answer you wanted instead of one of your replies."""
+        try:
+            session.store.correct_reply(reply_id, session.annotator(request), correction)
+        except LabelError as err:
+            raise gr.Error(str(err)) from None
+        return {"reply_id": reply_id}
+
+    gr.api(chat_reply, api_name="chat_reply")
+    gr.api(rate_reply, api_name="rate_reply")
+    gr.api(correct_reply, api_name="correct_reply")
+
+
 # ---------------------------------------------------------------------------------------------- admin
 
 
@@ -277,8 +410,10 @@ def build_admin_tab(session: LabelSession) -> None:
             return "Only admins see the statistics (mark an account `:admin` in the users file)."
         counts = session.store.counts()
         head = (f"{counts['items']} pairs, {counts['arena_rounds']} arena rounds, {counts['judgments']} judgments "
-                f"({counts['undone']} undone, kept in the database). Overlap {session.overlap}.\n\n")
-        return head + format_report(label_report(session.store.judgments()))
+                f"({counts['undone']} undone, kept in the database), {counts['replies']} chat replies. "
+                f"Overlap {session.overlap}.\n\n")
+        return (head + format_report(label_report(session.store.judgments())) + "\n"
+                + format_feedback(feedback_report(session.store.replies())))
 
     refresh.click(on_refresh, None, report, api_visibility="private")
 
@@ -287,10 +422,12 @@ def build_admin_tab(session: LabelSession) -> None:
 
 
 def build_app(session: LabelSession, label_tab: bool = True) -> gr.Blocks:
-    if session.arena_models is not None and session.models is None:
-        raise ValueError("the arena needs models to answer")
+    if (session.arena_models is not None or session.chat_model is not None) and session.models is None:
+        raise ValueError("the arena and the chat need models to answer")
+    title = ("Which response is better?" if label_tab else "Arena" if session.arena_models is not None
+             else "Chat with feedback")
     with gr.Blocks(title="align: preference labelling") as app:
-        gr.Markdown("## Which response is better?" if label_tab else "## Arena")
+        gr.Markdown(f"## {title}")
         on_load = None
         with gr.Tabs():
             if label_tab:
@@ -299,11 +436,16 @@ def build_app(session: LabelSession, label_tab: bool = True) -> gr.Blocks:
             if session.arena_models is not None:
                 with gr.Tab("Arena", id="arena"):
                     build_arena_tab(session)
+            if session.chat_model is not None:
+                with gr.Tab("Chat", id="chat"):
+                    build_feedback_tab(session)
             with gr.Tab("Admin", id="admin"):
                 build_admin_tab(session)
         if on_load is not None:
             show, outputs = on_load
             app.load(show, None, outputs, api_visibility="private")
         add_api(session)
+        if session.chat_model is not None:
+            add_feedback_api(session)
     app.queue(default_concurrency_limit=16)
     return app

@@ -3,6 +3,7 @@
     align label --pairs pairs.jsonl --db labels.db --users users.txt
     align label --prompts bundled:prefs_test --models runs/quickstart/sft runs/quickstart/online_dpo --db labels.db
     align arena runs/quickstart/sft runs/quickstart/online_dpo --db labels.db --users users.txt
+    align feedback runs/quickstart --db labels.db --users users.txt     # chat, rate and correct replies
 
 Binds to 127.0.0.1 and never opens a public share link unless asked (--host 0.0.0.0, --share).
 """
@@ -97,7 +98,8 @@ class RequestSizeLimit:
         await response(scope, receive, send)
 
 
-def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_specs: list[str]) -> int:
+def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_specs: list[str],
+           chat_model: str | None = None) -> int:
     from starlette.middleware import Middleware
 
     from align.ui.app import CSS, KEYBOARD_JS, LabelSession, build_app
@@ -107,6 +109,7 @@ def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_sp
         raise LabelError(f"--lease-minutes must be positive (got {args.lease_minutes})")
     store = LabelStore(args.db)
     models = None
+    model_specs = model_specs + ([chat_model] if chat_model else [])
     if model_specs:
         models = ChatModels(model_specs, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed)
@@ -114,7 +117,7 @@ def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_sp
             print(f"align label: loading {spec}", flush=True)
             models.load(spec)
     session = LabelSession(store=store, overlap=args.overlap, lease_seconds=args.lease_minutes * 60, models=models,
-                           arena_models=arena_models, admins={n for n, a in accounts.items() if a["admin"]},
+                           arena_models=arena_models, chat_model=chat_model, admins={n for n, a in accounts.items() if a["admin"]},
                            allow_anonymous=args.allow_anonymous)
     app = build_app(session, label_tab=label_tab)
     stop = threading.Event()
@@ -126,7 +129,8 @@ def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_sp
         return account is not None and password_matches(account["password"], password)
 
     counts = store.counts()
-    print(f"align label: {args.db}: {counts['items']} pairs, {counts['judgments']} judgments so far; "
+    print(f"align label: {args.db}: {counts['items']} pairs, {counts['judgments']} judgments, "
+          f"{counts['replies']} chat replies so far; "
           f"{len(accounts)} accounts{' + anonymous' if args.allow_anonymous else ''}; overlap {args.overlap}",
           flush=True)
     try:
@@ -162,9 +166,13 @@ def label(args) -> int:
     print(f"align label: {added} new pairs added to {args.db}", flush=True)
     store.close()
     arena = tuple(args.models) if args.models and len(args.models) == 2 else None
-    return launch(args, label_tab=True, arena_models=arena, model_specs=args.models or [])
+    return launch(args, label_tab=True, arena_models=arena, model_specs=args.models or [], chat_model=args.chat)
 
 
 def arena(args) -> int:
     return launch(args, label_tab=False, arena_models=(args.model_a, args.model_b),
                   model_specs=[args.model_a, args.model_b])
+
+
+def feedback(args) -> int:
+    return launch(args, label_tab=False, arena_models=None, model_specs=[], chat_model=args.model)
