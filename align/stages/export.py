@@ -1,5 +1,6 @@
 """Export: merge the final chat adapter into a 16/32-bit copy of the base (never into 4-bit weights) and save a
-plain Hugging Face model (safetensors, tokenizer, chat template, generation config, model card).
+plain Hugging Face model (safetensors, tokenizer, chat template, generation config, model card); optionally a
+GGUF for llama.cpp and Ollama (align/gguf_export.py).
 
 The export is then reloaded from disk and must reproduce the adapter model (float32 exports) or the merged model
 (16-bit exports, where rounding alone moves logits): logits within `logits_atol` and the same greedy answers on the
@@ -103,6 +104,14 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     (tmp / "README.md").write_text(model_card(recipe, policy_stage, earlier, expected_answers, prompts))
     replace_dir(tmp, target)
     print(f"[export] merged {policy_stage} adapter into {cfg.dtype} base: {target} (max |logit diff| {max_diff:.1e})")
+
+    # --- GGUF for llama.cpp and Ollama, checked against the merged model's answers
+    if cfg.gguf:
+        from align.gguf_export import export_gguf
+        from align.models import cache_dir
+
+        metrics.update(export_gguf(target, out / "gguf", cfg.gguf, reloaded_tokenizer, prompts, expected_answers,
+                                   cfg.check_new_tokens, cfg.gguf_min_agreement, cache_dir()))
     return metrics
 
 
