@@ -471,6 +471,17 @@ class ExportStage(Section):
         "top-1 (f16 must predict all, with the same greedy answers)."
     )
 
+    @field_validator("gguf")
+    @classmethod
+    def _llama_cpp_installed(cls, value: str | None) -> str | None:
+        import importlib.util
+
+        missing = [m for m in ("llama_cpp", "sentencepiece") if importlib.util.find_spec(m) is None]
+        if value and missing:
+            raise ValueError("a GGUF export is checked with llama.cpp: pip install 'align[gguf]' (builds "
+                             "llama-cpp-python once), or remove export.gguf")
+        return value
+
 
 class Recipe(Section):
     name: str = Field(description="Run name: outputs go to <output_root>/<name>/<stage>/.")

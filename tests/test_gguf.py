@@ -54,3 +54,19 @@ def test_the_embedded_model_as_gguf_answers_as_it_does_and_a_mismatch_fails_loud
     with pytest.raises(GGUFError, match="does not answer as the merged model does: llama_cpp predicts") as err:
         export_gguf(model_dir, tmp_path / "bad", "f16", tokenizer, prompts, wrong, 16, 0.9, cache_dir())
     assert "left in" in str(err.value) and not (tmp_path / "bad" / "model.f16.gguf").exists()
+
+
+@pytest.mark.fault("bad input")
+def test_a_gguf_export_without_llama_cpp_fails_at_load_time(monkeypatch):
+    import importlib.util
+
+    from align.config import RecipeError, parse_recipe
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(RecipeError, match=r"pip install 'align\[gguf\]'"):
+        parse_recipe({"name": "x", "stages": ["sft", "export"], "sft": {"dataset": "bundled:sft"},
+                      "export": {"gguf": "q8_0"}})
+    with pytest.raises(RecipeError, match="gguf"):
+        parse_recipe({"name": "x", "stages": ["sft", "export"], "sft": {"dataset": "bundled:sft"},
+                      "export": {"gguf": "q4_k"}})
