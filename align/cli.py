@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
                                help="keep tie and both-bad judgments (column 'choice' says which); not for training")
     export_labels.add_argument("--majority", action="store_true",
                                help="one row per pair: the response more annotators preferred (no strict winner: dropped)")
+    backup = labels_sub.add_parser("backup", help="a consistent copy of a label database, safe while the server "
+                                   "writes (SQLite online backup); then checks the copy")
+    backup.add_argument("db")
+    backup.add_argument("out", help="the backup file, e.g. backups/labels-$(date +%%F-%%H%%M).db")
+    check = labels_sub.add_parser("check", help="integrity check and row counts of a label database (or a backup)")
+    check.add_argument("db")
     add_user = labels_sub.add_parser("add-user", help="add an annotator account (salted password hash) to a users file")
     add_user.add_argument("users_file")
     add_user.add_argument("name")
@@ -148,6 +154,12 @@ def _serving_options(parser) -> None:
     parser.add_argument("--users", metavar="FILE", help="annotator accounts, name:password[:admin] per line "
                         "(or set ALIGN_LABEL_USERS); required unless --allow-anonymous")
     parser.add_argument("--allow-anonymous", action="store_true", help="let people label without logging in")
+    parser.add_argument("--login-max-failures", type=_positive_int, default=10,
+                        help="failed logins in a row that lock an account (an address gets 3x) for --login-lock-minutes")
+    parser.add_argument("--login-lock-minutes", type=_positive_float, default=15.0,
+                        help="how long a locked account or address is refused without a password check")
+    parser.add_argument("--login-delay-seconds", type=_positive_float, default=1.0,
+                        help="wait imposed after a failed login, doubling with each further failure")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 opens it to your network")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
@@ -167,19 +179,44 @@ def main(argv: list[str] | None = None) -> int:
     if [item for item in extra if item not in late] or (late and args.command not in ("run", "validate")):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     quiet_library_noise()
-    from align.labelling.accounts import AccountError
     from align.config import RecipeError
     from align.data import DataError
+    from align.gguf_export import GGUFError
+    from align.labelling.accounts import AccountError
     from align.labelling.store import LabelError
     from align.models import ModelError
+    from align.run_lock import RunLocked
     from align.runs import TrainingDiverged
 
     try:
         return COMMANDS[args.command](args)
     except (RecipeError, DataError, ModelError, LabelError, AccountError, FileNotFoundError, MissingExtra,
-            TrainingDiverged) as err:
+            TrainingDiverged, RunLocked, GGUFError) as err:
         print(f"align {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        where = disk_full(err)
+        if where is None:
+            raise
+        print(f"align {args.command}: error: no space left on the device (writing {where}). Free some space and "
+              f"run the same command again: finished stages, complete checkpoints and saved labels are kept, and "
+              f"the write that failed is never taken for a finished one.", file=sys.stderr)
+        return 2
+
+
+def disk_full(err: BaseException) -> str | None:
+    """What was being written when the disk filled up, if that is what `err` (or its cause) is; else None.
+    Libraries report it differently: OSError ENOSPC, safetensors' "os error 28", SQLite's "disk is full"."""
+    import errno
+
+    seen = 0
+    while err is not None and seen < 10:
+        text = str(err)
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in text \
+                or "os error 28" in text or "database or disk is full" in text:
+            return str(getattr(err, "filename", None) or "a file")
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def quiet_library_noise() -> None:
@@ -301,17 +338,26 @@ def cmd_ls(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from align.run_lock import run_lock
+    from align.runs import load_run_recipe
+
+    run = Path(args.run_dir).resolve()
+    load_run_recipe(run)  # a directory that is not a run fails here, before anything is locked or written
+    with run_lock(run, "align export"):
+        return export_run(run, args.run_dir)
+
+
+def export_run(run: Path, named: str) -> int:
     import time
 
     from align.runs import finish_stage, is_finished, load_run_recipe, stage_dir
     from align.stages import POLICY_STAGES, STAGES
 
-    run = Path(args.run_dir).resolve()
     # The run dir may have been moved, copied or renamed: read its stages from where it is now.
     recipe = load_run_recipe(run).model_copy(update={"output_root": str(run.parent), "name": run.name})
     finished = [s for s in recipe.stages if s != "export" and is_finished(stage_dir(recipe, s))]
     if not any(s in POLICY_STAGES for s in finished):
-        raise FileNotFoundError(f"{args.run_dir}: no finished policy stage ({', '.join(POLICY_STAGES)}) to export")
+        raise FileNotFoundError(f"{named}: no finished policy stage ({', '.join(POLICY_STAGES)}) to export")
     # The recipe's stages as far as they finished: export merges the last policy stage's adapter, as the recipe's
     # own export stage does, and its model card carries every finished stage's figures.
     recipe = recipe.model_copy(update={"stages": finished + ["export"]})
@@ -405,7 +451,18 @@ def cmd_labels(args) -> int:
         add_account(args.users_file, args.name, password, admin=args.admin)
         print(f"added {'admin ' if args.admin else ''}{args.name} to {args.users_file}")
         return 0
+    if args.labels_command == "check":
+        from align.labelling.store import check_database
+
+        report = check_database(args.db)
+        print(f"{args.db}: integrity ok; " + ", ".join(f"{table} {n}" for table, n in report["rows"].items()))
+        return 0
     store = LabelStore(args.db, create=False)
+    if args.labels_command == "backup":
+        report = store.backup(args.out)
+        print(f"backed up {args.db} to {args.out}: integrity ok; "
+              + ", ".join(f"{table} {n}" for table, n in report["rows"].items()))
+        return 0
     judgments = store.judgments()
     if args.labels_command == "stats":
         from align.labelling.stats import feedback_report, format_feedback, format_report, label_report

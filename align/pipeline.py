@@ -12,6 +12,7 @@ from align.runs import (
     finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, versions, write_json_atomic,
     write_text_atomic,
 )
+from align.run_lock import run_lock
 from align.stages import ONLINE_STAGES, STAGES, TRL_STAGES
 from align.trainer_settings import trl_args
 
@@ -67,7 +68,13 @@ def plan(recipe: Recipe, only: str | None = None, start: str | None = None) -> l
 
 
 def run_recipe(recipe: Recipe, only: str | None = None, start: str | None = None) -> dict:
-    """Run the selected stages; return {stage: stage record} for every finished stage."""
+    """Run the selected stages, holding the run directory's lock (one writer per run); return {stage: stage
+    record} for every finished stage."""
+    with run_lock(run_dir(recipe)):
+        return run_stages(recipe, only, start)
+
+
+def run_stages(recipe: Recipe, only: str | None, start: str | None) -> dict:
     from datetime import timedelta
 
     from accelerate import PartialState

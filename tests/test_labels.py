@@ -323,3 +323,33 @@ def test_chat_replies_ratings_and_corrections_are_stored_once_and_feed_each_stag
     assert main(["labels", "stats", str(db)]) == 0
     out = capsys.readouterr().out
     assert "2 chat replies (2 rated, 1 corrected)" in out and "## Chat feedback" in out and "| model-b | 1 |" in out
+
+
+@pytest.mark.fault("attack")
+def test_the_login_guard_delays_then_locks_an_account_and_a_shared_address():
+    from align.labelling.accounts import LoginGuard, hash_password
+
+    now = [1000.0]
+    lines = []
+    accounts = {"alice": {"password": hash_password("right", iterations=1000)},
+                "bob": {"password": hash_password("pw", iterations=1000)}}
+    guard = LoginGuard(accounts, max_failures=3, lock_seconds=60, first_delay=1, log=lines.append, clock=lambda: now[0])
+    assert not guard.check("alice", "x", "1.2.3.4") and guard.checked == 1
+    assert not guard.check("alice", "right", "1.2.3.4") and guard.checked == 1  # within the 1 s delay: no check
+    now[0] += 1.1
+    assert not guard.check("alice", "y", "1.2.3.4") and guard.checked == 2  # delay now 2 s
+    now[0] += 2.1
+    assert not guard.check("alice", "z", "1.2.3.4") and guard.checked == 3  # third failure: locked for 60 s
+    now[0] += 30
+    assert not guard.check("alice", "right", "5.6.7.8") and guard.checked == 3  # locked from any address
+    assert guard.check("bob", "pw", "1.2.3.4")  # the address is not locked by one account
+    now[0] += 31
+    assert guard.check("alice", "right", "5.6.7.8") and guard.checked == 5
+    assert any("refused without checking: account 'alice' from 5.6.7.8" in line for line in lines)
+    # an address that fails on many names is locked after 3x the account limit
+    for i in range(9):
+        now[0] += 100
+        guard.check(f"name{i}", "x", "9.9.9.9")
+    now[0] += 1
+    assert not guard.check("bob", "pw", "9.9.9.9")
+    assert any("address '9.9.9.9' from 9.9.9.9 is throttled" in line for line in lines)

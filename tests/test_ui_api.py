@@ -34,7 +34,7 @@ def test_login_labelling_and_undo_through_the_api(tmp_path):
     db = tmp_path / "labels.db"
     with LabelServer(["--pairs", first_pairs(tmp_path, 64), "--db", str(db), "--overlap", "2"], tmp_path / "log") as server:
         with pytest.raises(Exception):
-            Client(server.url, auth=("alice", "wrong"), verbose=False)
+            Client(server.url, auth=("admin", "wrong"), verbose=False)
         with pytest.raises(Exception):  # no anonymous writes unless --allow-anonymous
             client(server, None).predict(api_name="/next_pair")
 
@@ -185,3 +185,69 @@ def test_chat_feedback_through_the_api_survives_kill_9_without_duplicates(tiny_l
     assert [(r["reply_id"], r["rating"], r["correction"]) for r in replies] == [
         (first["reply_id"], 1, None), (second["reply_id"], -1, "Blue.")]
     assert replies[0]["reply"] == first["reply"] and replies[1]["conversation"][-1]["content"] == "Another?"
+
+
+@pytest.mark.fault("backup under load")
+def test_a_backup_taken_while_20_annotators_submit_holds_every_label_acknowledged_before_it(tmp_path,
+                                                                                           record_property):
+    from align.cli import main
+    from align.labelling.store import check_database
+
+    db, backup = tmp_path / "labels.db", tmp_path / "backups" / "labels-copy.db"
+    names = [f"annotator{i:02d}" for i in range(20)]
+    server = LabelServer(["--pairs", first_pairs(tmp_path, 64), "--db", str(db), "--overlap", "3"], tmp_path / "log",
+                         users=users_env(names)).start()
+    acked: list[int] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def annotate(name: str) -> None:
+        c = client(server, name)
+        while not stop.is_set():
+            pair = c.predict(api_name="/next_pair")
+            if not pair.get("item_id"):
+                return
+            ack = c.predict(item_id=pair["item_id"], choice="A", reason="", api_name="/submit_label")
+            with lock:
+                acked.append(ack["judgment_id"])
+
+    threads = [threading.Thread(target=annotate, args=(n,)) for n in names]
+    try:
+        for t in threads:
+            t.start()
+        while len(acked) < 40:
+            time.sleep(0.05)
+        with lock:
+            before = set(acked)  # every judgment acknowledged before the backup starts
+        assert main(["labels", "backup", str(db), str(backup)]) == 0  # the annotators keep submitting meanwhile
+        during = len(acked)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        server.stop()
+    copied = {j["judgment_id"] for j in LabelStore(backup).judgments()}
+    record_property("labels_acknowledged", len(before))
+    record_property("labels_lost", len(before - copied))
+    assert before <= copied and during > len(before), "the backup ran while annotators were still submitting"
+    assert check_database(backup)["rows"]["judgments"] == len(copied)
+    assert not list(backup.parent.glob(".*tmp*")), "no half-written backup is left"
+
+
+@pytest.mark.fault("corrupt file")
+def test_labels_check_finds_a_damaged_database(tmp_path, capsys):
+    from align.cli import main
+
+    db = tmp_path / "labels.db"
+    store = LabelStore(db)
+    store.add_items([{"prompt": [{"role": "user", "content": f"q{i}"}], "response_1": "a", "response_2": "b"}
+                     for i in range(200)], "t")
+    store.close()
+    assert main(["labels", "check", str(db)]) == 0
+    assert "integrity ok; assignments 0, items 200, judgments 0" in capsys.readouterr().out
+    data = bytearray(db.read_bytes())
+    data[4096 * 2: 4096 * 2 + 512] = b"\xff" * 512  # scribble over a page in the middle
+    db.write_bytes(bytes(data))
+    assert main(["labels", "check", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "integrity check failed" in err or "not a readable SQLite database" in err, err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import http.cookiejar
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -153,3 +154,32 @@ def test_oversized_input_is_refused_and_nothing_is_stored(server):
     ack = alice.predict(item_id=pair["item_id"], choice="B", reason="r" * MAX_REASON_CHARS, api_name="/submit_label")
     (row,) = LabelStore(server.db, create=False).judgments()
     assert row["judgment_id"] == ack["judgment_id"] and len(row["reason"]) == MAX_REASON_CHARS
+
+
+@pytest.mark.fault("attack")
+def test_200_rapid_wrong_guesses_reach_the_password_check_at_most_the_configured_number_of_times(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "hi", "response_a": "a", "response_b": "b"}) + "\n")
+    log = tmp_path / "server.log"
+    args = ["--pairs", str(pairs), "--db", str(tmp_path / "labels.db"), "--login-max-failures", "5",
+            "--login-lock-minutes", "0.1", "--login-delay-seconds", "0.05"]
+
+    def attempt(name: str, password: str) -> tuple[int, bytes]:
+        return request(server, "/login", urllib.parse.urlencode({"username": name, "password": password}).encode())
+
+    with LabelServer(args, log) as server:
+        started = time.time()
+        answers = [attempt("alice", f"guess-{i}") for i in range(200)]
+        elapsed = time.time() - started
+        assert {status for status, _ in answers} == {400}  # refused and wrong look the same
+        unknown = attempt("nobody-by-this-name", "guess")
+        assert unknown == answers[0], "an unknown account is answered exactly as a known one"
+        assert attempt("alice", USERS["alice"])[0] == 400 or elapsed > 6, "still locked right after the guesses"
+        time.sleep(6.5)  # the 0.1-minute lock passes
+        assert attempt("alice", USERS["alice"])[0] == 200
+        assert attempt("bob", USERS["bob"])[0] == 200  # the address was not locked by one account's guesses
+    lines = log.read_text().splitlines()
+    checked = [line for line in lines if "login failed: account 'alice'" in line]
+    refused = [line for line in lines if "login refused without checking: account 'alice'" in line]
+    assert 1 <= len(checked) <= 5 + int(elapsed // 6 + 1) * 5, len(checked)  # 5 per lock window at most
+    assert len(checked) + len(refused) >= 200 and all("from 127.0.0.1" in line for line in refused)

@@ -10,11 +10,12 @@ Binds to 127.0.0.1 and never opens a public share link unless asked (--host 0.0.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 import threading
 
-from align.labelling.accounts import AccountError, load_accounts, password_matches
+from align.labelling.accounts import AccountError, LoginGuard, load_accounts
 from align.chat import ChatModels
 from align.labelling.sources import pair_items, prompt_items
 from align.labelling.store import LabelError, LabelStore
@@ -54,6 +55,23 @@ def checked_accounts(args) -> dict:
 
 # The app takes no files; its largest real request is a judgment with a reason of at most MAX_REASON_CHARS.
 MAX_REQUEST_BYTES = 256 * 1024
+
+
+# The client address of the request being served: the login check reads it to throttle per address.
+client_address: contextvars.ContextVar[str] = contextvars.ContextVar("client_address", default="unknown")
+
+
+class ClientAddress:
+    """ASGI middleware: makes the request's client address known to the login check (Gradio passes the check
+    only the name and password)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            client_address.set((scope.get("client") or ("unknown",))[0])
+        return await self.app(scope, receive, send)
 
 
 class RequestSizeLimit:
@@ -124,9 +142,12 @@ def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_sp
     if models is not None and label_tab:
         threading.Thread(target=prefetch, args=(session, stop), daemon=True, name="prefetch").start()
 
+    guard = LoginGuard(accounts, max_failures=args.login_max_failures, lock_seconds=args.login_lock_minutes * 60,
+                       first_delay=args.login_delay_seconds, log=lambda line: print(f"align label: {line}",
+                                                                                    file=sys.stderr, flush=True))
+
     def check(name: str, password: str) -> bool:
-        account = accounts.get(name)
-        return account is not None and password_matches(account["password"], password)
+        return guard.check(name, password, client_address.get())
 
     counts = store.counts()
     print(f"align label: {args.db}: {counts['items']} pairs, {counts['judgments']} judgments, "
@@ -137,7 +158,7 @@ def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_sp
         app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=check if accounts else None,
                    auth_message="Log in with your annotator account.", css=CSS, head=KEYBOARD_JS,
                    show_error=True, footer_links=["api"], quiet=False, max_file_size=MAX_REQUEST_BYTES,
-                   app_kwargs={"middleware": [Middleware(RequestSizeLimit)]})
+                   app_kwargs={"middleware": [Middleware(RequestSizeLimit), Middleware(ClientAddress)]})
     except OSError as err:  # typically the port is taken
         raise LabelError(f"cannot serve on {args.host}:{args.port} ({err}); choose another --port") from None
     finally:

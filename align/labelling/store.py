@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import sqlite3
 import threading
@@ -174,10 +175,18 @@ class LabelStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if "full" in str(err):  # SQLITE_FULL: the disk (or the database's size limit) is full
+                raise LabelError(f"{self.path}: the disk is full, so this was not saved (everything saved before "
+                                 f"is intact); free some space and try again") from err
             raise
-        db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def meta(self, key: str) -> str | None:
         row = self.connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -484,11 +493,52 @@ class LabelStore:
             "corrected": db.execute("SELECT COUNT(*) FROM replies WHERE correction IS NOT NULL").fetchone()[0],
         }
 
+    def backup(self, target: str | Path) -> dict:
+        """A consistent copy of the database while others keep writing (SQLite's online backup: it restarts its
+        page copy when a writer changes the source, so the copy is one committed state). The copy is written
+        beside the target and renamed into place, so a target never holds half a backup."""
+        target = Path(target).expanduser()
+        if target.resolve() == self.path.resolve():
+            raise LabelError(f"{target}: the backup must go to another file than the database itself")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        copy = sqlite3.connect(tmp)
+        try:
+            self.connection().backup(copy, pages=256, sleep=0.01)
+            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+        finally:
+            copy.close()
+        os.replace(tmp, target)
+        return check_database(target)
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def check_database(path: str | Path) -> dict:
+    """SQLite's integrity check and the row count of every table; raises LabelError when the check fails."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LabelError(f"{path}: no label database here")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        verdict = [row[0] for row in db.execute("PRAGMA integrity_check")]
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                               "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        counts = {table: db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in tables}
+    except sqlite3.DatabaseError as err:
+        raise LabelError(f"{path}: not a readable SQLite database ({err})") from None
+    finally:
+        db.close()
+    if verdict != ["ok"]:
+        raise LabelError(f"{path}: integrity check failed: {'; '.join(verdict[:5])}")
+    if not {"meta", "items", "judgments"} <= set(counts):
+        raise LabelError(f"{path}: an SQLite file, but not a label database (tables: {', '.join(tables)})")
+    return {"path": str(path), "integrity": "ok", "rows": counts}
 
 
 def _item_dict(row) -> dict:

@@ -10,6 +10,7 @@ check prompts. If not, it is not moved into place and the stage fails.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +35,25 @@ def _prompt_logits(model, tokenizer, prompts: list[list[dict]]) -> torch.Tensor:
     return torch.cat(rows)
 
 
+def set_aside_unfinished(out: Path) -> list[Path]:
+    """What an export killed part way left behind (a half-written merge, a GGUF in the making, or a model moved
+    into place but never recorded as finished) is renamed aside with a timestamp, so it can be neither taken for
+    the finished export nor silently deleted."""
+    if (out / "stage.json").is_file():
+        return []  # a finished export: `align export` replaces its model the usual way
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    leftovers = [*sorted(out.glob(".model.tmp-*")), *sorted(out.glob("gguf/.tmp-*"))]
+    if (out / "model").exists():
+        leftovers.append(out / "model")
+    moved = []
+    for leftover in leftovers:
+        aside = leftover.with_name(f"{leftover.name.lstrip('.')}.unfinished-{stamp}")
+        leftover.rename(aside)
+        moved.append(aside)
+        print(f"[export] an earlier export did not finish: {leftover} set aside as {aside}", flush=True)
+    return moved
+
+
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -44,6 +64,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     adapter = inputs[policy_stage] / "adapter"
     dtype = getattr(torch, cfg.dtype)
     prompts = [[{"role": "user", "content": text}] for text in cfg.check_prompts]
+
+    set_aside_unfinished(out)
 
     # --- model: the adapter on an un-quantised base, and its reference behaviour before merging
     tokenizer = load_tokenizer(recipe.model)
