@@ -348,8 +348,7 @@ def cmd_export(args) -> int:
 
 
 def export_run(run: Path, named: str) -> int:
-    import time
-
+    from align.resources import StageResources
     from align.runs import finish_stage, is_finished, load_run_recipe, stage_dir
     from align.stages import POLICY_STAGES, STAGES
 
@@ -364,9 +363,9 @@ def export_run(run: Path, named: str) -> int:
     inputs = {s: stage_dir(recipe, s) for s in finished}
     out = stage_dir(recipe, "export")
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    metrics = STAGES["export"].function()(recipe, out, inputs)
-    finish_stage(out, recipe, "export", metrics, time.time() - started, inputs)
+    with StageResources() as usage:
+        metrics = STAGES["export"].function()(recipe, out, inputs)
+    finish_stage(out, recipe, "export", metrics, usage.seconds, inputs, usage.record())
     print(f"exported {recipe.policy_stage()} to {out / 'model'}")
     return 0
 

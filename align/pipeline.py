@@ -12,6 +12,7 @@ from align.runs import (
     finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, versions, write_json_atomic,
     write_text_atomic,
 )
+from align.resources import StageResources, release_memory
 from align.run_lock import run_lock
 from align.stages import ONLINE_STAGES, STAGES, TRL_STAGES
 from align.trainer_settings import trl_args
@@ -106,11 +107,13 @@ def run_stages(recipe: Recipe, only: str | None, start: str | None) -> dict:
         state.wait_for_everyone()
         directory.mkdir(parents=True, exist_ok=True)
         print(f"[{stage}] starting -> {directory}", flush=True)
-        started = time.time()
         if STAGES[stage].every_process or state.is_main_process:  # trainers run on every process
-            metrics = STAGES[stage].function()(recipe, directory, dict(inputs))
+            with StageResources() as usage:
+                metrics = STAGES[stage].function()(recipe, directory, dict(inputs))
+            release_memory()  # what this stage loaded is not the next stage's baseline
             if state.is_main_process:
-                records[stage] = finish_stage(directory, recipe, stage, metrics, time.time() - started, inputs)
+                records[stage] = finish_stage(directory, recipe, stage, metrics, usage.seconds, inputs,
+                                              usage.record())
         state.wait_for_everyone()
         if not state.is_main_process:
             records[stage] = read_stage(directory)
@@ -134,7 +137,8 @@ def summary(recipe: Recipe, records: dict) -> str:
 
     lines = ["", f"== {recipe.name}: {run_dir(recipe)} =="]
     for stage, record in records.items():
-        lines.append(f"  {stage:<10} {record['seconds']:>7.0f}s")
+        peak = record.get("resources", {}).get("rss_peak_gib")
+        lines.append(f"  {stage:<10} {record['seconds']:>7.0f}s" + (f"   peak memory {peak:.2f} GiB" if peak else ""))
     reward = records.get("reward", {}).get("metrics", {})
     if "heldout_accuracy" in reward:
         lines.append(

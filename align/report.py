@@ -205,11 +205,16 @@ def write_report(run: Path) -> Path:
              f"<p>Run directory <code>{html.escape(str(run))}</code>; stages "
              f"{' &rarr; '.join(html.escape(s) for s in records)}.</p>"]
 
-    parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>seconds</th><th>final figures</th></tr>")
+    parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>seconds</th><th>peak memory (GiB)</th>"
+                 "<th>final figures</th></tr>")
     for stage, record in records.items():
         shown = {k: v for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float, str))}
         figures = ", ".join(f"{k} {_number(v) if isinstance(v, float) else v}" for k, v in list(shown.items())[:8])
-        parts.append(f"<tr><td>{stage}</td><td>{record.get('seconds', 0):.0f}</td><td>{html.escape(figures)}</td></tr>")
+        resources = record.get("resources", {})
+        peak = _number(resources.get("rss_peak_gib"), 2) + (
+            f" (GPU {_number(resources['gpu_peak_allocated_gib'], 2)})" if "gpu_peak_allocated_gib" in resources else "")
+        parts.append(f"<tr><td>{stage}</td><td>{record.get('seconds', 0):.0f}</td><td>{peak}</td>"
+                     f"<td>{html.escape(figures)}</td></tr>")
     parts.append("</table>")
 
     ev = records.get("eval", {}).get("metrics", {})

@@ -91,10 +91,12 @@ def stage_fingerprint(recipe: Recipe, stage: str) -> dict:
     return {k: data.get(k) for k in keys}
 
 
-def finish_stage(directory: Path, recipe: Recipe, stage: str, metrics: dict, seconds: float, inputs: dict) -> dict:
+def finish_stage(directory: Path, recipe: Recipe, stage: str, metrics: dict, seconds: float, inputs: dict,
+                 resources: dict | None = None) -> dict:
     record = {
         "stage": stage,
         "seconds": round(seconds, 1),
+        "resources": resources or {},  # peak memory and wall time (align/resources.py)
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": {k: str(v) for k, v in inputs.items()},
         "metrics": metrics,
