@@ -12,7 +12,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from align.ui.label_process import CHROMIUM, CHROMIUM_ARGS, USERS, LabelServer
+from align.ui.label_process import CHROMIUM, CHROMIUM_ARGS, LabelServer, log_in
 
 
 def main(model: str = "embedded", out: str = "docs/feedback.png") -> None:
@@ -20,11 +20,7 @@ def main(model: str = "embedded", out: str = "docs/feedback.png") -> None:
     args = [model, "--db", str(work / "labels.db"), "--max-new-tokens", "48", "--temperature", "0.7"]
     with LabelServer(args, work / "server.log", command="feedback") as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.goto(server.url)
-        page.get_by_label("username").fill("alice")
-        page.get_by_label("password").fill(USERS["alice"])
-        page.get_by_role("button", name="Login").click()
+        page = log_in(browser.new_page(viewport={"width": 1200, "height": 900}), server, "alice")
         status = page.locator("#feedback-status")
         page.locator("#feedback-message textarea").fill("What is the capital of Australia?")
         page.locator("#feedback-send").click()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from align.ui.label_process import CHROMIUM, CHROMIUM_ARGS, USERS, LabelServer
+from align.ui.label_process import CHROMIUM, CHROMIUM_ARGS, LabelServer, log_in
 
 
 def main(run: str, out: str = "docs/labelling.png") -> None:
@@ -26,11 +26,7 @@ def main(run: str, out: str = "docs/labelling.png") -> None:
             f"{run}/{final}", "--max-new-tokens", "96", "--temperature", "0"]
     with LabelServer(args, work / "server.log") as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 760})
-        page.goto(server.url)
-        page.get_by_label("username").fill("alice")
-        page.get_by_label("password").fill(USERS["alice"])
-        page.get_by_role("button", name="Login").click()
+        page = log_in(browser.new_page(viewport={"width": 1200, "height": 760}), server, "alice")
         expect(page.locator("#response-a .response")).to_be_visible(timeout=300_000)
         page.keyboard.press("1" if "seven" in page.locator("#response-a").inner_text() else "2")
         page.locator("#reason textarea").fill("spelled out, as asked")

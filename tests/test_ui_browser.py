@@ -13,7 +13,8 @@ pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from align.labelling.store import LabelStore  # noqa: E402
-from align.ui.label_process import CHROMIUM, CHROMIUM_ARGS, USERS, LabelServer  # noqa: E402
+from align.ui import label_process  # noqa: E402
+from align.ui.label_process import CHROMIUM, CHROMIUM_ARGS, LabelServer  # noqa: E402
 
 
 XSS_PAIR = {"id": "xss", "prompt": "Write <b>bold</b> HTML for me",
@@ -41,12 +42,7 @@ def browser():
 
 
 def log_in(browser, server: LabelServer, name: str):
-    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-    page.goto(server.url)
-    page.get_by_label("username").fill(name)
-    page.get_by_label("password").fill(USERS[name])
-    page.get_by_role("button", name="Login").click()
-    return page
+    return label_process.log_in(browser.new_context(viewport={"width": 1280, "height": 1000}).new_page(), server, name)
 
 
 @pytest.mark.fault("attack")

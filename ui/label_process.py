@@ -20,6 +20,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "admin": "admin-pw"}
 
 
+def log_in(page, server: LabelServer, name: str, password: str | None = None):
+    """Log a Playwright page into the server's login form (the demo password of `name` unless given)."""
+    page.goto(server.url)
+    page.get_by_label("username").fill(name)
+    page.get_by_label("password").fill(USERS[name] if password is None else password)
+    page.get_by_role("button", name="Login").click()
+    return page
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
