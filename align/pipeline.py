@@ -14,6 +14,8 @@ from align.runs import (
 )
 from align.resources import StageResources, release_memory
 from align.run_lock import run_lock
+from align.sharding import sharding_problems
+from align.vllm_sampling import vllm_problems
 from align.stages import ONLINE_STAGES, STAGES, TRL_STAGES
 from align.trainer_settings import trl_args
 
@@ -52,6 +54,10 @@ def plan(recipe: Recipe, only: str | None = None, start: str | None = None) -> l
             steps.append((stage, "skip"))
         else:
             steps.append((stage, "redo" if finished else "run"))
+    running = [stage for stage, action in steps if action != "skip"]
+    problems = sharding_problems(recipe, running) + vllm_problems(recipe, running)
+    if problems:
+        raise RecipeError("cannot run this recipe as launched:\n  " + "\n  ".join(problems))
     for stage, action in steps:
         if action != "skip" and stage in TRL_STAGES:
             trl_args(recipe, stage, stage_dir(recipe, stage))  # TRL's own checks, before anything trains

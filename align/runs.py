@@ -253,13 +253,20 @@ def trim_log(path: Path, step: int) -> None:
 
 
 def save_adapter(trainer, target: Path) -> None:
-    """Save only the trained adapter ('default'; DPO also holds a frozen 'ref' copy) atomically."""
+    """Save only the trained adapter ('default'; DPO also holds a frozen 'ref' copy) atomically. Under FSDP or
+    ZeRO-3 every process holds a shard of it: all take part in gathering it, the main process writes it."""
+    from align.sharding import gathered_trainable_state
+
+    gathered = gathered_trainable_state(trainer)
     if not trainer.accelerator.is_main_process:
         trainer.accelerator.wait_for_everyone()
         return
     model = trainer.accelerator.unwrap_model(trainer.model)
     tmp = temp_dir_for(target)
-    model.save_pretrained(tmp, selected_adapters=["default"])
+    if gathered is None:
+        model.save_pretrained(tmp, selected_adapters=["default"])
+    else:
+        model.save_pretrained(tmp, selected_adapters=["default"], state_dict=gathered)
     trainer.processing_class.save_pretrained(tmp)
     replace_dir(tmp, target)
     trainer.accelerator.wait_for_everyone()

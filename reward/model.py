@@ -19,8 +19,10 @@ def load_reward_model(
     adapter_dir: str | Path | None = None,
     trainable: bool = True,
     gradient_checkpointing: bool = False,
+    sharded: bool = False,
 ):
-    """A fresh LoRA reward model (`lora_config`) or a trained one (`adapter_dir`)."""
+    """A fresh LoRA reward model (`lora_config`) or a trained one (`adapter_dir`). `sharded`: for training under
+    FSDP or ZeRO-3, where every parameter stays in the model's dtype (see align.models.load_policy)."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging
@@ -36,11 +38,15 @@ def load_reward_model(
     # The head reads the last non-pad token; the model must know which id is padding.
     base.config.pad_token_id = pad_token_id
     if "quantization_config" in load_kwargs and trainable:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+        if not sharded:
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+        elif gradient_checkpointing:
+            base.enable_input_require_grads()
     if adapter_dir is not None:
-        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable,
+                                          autocast_adapter_dtype=not sharded)
     else:
-        model = get_peft_model(base, lora_config)
+        model = get_peft_model(base, lora_config, autocast_adapter_dtype=not sharded)
     if not trainable:
         model.eval()
     return model

@@ -492,7 +492,8 @@ def test_shipped_recipes_exist():
 def test_shipped_recipe_validates(path, tmp_path, monkeypatch, capsys):
     first_line = path.read_text().splitlines()[0]
     command = f"# align run {path.relative_to(REPO_ROOT).as_posix()}"
-    assert first_line.startswith(command), f"{path}: first line should be {command!r}, got {first_line!r}"
+    launched = first_line.startswith("# accelerate launch ") and first_line.endswith(f"-m align run {command[12:]}")
+    assert first_line.startswith(command) or launched, f"{path}: first line should be {command!r}, got {first_line!r}"
     # Run from an empty directory so that run directories left over in the checkout do not affect the plan.
     monkeypatch.chdir(tmp_path)
     assert align.cli.main(["validate", str(path)]) == 0, capsys.readouterr().err

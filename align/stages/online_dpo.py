@@ -76,6 +76,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     random.Random(recipe.seed).shuffle(order)
 
     log = []
+    engine = None  # vLLM's, started by the first round that samples (use_vllm), kept for the later rounds
     for number in range(1, cfg.rounds + 2):  # the extra pass only measures the final policy
         round_dir = out / f"round-{number}"
         if (round_dir / "round.json").is_file():
@@ -102,14 +103,17 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             # rewards and gold scores compare policies, not prompt sets
             batch = [rows[order[i % len(rows)]] for i in range(cfg.prompts_per_round)]
             started = time.time()
-            sampler = load_sampler(recipe, adapter)
             prompts = [r["prompt"] for r in batch]
-            samples = sample_answers(sampler, tokenizer, prompts, cfg.samples_per_prompt - cfg.include_greedy,
-                                     cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, progress=True)
-            if cfg.include_greedy:
-                greedy = generate_answers(sampler, tokenizer, prompts, cfg.max_new_tokens, 64)
-                samples = [[first, *rest] for first, rest in zip(greedy, samples)]
-            del sampler
+            if cfg.use_vllm:
+                engine, samples = sample_round_with_vllm(recipe, engine, adapter, tokenizer, prompts)
+            else:
+                sampler = load_sampler(recipe, adapter)
+                samples = sample_answers(sampler, tokenizer, prompts, cfg.samples_per_prompt - cfg.include_greedy,
+                                         cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, progress=True)
+                if cfg.include_greedy:
+                    greedy = generate_answers(sampler, tokenizer, prompts, cfg.max_new_tokens, 64)
+                    samples = [[first, *rest] for first, rest in zip(greedy, samples)]
+                del sampler
             seconds = {"sample": time.time() - started}
             policy = on_this_process_device(load_policy(recipe, adapter_dir=adapter, trainable=not measuring_only))
             sync_special_tokens(policy, tokenizer)
@@ -194,6 +198,24 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     state.wait_for_everyone()
     return summarise(log, judges[:1])
 
+
+
+def sample_round_with_vllm(recipe: Recipe, engine, adapter, tokenizer, prompts: list) -> tuple:
+    """A round's candidates from vLLM: the round's policy is pushed to the engine (started on the first call),
+    greedy first when the recipe includes it. Returns (engine, samples) in sample_answers' layout."""
+    from align.vllm_sampling import engine_settings, start_engine, vllm_answers
+
+    cfg = recipe.online_dpo
+    policy = on_this_process_device(load_policy(recipe, adapter_dir=adapter, trainable=False))
+    if engine is None:
+        engine = start_engine(policy, tokenizer, engine_settings(
+            cfg, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, None, recipe.model.trust_remote_code))
+    engine.model = policy  # the engine pushes this round's policy, merged, before it samples
+    samples = vllm_answers(engine, policy, tokenizer, prompts, cfg.samples_per_prompt - cfg.include_greedy)
+    if cfg.include_greedy:
+        greedy = vllm_answers(engine, policy, tokenizer, prompts, 1, greedy=True)
+        samples = [[first[0], *rest] for first, rest in zip(greedy, samples)]
+    return engine, samples
 
 def refresh_reward_model(recipe: Recipe, round_dir: Path, tokenizer, rows: list[dict], samples: list[list[dict]],
                          reward_adapter: Path) -> tuple[Path, dict]:

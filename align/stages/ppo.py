@@ -75,6 +75,16 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         judges=recipe.eval.judges,  # watch only, whether or not an eval stage runs
     )
 
+    # --- rollouts with vLLM when the recipe asks (trl's engine; the policy's LoRA is pushed to it each step)
+    engine = None
+    if cfg.use_vllm:
+        from align.vllm_sampling import engine_settings, start_engine
+
+        longest_prompt = max(len(ids) for ids in prompt_ids)
+        engine = start_engine(training.model, tokenizer, engine_settings(
+            cfg, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, longest_prompt + cfg.max_new_tokens,
+            recipe.model.trust_remote_code))
+
     # --- experiment tracking (metrics.jsonl is always written; tensorboard beside it when asked)
     tensorboard = None
     if "tensorboard" in recipe.report_to and state.is_main_process:
@@ -97,7 +107,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
         # 1. rollout: the policy answers this step's prompts
         try:
-            answers = rollout(training.model, tokenizer, [prompt_ids[i] for i in indices], cfg, autocast)
+            answers = rollout(training.model, tokenizer, [prompt_ids[i] for i in indices], cfg, autocast, engine)
         except NonFiniteLogits:  # the policy has blown up
             stopped, diverged = f"the policy's next-token probabilities are not finite at step {step + 1}", True
             print(f"[ppo] stopping early: {stopped}")
@@ -232,15 +242,25 @@ class Rollout:
     seconds: float  # sampling time
 
 
-def rollout(model, tokenizer, prompt_ids: list[list[int]], cfg: PPOStage, autocast: Callable) -> Rollout:
-    """1. Sample with the policy adapter. Raises NonFiniteLogits when the policy has blown up."""
+def rollout(model, tokenizer, prompt_ids: list[list[int]], cfg: PPOStage, autocast: Callable,
+            engine=None) -> Rollout:
+    """1. Sample with the policy adapter, in align's decode loop or with vLLM (`engine`). Raises NonFiniteLogits
+    when the policy has blown up."""
     started = time.time()
     model.set_adapter("default")
-    with autocast():
-        query, query_mask, responses, response_mask = sample_responses(
-            model, prompt_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.max_new_tokens,
-            cfg.temperature, cfg.top_k, cfg.top_p, cfg.rollout_cache,
-        )
+    if engine is not None:
+        from align.vllm_sampling import as_rollout, sample_with_vllm
+
+        completions = sample_with_vllm(engine, model, "default", prompt_ids)
+        device = next(model.parameters()).device
+        query, query_mask, responses, response_mask = as_rollout(
+            prompt_ids, completions, tokenizer.pad_token_id, tokenizer.eos_token_id, device)
+    else:
+        with autocast():
+            query, query_mask, responses, response_mask = sample_responses(
+                model, prompt_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.max_new_tokens,
+                cfg.temperature, cfg.top_k, cfg.top_p, cfg.rollout_cache,
+            )
     seconds = time.time() - started
     ended = (responses == tokenizer.eos_token_id).any(1) & (response_mask.sum(1) > 0)
     texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()

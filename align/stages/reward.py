@@ -18,6 +18,7 @@ from align.data import check_lengths, load_preferences, load_prompts, to_dataset
 from align.generation import generate_answers, sample_answers
 from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config, resolve_model_path
 from align.onpolicy import build_pairs, flatten, headroom, judge_scores, proxy_scores, ranking_accuracy, regroup
+from align.sharding import launched_sharding
 from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter
 from align.trainer_settings import record_trl_config, trl_args
 from align.reward import load_reward_model, pairwise_accuracy
@@ -56,6 +57,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         tokenizer.pad_token_id,
         lora_config=lora_config(recipe.lora, "SEQ_CLS"),
         gradient_checkpointing=args.gradient_checkpointing,
+        sharded=launched_sharding() is not None,
     )
 
     # --- trainer
