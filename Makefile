@@ -1,10 +1,11 @@
 # make demo   # install into .venv, then run recipes/quickstart.yaml on the embedded model (2-core CPU, about 31 minutes)
 # make test   # install into .venv (with ui, test and gguf extras) and Chromium, then run the whole test suite
+# make gpu-check   # every stage in 4 bits + align vs plain TRL throughput -> bench/results/<gpu>-<date>.json (tiny on a CPU)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test install browser clean-venv
+.PHONY: demo test install browser clean-venv gpu-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,11 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed browser
 	$(BIN)/python -m pytest -q
+
+# On a GPU: every stage with load_in_4bit for a few steps, then the throughput benchmark at the 135M and 1.7B
+# shapes, at most 8 minutes on an H100/H200. On a CPU the same steps at tiny shapes (CI runs it: tests/test_gpu_check.py).
+gpu-check: $(BIN)/.installed
+	$(BIN)/python bench/gpu_check.py
 
 # The browser tests drive Debian's Chromium through Playwright (Playwright's own browser download needs the
 # internet). Installed here when missing and possible (root with apt-get); otherwise they are skipped outside CI.

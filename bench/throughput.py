@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import tempfile
@@ -83,7 +84,8 @@ def build_model(shape: str, out: Path, dtype: str) -> tuple[Path, int]:
 
     from align.models import embedded_model_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    # a bare GPU machine has no embedded model: bench/gpu_check.py hands over a copy of its tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(os.environ.get("ALIGN_BENCH_TOKENIZER") or embedded_model_dir())
     config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from align.config import Recipe
 from align.data import check_lengths, load_preferences, load_prompts, to_dataset
 from align.generation import generate_answers, sample_answers
-from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config, resolve_model_path
+from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config, resolve_model_path, torch_dtype
 from align.onpolicy import build_pairs, flatten, headroom, judge_scores, proxy_scores, ranking_accuracy, regroup
 from align.sharding import launched_sharding
 from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter
@@ -70,6 +72,13 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         callbacks=[metrics_callback(out)],
     )
     add_lengths(trainer)
+    weights_dtype = torch_dtype(recipe.model.dtype)
+    if recipe.quantization.load_in_4bit and weights_dtype != torch.bfloat16:
+        # trl casts a 4-bit model's trainable weights (LoRA, score head) to bfloat16, which only runs under bf16
+        # autocast; with float32 weights the head would meet float32 hidden states, so they go back to the model's
+        for parameter in trainer.model.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.to(weights_dtype)
 
     # --- train
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
