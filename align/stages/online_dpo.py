@@ -30,6 +30,7 @@ from align.models import (
 )
 from align.onpolicy import build_pairs, flatten, judge_scores, proxy_scores, regroup
 from align.report import read_jsonl
+from align.resources import release_memory
 from align.runs import (
     add_lengths, last_checkpoint, metrics_callback, read_stage, save_adapter, write_json_atomic,
     write_text_atomic,
@@ -114,6 +115,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                     greedy = generate_answers(sampler, tokenizer, prompts, cfg.max_new_tokens, 64)
                     samples = [[first, *rest] for first, rest in zip(greedy, samples)]
                 del sampler
+                release_memory()  # the sampler's weights and decode buffers, before the policy loads
             seconds = {"sample": time.time() - started}
             policy = on_this_process_device(load_policy(recipe, adapter_dir=adapter, trainable=not measuring_only))
             sync_special_tokens(policy, tokenizer)

@@ -21,6 +21,7 @@ from align.generation import generate_answers, sample_answers
 from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config, resolve_model_path, torch_dtype
 from align.onpolicy import build_pairs, flatten, headroom, judge_scores, proxy_scores, ranking_accuracy, regroup
 from align.sharding import launched_sharding
+from align.resources import release_memory
 from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter
 from align.trainer_settings import record_trl_config, trl_args
 from align.reward import load_reward_model, pairwise_accuracy
@@ -112,6 +113,7 @@ def judge_labelled_pairs(recipe: Recipe, inputs: dict, tokenizer) -> tuple[list[
     samples = sample_answers(policy, tokenizer, [r["prompt"] for r in rows], spec.samples_per_prompt,
                              spec.max_new_tokens, spec.temperature, progress=True)
     del policy
+    release_memory()  # the sampler's weights and decode buffers, not the training's baseline
     prompts, texts, columns = flatten(rows, samples)
     scores = regroup(judge_scores([spec.judge], prompts, texts, columns)[spec.judge], samples)
     pairs, counts = build_pairs([r["prompt"] for r in rows], samples, scores)
@@ -141,6 +143,7 @@ def policy_check(recipe: Recipe, inputs: dict, tokenizer, reward_model) -> dict:
                              cfg.policy_check_temperature)
     samples = [[first, *rest] for first, rest in zip(greedy, samples)]
     del policy
+    release_memory()  # the sampler's weights and decode buffers, not the training's baseline
     flat_prompts, texts, columns = flatten(rows, samples)
     gold = regroup(judge_scores([judge], flat_prompts, texts, columns)[judge], samples)
     greedy_gold = [verdicts[0] for verdicts in gold]  # the greedy answer is every prompt's first candidate
