@@ -231,8 +231,10 @@ def lora_config(lora: LoraSection, task_type: str):
 
 def load_policy(recipe, adapter_dir: str | Path | None = None, trainable: bool = True, gradient_checkpointing=False):
     """Causal LM base with a LoRA adapter: a fresh one, or `adapter_dir` (e.g. the SFT adapter that DPO continues)."""
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from align.reward.model import prepare_quantized_base
 
     path = resolve_model_path(recipe.model.name_or_path)
     base = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(recipe.model, recipe.quantization))
@@ -241,10 +243,7 @@ def load_policy(recipe, adapter_dir: str | Path | None = None, trainable: bool =
     # would turn the residual stream float32 in front of bfloat16 layers (the usual FSDP-QLoRA setting).
     sharded = launched_sharding() is not None
     if recipe.quantization.load_in_4bit and trainable:
-        if not sharded:
-            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
-        elif gradient_checkpointing:
-            base.enable_input_require_grads()  # what prepare_model_for_kbit_training does for checkpointing
+        base = prepare_quantized_base(base, gradient_checkpointing, sharded)
     if adapter_dir is not None:
         return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable,
                                          autocast_adapter_dtype=not sharded)

@@ -23,7 +23,7 @@ def load_reward_model(
 ):
     """A fresh LoRA reward model (`lora_config`) or a trained one (`adapter_dir`). `sharded`: for training under
     FSDP or ZeRO-3, where every parameter stays in the model's dtype (see align.models.load_policy)."""
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging
 
@@ -38,10 +38,7 @@ def load_reward_model(
     # The head reads the last non-pad token; the model must know which id is padding.
     base.config.pad_token_id = pad_token_id
     if "quantization_config" in load_kwargs and trainable:
-        if not sharded:
-            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
-        elif gradient_checkpointing:
-            base.enable_input_require_grads()
+        base = prepare_quantized_base(base, gradient_checkpointing, sharded)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable,
                                           autocast_adapter_dtype=not sharded)
@@ -50,6 +47,20 @@ def load_reward_model(
     if not trainable:
         model.eval()
     return model
+
+
+def prepare_quantized_base(base, gradient_checkpointing: bool, sharded: bool):
+    """A 4-bit base made ready for LoRA training, the same for the policy (align.models) and the reward model.
+    Unsharded: peft's prepare_model_for_kbit_training. Under FSDP or ZeRO-3 its float32 upcast of norms and
+    embeddings is skipped (FSDP shards a unit in one dtype); what it does for checkpointing is still needed, since
+    gradients must reach the inputs."""
+    from peft import prepare_model_for_kbit_training
+
+    if not sharded:
+        return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    if gradient_checkpointing:
+        base.enable_input_require_grads()
+    return base
 
 
 # ------------------------------------------------------------------------------------------------ shared base

@@ -201,7 +201,6 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     return summarise(log, judges[:1])
 
 
-
 def sample_round_with_vllm(recipe: Recipe, engine, adapter, tokenizer, prompts: list) -> tuple:
     """A round's candidates from vLLM: the round's policy is pushed to the engine (started on the first call),
     greedy first when the recipe includes it. Returns (engine, samples) in sample_answers' layout."""
@@ -218,6 +217,7 @@ def sample_round_with_vllm(recipe: Recipe, engine, adapter, tokenizer, prompts: 
         greedy = vllm_answers(engine, policy, tokenizer, prompts, 1, greedy=True)
         samples = [[first[0], *rest] for first, rest in zip(greedy, samples)]
     return engine, samples
+
 
 def refresh_reward_model(recipe: Recipe, round_dir: Path, tokenizer, rows: list[dict], samples: list[list[dict]],
                          reward_adapter: Path) -> tuple[Path, dict]:
