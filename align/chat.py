@@ -52,11 +52,9 @@ def chat(target: str, system: str | None, max_new_tokens: int, temperature: floa
 
 def load_chat_model(spec: str):
     """(model, tokenizer) ready to generate, for any model name in the module docstring."""
-    from transformers import AutoModelForCausalLM
-
     from align.config import ModelSection, QuantizationSection
     from align.models import (
-        load_kwargs, load_policy, load_tokenizer, on_this_process_device, resolve_model_path, sync_special_tokens,
+        load_causal_lm, load_kwargs, load_policy, load_tokenizer, on_this_process_device, resolve_model_path, sync_special_tokens,
     )
     from align.runs import load_run_recipe
 
@@ -80,8 +78,7 @@ def load_chat_model(spec: str):
     else:
         section = ModelSection(name_or_path=str(path) if path.exists() else spec)
         tokenizer = load_tokenizer(section)
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(section.name_or_path),
-                                                     **load_kwargs(section, QuantizationSection()))
+        model = load_causal_lm(resolve_model_path(section.name_or_path), **load_kwargs(section, QuantizationSection()))
     sync_special_tokens(model, tokenizer)
     return on_this_process_device(model).eval(), tokenizer
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import load_preferences, load_prompts, token_ids
 from align.generation import generate_answers
-from align.models import load_kwargs, load_tokenizer, on_this_process_device, resolve_model_path
+from align.models import load_causal_lm, load_kwargs, load_tokenizer, on_this_process_device, resolve_model_path
 from align.eval_metrics import comparison_figures, paired_difference, pass_rate
 from align.onpolicy import judge_scores
 from align.reward import load_reward_model, pairwise_accuracy, score_conversations
@@ -30,7 +30,7 @@ from align.reward import load_reward_model, pairwise_accuracy, score_conversatio
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import set_seed
 
     # --- config
     cfg = recipe.eval
@@ -54,7 +54,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # --- models
     path = resolve_model_path(recipe.model.name_or_path)
     kwargs = load_kwargs(recipe.model, recipe.quantization)
-    base = on_this_process_device(AutoModelForCausalLM.from_pretrained(path, **kwargs))
+    base = on_this_process_device(load_causal_lm(path, **kwargs))
     chat = PeftModel.from_pretrained(base, str(inputs[policy_stage] / "adapter"), adapter_name="policy")
     if "sft" in names:
         chat.load_adapter(str(inputs["sft"] / "adapter"), adapter_name="sft")

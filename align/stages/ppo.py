@@ -33,7 +33,7 @@ from align.config import ModelSection, PPOStage, Recipe
 from align.data import DataError, load_prompts, token_ids
 from align.generation import NonFiniteLogits, sample_responses
 from align.models import (
-    load_kwargs, load_tokenizer, lora_config, on_this_process_device, resolve_model_path, sync_special_tokens,
+    load_causal_lm, load_kwargs, load_tokenizer, lora_config, on_this_process_device, resolve_model_path, sync_special_tokens,
     torch_dtype,
 )
 from align.onpolicy import judge_scores
@@ -461,13 +461,13 @@ def save_policy(out: Path, model, tokenizer, state) -> None:
 def load_roles(recipe: Recipe, inputs: dict, tokenizer):
     """The shared base with its adapters; returns (peft model, value head, reward scorer, reward tokenizer)."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
     from trl.trainer.utils import disable_dropout_in_model
 
     cfg = recipe.ppo
     path = resolve_model_path(recipe.model.name_or_path)
     kwargs = load_kwargs(recipe.model, recipe.quantization)
-    base = on_this_process_device(AutoModelForCausalLM.from_pretrained(path, **kwargs))
+    base = on_this_process_device(load_causal_lm(path, **kwargs))
     if recipe.quantization.load_in_4bit:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
