@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from align.resources import trim_allocator
+
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 16,
@@ -14,15 +16,15 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
-    results = []
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    order = longest_first([len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]])
+    results: list[dict] = [{} for _ in prompts]
     try:
         batches = range(0, len(prompts), batch_size)
         for start in tqdm(batches, desc="generating", disable=not progress, leave=False):
-            texts = [
-                tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                for p in prompts[start : start + batch_size]
-            ]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            rows = order[start : start + batch_size]
+            enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -30,18 +32,26 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
-            for row in out[:, enc["input_ids"].shape[1] :].tolist():
+            for i, row in zip(rows, out[:, enc["input_ids"].shape[1] :].tolist()):
                 ended = tokenizer.eos_token_id in row
                 tokens = row[: row.index(tokenizer.eos_token_id)] if ended else row
-                results.append({
+                results[i] = {
                     "text": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
                     "tokens": len(tokens),
                     "ended_with_eos": ended,
                     "token_ids": tokens + [tokenizer.eos_token_id] if ended else tokens,
-                })
+                }
+            del out, enc
+            trim_allocator()
     finally:
         tokenizer.padding_side = old_side
     return results
+
+
+def longest_first(lengths: list[int]) -> list[int]:
+    """Indices by decreasing length. Batches taken in this order pad little, and each one fits in the memory the
+    wider batch before it freed; in any other order the C allocator grows the heap again for the next wider shape."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 def left_pad(prompt_ids: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +182,7 @@ def sample_answers(model, tokenizer, prompts: list[list[dict]], samples_per_prom
     from align.data import token_ids
 
     ids = [token_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
-    flat = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
+    flat = [i for i in longest_first([len(x) for x in ids]) for _ in range(samples_per_prompt)]
     out: list[list[dict]] = [[] for _ in prompts]
     eos = tokenizer.eos_token_id
     for start in tqdm(range(0, len(flat), batch_size), desc="sampling", disable=not progress, leave=False):
@@ -185,4 +195,6 @@ def sample_answers(model, tokenizer, prompts: list[list[dict]], samples_per_prom
             text_tokens = tokens[:-1] if ended else tokens
             out[i].append({"text": tokenizer.decode(text_tokens, skip_special_tokens=True).strip(),
                            "tokens": len(text_tokens), "ended_with_eos": ended, "token_ids": tokens})
+        del responses, mask
+        trim_allocator()
     return out

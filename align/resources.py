@@ -24,6 +24,13 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune or trim
+        return None
+
+
 def release_memory() -> None:
     """Give back what the last stage left: unreachable objects (models, optimizers, datasets), the CUDA cache,
     and the C allocator's free arenas, which glibc otherwise keeps for the process's whole life."""
@@ -35,10 +42,35 @@ def release_memory() -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
+    trim_allocator()
+
+
+def trim_allocator() -> None:
+    """Hand the C allocator's free pages back to the system. Inference batches of different widths leave holes
+    that the next, wider batch cannot reuse, so the heap only grows: scoring 1,740 answers in batches of 64 climbed
+    from 1.2 to 2.8 GiB on the CPU. Called after each inference batch (seconds of compute), not per training step,
+    where re-faulting the pages cost more than half again the step's time."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+# Every this many optimiser steps. Batches grouped by length change shape from step to step, and the heap keeps the
+# pages of every shape it has held; giving them back costs the next step the page faults of one micro-batch's
+# activations (about 0.2-0.4 s at the quickstart's 2 rows), where trimming after every step cost 60% more time.
+TRIM_EVERY_STEPS = 5
+
+
+def trim_callback():
+    """A TrainerCallback that hands the allocator's free pages back every TRIM_EVERY_STEPS optimiser steps."""
+    from transformers import TrainerCallback
+
+    class TrimAllocator(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % TRIM_EVERY_STEPS == 0:
+                trim_allocator()
+
+    return TrimAllocator()
 
 
 class StageResources:

@@ -13,10 +13,14 @@ import torch
 def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16) -> list[float]:
     """One scalar reward per conversation (prompt messages + the assistant answer)."""
     device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(conversations), batch_size):
-        batch = conversations[start : start + batch_size]
-        ids = [tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"] for conv in batch]
+    every = [tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"] for conv in conversations]
+    # Longest first: batches of similar length pad little, and each batch fits in the memory the wider one before
+    # it freed (in any other order the C allocator keeps growing the heap for the next, wider shape).
+    order = sorted(range(len(every)), key=lambda i: -len(every[i]))
+    scores: list[float] = [0.0] * len(every)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        ids = [every[i] for i in rows]
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(ids), width), dtype=torch.long)
@@ -24,7 +28,8 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], batch
             input_ids[row, : len(seq)] = torch.tensor(seq)
             attention[row, : len(seq)] = 1
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        scores.extend(logits[:, 0].float().cpu().tolist())
+        for i, score in zip(rows, logits[:, 0].float().cpu().tolist()):
+            scores[i] = score
     return scores
 
 

@@ -97,3 +97,50 @@ def test_static_cache_keeps_one_length_across_calls(tiny_llama):
                               pad_token_id=pad, eos_token_id=eos)[:, query.shape[1]:]
     expected_mask = mask_after_eos(expected, eos)
     assert torch.equal(responses * mask, (expected * expected_mask)[:, :responses.shape[1]])
+
+
+def test_the_lm_head_gets_a_contiguous_input_when_only_the_last_positions_are_kept(tiny_llama):
+    # With a frozen head and a strided input torch's linear copies the head's weight once per row (3.6 GB at 64 rows
+    # and SmolLM2's vocabulary): every causal LM align generates with loads through load_causal_lm, which prevents it.
+    from transformers import AutoModelForCausalLM
+
+    from align.models import load_causal_lm
+
+    ids = torch.randint(0, 100, (4, 12))
+    for load, contiguous in ((AutoModelForCausalLM.from_pretrained, False), (load_causal_lm, True)):
+        model = load(tiny_llama).eval().requires_grad_(False)
+        seen = []
+        model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+        with torch.no_grad():
+            kept = model(input_ids=ids, logits_to_keep=1).logits
+            full = model(input_ids=ids).logits
+        assert seen == [contiguous, True], load
+        assert torch.allclose(kept[:, -1], full[:, -1], atol=1e-5)
+
+
+def test_longest_first_batches_answer_and_score_each_prompt_in_its_own_place(tiny_llama):
+    # Batches are taken longest first (less padding, and no heap growth for ever-wider shapes); the results must
+    # still line up with the prompts they answer.
+    from align.config import LoraSection
+    from align.generation import generate_answers, longest_first, sample_answers
+    from align.models import load_causal_lm, load_tokenizer, lora_config
+    from align.reward import load_reward_model, score_conversations
+    from align.config import ModelSection
+
+    assert longest_first([3, 9, 1, 9, 5]) == [1, 3, 4, 0, 2]
+    tokenizer = load_tokenizer(ModelSection(name_or_path=str(tiny_llama)))
+    prompts = [[{"role": "user", "content": "word " * n}] for n in (3, 12, 1, 7, 20)]
+    model = load_causal_lm(tiny_llama).eval()
+    batched = generate_answers(model, tokenizer, prompts, 6, batch_size=2)
+    alone = [generate_answers(model, tokenizer, [p], 6, batch_size=1)[0] for p in prompts]
+    assert [a["token_ids"] for a in batched] == [a["token_ids"] for a in alone]
+    sampled = sample_answers(model, tokenizer, prompts, 2, 6, top_k=1, batch_size=4)  # top_k=1: greedy
+    assert [[a["token_ids"] for a in group] for group in sampled] == [[a["token_ids"]] * 2 for a in alone]
+
+    scorer = load_reward_model(str(tiny_llama), {}, tokenizer.pad_token_id,
+                               lora_config=lora_config(LoraSection(), "SEQ_CLS"), trainable=False).eval()
+    conversations = [p + [{"role": "assistant", "content": "yes " * (5 - i)}] for i, p in enumerate(prompts)]
+    scores = score_conversations(scorer, tokenizer, conversations, batch_size=2)
+    one_by_one = [score_conversations(scorer, tokenizer, [c], batch_size=1)[0] for c in conversations]
+    assert scores == pytest.approx(one_by_one, abs=1e-4)
+    assert len(set(round(s, 4) for s in scores)) == len(scores)  # distinct, so a mix-up could not pass
