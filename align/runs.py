@@ -148,6 +148,13 @@ def metrics_callback(directory: Path):
     return MetricsToJsonl()
 
 
+def trainer_callbacks(directory: Path) -> list:
+    """The callbacks every trl trainer of a stage gets: its log in metrics.jsonl, and memory given back as it trains."""
+    from align.resources import trim_callback
+
+    return [metrics_callback(directory), trim_callback()]
+
+
 def add_lengths(trainer) -> None:
     """Batch rows of similar length together (group_by_length): give the trainer's tokenized datasets a "length"
     column (the tokens of a row's longest sequence; trl's reward and DPO datasets have no input_ids to measure)

@@ -13,7 +13,7 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import check_lengths, load_preferences, shortest_first, to_dataset
 from align.models import load_policy, load_tokenizer, sync_special_tokens
-from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter
+from align.runs import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trl_args
 
 
@@ -58,7 +58,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         train_dataset=to_dataset(train, out / "data" / "train"),
         eval_dataset=to_dataset(evaluation, out / "data" / "eval") if evaluation else None,
         processing_class=tokenizer,
-        callbacks=[metrics_callback(out)],
+        callbacks=trainer_callbacks(out),
     )
     add_lengths(trainer)
 

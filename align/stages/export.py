@@ -19,6 +19,7 @@ from align.config import Recipe, recipe_to_yaml
 from align.data import token_ids
 from align.generation import generate_answers
 from align.models import load_tokenizer, resolve_model_path
+from align.resources import release_memory
 from align.runs import read_stage, replace_dir, temp_dir_for
 
 
@@ -100,6 +101,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)  # carries the chat template used in training
     del merged, model, base
+    release_memory()  # the adapter model and the merged copy, before the saved one is loaded beside the GGUF
 
     # --- check: reload from disk and compare with the reference (adapter model in float32, merged model in 16 bits)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).eval()
@@ -128,6 +130,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     print(f"[export] merged {policy_stage} adapter into {cfg.dtype} base: {target} (max |logit diff| {max_diff:.1e})")
 
     # --- GGUF for llama.cpp and Ollama, checked against the merged model's answers
+    del reloaded
+    release_memory()  # the conversion and llama.cpp's check load their own copies
     if cfg.gguf:
         from align.gguf_export import export_gguf
         from align.models import cache_dir

@@ -18,7 +18,7 @@ from align.models import (
     load_kwargs, load_policy, load_tokenizer, on_this_process_device, resolve_model_path, sync_special_tokens,
 )
 from align.reward_functions import call_reward_function, load_reward_function
-from align.runs import last_checkpoint, metrics_callback, save_adapter
+from align.runs import last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trl_args
 from align.reward import load_reward_model, score_conversations
 
@@ -72,7 +72,7 @@ def run(recipe: Recipe, out: Path, inputs: dict, stage: str, trainer_class) -> d
         args=args,
         train_dataset=to_dataset(rows),
         processing_class=tokenizer,
-        callbacks=[metrics_callback(out)],
+        callbacks=trainer_callbacks(out),
     )
 
     # --- train

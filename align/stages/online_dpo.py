@@ -32,7 +32,7 @@ from align.onpolicy import build_pairs, flatten, judge_scores, proxy_scores, reg
 from align.report import read_jsonl
 from align.resources import release_memory
 from align.runs import (
-    add_lengths, last_checkpoint, metrics_callback, read_stage, save_adapter, write_json_atomic,
+    add_lengths, last_checkpoint, read_stage, save_adapter, trainer_callbacks, write_json_atomic,
     write_text_atomic,
 )
 from align.trainer_settings import record_trl_config, trl_args
@@ -173,6 +173,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         if policy is None:  # resumed from saved pairs or labels: nothing was sampled this time
             policy = on_this_process_device(load_policy(recipe, adapter_dir=adapter))
             sync_special_tokens(policy, tokenizer)
+        release_memory()  # the round's reward model and scoring passes, before DPO trains
         if pairs:
             if state.is_main_process and not (round_dir / "pairs.json").is_file():
                 write_json_atomic(round_dir / "pairs.json", {"log": entry, "pairs": pairs})
@@ -183,6 +184,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         else:
             print(f"[online_dpo] round {number}: no pairs (every prompt's samples tied); the policy is unchanged")
         del policy
+        release_memory()  # the round's trainer, optimiser and activations, before the next round samples
         log.append(entry)
         finish_round(round_dir, entry, state.is_main_process)
         if state.is_main_process:
@@ -241,10 +243,12 @@ def refresh_reward_model(recipe: Recipe, round_dir: Path, tokenizer, rows: list[
                               adapter_dir=reward_adapter, trainable=True)
     rows_ = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
     trainer = RewardTrainer(model=model, args=args, train_dataset=to_dataset(rows_), processing_class=tokenizer,
-                            callbacks=[metrics_callback(out)])
+                            callbacks=trainer_callbacks(out))
     add_lengths(trainer)
     result = trainer.train()
     save_adapter(trainer, target)
+    del trainer, model
+    release_memory()  # its activations and optimiser, before the round's scoring and DPO training
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     print(f"[online_dpo] {round_dir.name}: reward model relabelled on {len(pairs)} pairs of this round's answers "
           f"ordered by {judge} (loss {result.training_loss:.3f})")
@@ -304,7 +308,7 @@ def train_round(recipe: Recipe, round_dir: Path, policy, tokenizer, pairs: list[
     lengths = check_lengths(rows, tokenizer, args.max_length, round_dir.name, ("chosen", "rejected"))
     policy.train()
     trainer = DPOTrainer(model=policy, args=args, train_dataset=to_dataset(rows, round_dir / "data"),
-                         processing_class=tokenizer, callbacks=[metrics_callback(round_dir)])
+                         processing_class=tokenizer, callbacks=trainer_callbacks(round_dir))
     add_lengths(trainer)
     result = trainer.train(resume_from_checkpoint=last_checkpoint(round_dir))
     save_adapter(trainer, round_dir / "adapter")

@@ -22,7 +22,7 @@ from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config,
 from align.onpolicy import build_pairs, flatten, headroom, judge_scores, proxy_scores, ranking_accuracy, regroup
 from align.sharding import launched_sharding
 from align.resources import release_memory
-from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter
+from align.runs import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trl_args
 from align.reward import load_reward_model, pairwise_accuracy
 
@@ -70,7 +70,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         train_dataset=to_dataset(train),
         eval_dataset=to_dataset(evaluation) if evaluation else None,
         processing_class=tokenizer,
-        callbacks=[metrics_callback(out)],
+        callbacks=trainer_callbacks(out),
     )
     add_lengths(trainer)
     weights_dtype = torch_dtype(recipe.model.dtype)
@@ -86,6 +86,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     metrics.update({"train_loss": result.training_loss, "train_pairs": len(train),
                     "skipped_pairs": lengths["truncated"]})
     model.eval()
+    release_memory()  # the training's activations and gradients, before evaluation and the on-policy check sample
     if evaluation:
         held_out = pairwise_accuracy(model, tokenizer, evaluation, args.per_device_eval_batch_size)
         metrics.update({f"heldout_{k}": v for k, v in held_out.items()})

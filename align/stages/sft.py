@@ -10,7 +10,7 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import check_lengths, load_demonstrations, to_dataset
 from align.models import load_policy, load_tokenizer, sync_special_tokens
-from align.runs import add_lengths, last_checkpoint, metrics_callback, save_adapter
+from align.runs import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trl_args
 
 
@@ -45,7 +45,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         train_dataset=to_dataset(train),
         eval_dataset=to_dataset(evaluation) if evaluation else None,
         processing_class=tokenizer,
-        callbacks=[metrics_callback(out)],
+        callbacks=trainer_callbacks(out),
     )
     add_lengths(trainer)
 
