@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from align.resources import trim_allocator
+from align.reward.scoring import longest_first
 
 
 @torch.no_grad()
@@ -46,12 +47,6 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     finally:
         tokenizer.padding_side = old_side
     return results
-
-
-def longest_first(lengths: list[int]) -> list[int]:
-    """Indices by decreasing length. Batches taken in this order pad little, and each one fits in the memory the
-    wider batch before it freed; in any other order the C allocator grows the heap again for the next wider shape."""
-    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 def left_pad(prompt_ids: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

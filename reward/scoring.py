@@ -14,9 +14,7 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], batch
     """One scalar reward per conversation (prompt messages + the assistant answer)."""
     device = next(model.parameters()).device
     every = [tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"] for conv in conversations]
-    # Longest first: batches of similar length pad little, and each batch fits in the memory the wider one before
-    # it freed (in any other order the C allocator keeps growing the heap for the next, wider shape).
-    order = sorted(range(len(every)), key=lambda i: -len(every[i]))
+    order = longest_first([len(ids) for ids in every])
     scores: list[float] = [0.0] * len(every)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
@@ -31,6 +29,12 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], batch
         for i, score in zip(rows, logits[:, 0].float().cpu().tolist()):
             scores[i] = score
     return scores
+
+
+def longest_first(lengths: list[int]) -> list[int]:
+    """Indices by decreasing length. Batches taken in this order pad little, and each one fits in the memory the
+    wider batch before it freed; in any other order the C allocator grows the heap again for the next wider shape."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 def pairwise_accuracy(model, tokenizer, pairs: list[dict], batch_size: int = 16) -> dict:
