@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += late
     if [item for item in extra if item not in late] or (late and args.command not in ("run", "validate")):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from align.library_noise import quiet_library_noise
+
     quiet_library_noise()
     from align.config import RecipeError
     from align.data import DataError
@@ -187,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     from align.labelling.accounts import AccountError
     from align.labelling.store import LabelError
     from align.models import ModelError
+    from align.resources import StageProcessDied
     from align.run_lock import RunLocked
     from align.runs import TrainingDiverged
 
     try:
         return COMMANDS[args.command](args)
     except (RecipeError, DataError, ModelError, LabelError, AccountError, FileNotFoundError, MissingExtra,
-            TrainingDiverged, RunLocked, GGUFError) as err:
+            TrainingDiverged, RunLocked, GGUFError, StageProcessDied) as err:
         print(f"align {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
@@ -221,19 +224,10 @@ def disk_full(err: BaseException) -> str | None:
     return None
 
 
-def quiet_library_noise() -> None:
-    """Keep the terminal for what the user needs: deprecation chatter from the libraries is not it."""
-    import logging
-    import warnings
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-    # bitsandbytes looks for an optional kernels package on CPU and logs a warning when it is absent.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-
 def cmd_run(args) -> int:
+    from align.resources import allow_forking
+
+    allow_forking()  # this process only checks and waits: each stage's process can be forked from it
     from align.config import load_recipe
     from align.pipeline import run_recipe
 

@@ -516,6 +516,11 @@ class Recipe(Section):
         description="Experiment trackers the stages log to; tensorboard writes <stage>/tensorboard/. [] for none.",
     )
     stages: list[StageName] = Field(description="Stages to run, in order: sft, reward, dpo, eval, export.")
+    isolate_stages: bool = Field(
+        True,
+        description="Run each stage in a child process, so all it loaded goes back to the system when it ends "
+        "(single-process runs; under accelerate launch the stages run in the launched processes).",
+    )
     model: ModelSection = Field(default_factory=ModelSection, description="Base model shared by every stage.")
     quantization: QuantizationSection = Field(default_factory=QuantizationSection, description="4-bit loading.")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapter shape, shared by every stage.")

@@ -74,6 +74,9 @@ def tiny_recipe(model_dir: Path, root: Path, stages: list[str], **sections) -> d
         "name": "tiny",
         "output_root": str(root),
         "stages": stages,
+        # In this process, so tests can patch libraries (a full disk, a missing package) and read output with capsys;
+        # tests/test_resources.py runs stages in child processes, as users do.
+        "isolate_stages": False,
         "model": {"name_or_path": str(model_dir), "dtype": "float32"},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
         "sft": {"dataset": {"bundled": "sft", "limit": 8}, **few_steps},

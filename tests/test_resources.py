@@ -3,11 +3,24 @@ nothing a stage loaded outlives it, and a later stage starts from the memory the
 
 from __future__ import annotations
 
+import errno
 import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
+import yaml
+
+from align.cli import main
 from align.config import parse_recipe
 from align.pipeline import run_recipe
-from align.resources import StageResources, rss_bytes
+from align.resources import StageProcessDied, StageResources, in_child_process, rss_bytes
+from align.run_lock import LOCK_FILE
 from tests.conftest import tiny_recipe
 
 # The first stage pays for importing trl, datasets and their kernels; later stages may add caches of a few MB
@@ -49,3 +62,132 @@ def test_the_sampler_sees_a_peak_between_its_ends():
     record = usage.record()
     assert record["rss_peak_gib"] - max(record["rss_start_gib"], record["rss_end_gib"]) > 0.2, record
     assert rss_bytes() > 0
+
+
+def test_stages_in_child_processes_leave_the_parent_as_it_was(tiny_llama, tmp_path):
+    recipe = parse_recipe({**tiny_recipe(tiny_llama, tmp_path / "runs", ["sft", "dpo", "export"]),
+                           "isolate_stages": True})
+    run_recipe(parse_recipe({**recipe.model_dump(), "name": "warm", "stages": ["sft"]}))  # imports and kernels
+    gc.collect()
+    before, models = rss_bytes(), len(live_models())
+    records = run_recipe(recipe)
+    assert len(live_models()) == models, "a stage ran in this process"
+    assert (rss_bytes() - before) / 2**30 < BASELINE_MARGIN_GIB
+    for stage, record in records.items():
+        assert 0 < record["resources"]["rss_start_gib"] <= record["resources"]["rss_peak_gib"], stage
+    assert records["export"]["metrics"]["max_logit_diff"] <= 1e-3
+    events = list((tmp_path / "runs" / "tiny").glob("*/tensorboard/**/events.out.tfevents.*"))
+    writers = {name.name.split(".")[-2] for name in events}  # TensorBoard names its files <host>.<pid>.<n>
+    assert {"sft", "dpo"} <= {event.relative_to(tmp_path / "runs" / "tiny").parts[0] for event in events}
+    assert str(os.getpid()) not in writers and len(writers) == 2, "sft and dpo trained in their own processes"
+    assert not [pid for pid in children(os.getpid()) if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()], \
+        "the fork server outlived the run"
+
+
+def test_a_stage_process_writes_to_the_same_terminal(tiny_llama, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**tiny_recipe(tiny_llama, tmp_path / "runs", ["sft"], sft={"max_steps": 2}),
+                                    "isolate_stages": True}))
+    run = subprocess.run([sys.executable, "-m", "align", "run", str(path)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    child = next(i for i, line in enumerate(lines) if line.startswith("[sft] 8 demonstrations"))
+    assert lines.index(f"[sft] starting -> {tmp_path / 'runs' / 'tiny' / 'sft'}") < child
+    assert child < next(i for i, line in enumerate(lines) if line.startswith("[sft] done in"))
+    assert "Traceback" not in run.stderr and "gemm_4bit" not in run.stderr  # the libraries stay as quiet as here
+
+
+def raise_full_disk(path: str) -> None:
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    except OSError as err:
+        raise RuntimeError("saving the adapter failed") from err
+
+
+def kill_myself() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_stage_process_error_arrives_as_itself_with_its_cause_and_traceback():
+    with pytest.raises(RuntimeError, match="saving the adapter failed") as caught:
+        in_child_process(raise_full_disk, "/runs/x/sft/adapter.tmp")
+    cause = caught.value.__cause__
+    assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC and cause.filename == "/runs/x/sft/adapter.tmp"
+    assert "raise_full_disk" in "".join(caught.value.__notes__)  # where in the child it was raised
+    with pytest.raises(StageProcessDied, match="its process was killed by SIGKILL"):
+        in_child_process(kill_myself)
+    assert in_child_process(sorted, [3, 1, 2]) == [1, 2, 3]
+
+
+@pytest.mark.fault("kill -9")
+def test_killing_the_run_kills_its_stage_process_and_frees_the_run(tiny_llama, tmp_path):
+    recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["sft"], sft={"max_steps": 10_000, "save_steps": 10_000})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**recipe, "isolate_stages": True}))
+    run = subprocess.Popen([sys.executable, "-m", "align", "run", str(path)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "runs" / "tiny" / "sft" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and metrics.stat().st_size) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert run.poll() is None, "the run should still be training"
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+
+    import fcntl
+
+    def lock_is_free() -> bool:
+        with open(tmp_path / "runs" / "tiny" / LOCK_FILE, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
+    deadline = time.time() + 10
+    while not lock_is_free() and time.time() < deadline:  # the stage's process holds it too, until it is killed
+        time.sleep(0.1)
+    assert lock_is_free(), "the stage's process outlived the run and holds its lock"
+    logged = metrics.stat().st_size
+    time.sleep(3)
+    assert metrics.stat().st_size == logged, "the stage's process outlived the run and is still training"
+
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def forked_children(pid: int) -> list[int]:
+    """Its children running its own command line: `align run`'s stage processes."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return [child for child in children(pid) if Path(f"/proc/{child}/cmdline").read_bytes() == command]
+
+
+@pytest.mark.fault("kill -9")
+def test_a_stage_process_killed_by_the_system_stops_the_run_with_a_clear_error(tiny_llama, tmp_path):
+    recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["sft"], sft={"max_steps": 10_000, "save_steps": 10_000})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**recipe, "isolate_stages": True}))
+    run = subprocess.Popen([sys.executable, "-m", "align", "run", str(path)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "tiny" / "sft" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and metrics.stat().st_size) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    stages = forked_children(run.pid)  # align run computes nothing itself, so it forks its stages
+    assert len(stages) == 1, f"one stage process forked from align run expected, found {stages}"
+    os.kill(stages[0], signal.SIGKILL)  # what the out-of-memory killer does
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert "align run: error: stage 'sft': its process was killed by SIGKILL" in err
+    assert "run the same command again" in err
