@@ -156,32 +156,32 @@ def in_child_process(function, *args):
     return payload
 
 
-_threads_when_forking_allowed: int | None = None  # set by allow_forking
+_threads_when_forking_allowed: frozenset[str] | None = None  # set by allow_forking
 
 
-def _thread_count() -> int:
+def _threads() -> frozenset[str]:
     try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return -1
+        return frozenset(os.listdir("/proc/self/task"))
+    except OSError:  # no /proc: nothing to tell new threads by, so never fork
+        return frozenset({"unknown"})
 
 
 def allow_forking() -> None:
     """Let children be forked from this process, for one that will compute nothing itself (`align run` checks and
     waits): forked children start at once and share its libraries' pages, where a fork server holds a second copy
-    of them (0.3-0.5 GiB). Forking stays allowed only while this process starts no thread after this call: once
-    torch computes, its OpenMP worker threads exist, which a forked child lacks and then hangs in its first
-    parallel region. Call it first, before anything runs."""
+    of them (0.3-0.5 GiB). Forking stays allowed only while no thread has started in this process since this call
+    (threads that end are fine): once torch computes, its OpenMP worker threads exist, which a forked child lacks
+    and then hangs in its first parallel region. Call it first, before anything runs."""
     global _threads_when_forking_allowed
     import torch  # its import starts a thread of its own, which the count must include
 
-    _threads_when_forking_allowed = _thread_count()
+    _threads_when_forking_allowed = _threads()
 
 
 def _fork_is_safe() -> bool:
     torch = sys.modules.get("torch")
     return (sys.platform.startswith("linux")  # macOS system libraries are not fork-safe
-            and _threads_when_forking_allowed is not None and _thread_count() == _threads_when_forking_allowed
+            and _threads_when_forking_allowed is not None and _threads() <= _threads_when_forking_allowed
             and not (torch is not None and torch.cuda.is_initialized()))  # a forked child cannot use a started CUDA
 
 
@@ -201,12 +201,13 @@ def start_child_processes(preload: tuple[str, ...]) -> None:
     spawned child would re-import torch, transformers and trl for each call."""
     import multiprocessing
 
-    if _fork_is_safe() or "forkserver" not in multiprocessing.get_all_start_methods():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
         return
     from multiprocessing import forkserver
 
-    multiprocessing.set_forkserver_preload(["align.library_noise", *preload])
-    forkserver.ensure_running()
+    multiprocessing.set_forkserver_preload(["align.library_noise", *preload])  # also if forking stops being safe
+    if not _fork_is_safe():
+        forkserver.ensure_running()
 
 
 def stop_child_processes() -> None:

@@ -191,3 +191,22 @@ def test_a_stage_process_killed_by_the_system_stops_the_run_with_a_clear_error(t
     assert run.returncode == 2 and "Traceback" not in err, err[-3000:]
     assert "align run: error: stage 'sft': its process was killed by SIGKILL" in err
     assert "run the same command again" in err
+
+
+FORK_RULE = """
+import os, threading
+import torch
+from align.resources import allow_forking, in_child_process
+allow_forking()
+threading.Thread(target=lambda: None).start()  # a thread that has ended holds nothing a child could miss
+print("forked" if in_child_process(os.getppid) == os.getpid() else "fork server")
+torch.randn(1024, 1024) @ torch.randn(1024, 1024)  # torch starts its OpenMP worker threads
+print("forked" if in_child_process(os.getppid) == os.getpid() else "fork server")
+print(in_child_process(torch.get_num_threads) >= 1)  # the child computes without hanging
+"""
+
+
+def test_stages_are_forked_until_torch_computes_in_the_parent_then_come_from_a_fork_server():
+    run = subprocess.run([sys.executable, "-c", FORK_RULE], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["forked", "fork", "server", "True"]
