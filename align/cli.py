@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += late
     if [item for item in extra if item not in late] or (late and args.command not in ("run", "validate")):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # A process started as the `align` command has computed nothing before this; a program calling main() may have.
+    args.fresh_process = argv is None
     from align.library_noise import quiet_library_noise
 
     quiet_library_noise()
@@ -227,7 +229,8 @@ def disk_full(err: BaseException) -> str | None:
 def cmd_run(args) -> int:
     from align.resources import allow_forking
 
-    allow_forking()  # this process only checks and waits: each stage's process can be forked from it
+    if args.fresh_process:
+        allow_forking()  # this process only checks and waits: each stage's process can be forked from it
     from align.config import load_recipe
     from align.pipeline import run_recipe
 

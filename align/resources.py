@@ -173,7 +173,7 @@ def allow_forking() -> None:
     (threads that end are fine): once torch computes, its OpenMP worker threads exist, which a forked child lacks
     and then hangs in its first parallel region. Call it first, before anything runs."""
     global _threads_when_forking_allowed
-    import torch  # its import starts a thread of its own, which the count must include
+    import torch  # its import starts a thread of its own, which the set taken must include
 
     _threads_when_forking_allowed = _threads()
 

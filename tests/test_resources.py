@@ -194,11 +194,14 @@ def test_a_stage_process_killed_by_the_system_stops_the_run_with_a_clear_error(t
 
 
 FORK_RULE = """
-import os, threading
+import os, threading, time
 import torch
 from align.resources import allow_forking, in_child_process
 allow_forking()
-threading.Thread(target=lambda: None).start()  # a thread that has ended holds nothing a child could miss
+thread = threading.Thread(target=lambda: None)  # a thread that has ended holds nothing a child could miss
+thread.start()
+thread.join()
+time.sleep(0.5)  # the system thread outlives join() by a moment
 print("forked" if in_child_process(os.getppid) == os.getpid() else "fork server")
 torch.randn(1024, 1024) @ torch.randn(1024, 1024)  # torch starts its OpenMP worker threads
 print("forked" if in_child_process(os.getppid) == os.getpid() else "fork server")
@@ -210,3 +213,14 @@ def test_stages_are_forked_until_torch_computes_in_the_parent_then_come_from_a_f
     run = subprocess.run([sys.executable, "-c", FORK_RULE], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["forked", "fork", "server", "True"]
+
+
+def test_align_run_called_from_a_program_that_has_computed_does_not_fork_from_it(tiny_llama, tmp_path):
+    import torch
+
+    torch.randn(1024, 1024) @ torch.randn(1024, 1024)  # this process now has torch's OpenMP threads
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**tiny_recipe(tiny_llama, tmp_path / "runs", ["sft"], sft={"max_steps": 2}),
+                                    "isolate_stages": True}))
+    assert main(["run", str(path)]) == 0  # a child forked from here would hang in its first parallel region
+    assert (tmp_path / "runs" / "tiny" / "sft" / "stage.json").is_file()
