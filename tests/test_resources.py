@@ -120,18 +120,24 @@ def test_a_stage_process_error_arrives_as_itself_with_its_cause_and_traceback():
     assert in_child_process(sorted, [3, 1, 2]) == [1, 2, 3]
 
 
-@pytest.mark.fault("kill -9")
-def test_killing_the_run_kills_its_stage_process_and_frees_the_run(tiny_llama, tmp_path):
-    recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["sft"], sft={"max_steps": 10_000, "save_steps": 10_000})
+def start_training_run(model_dir, tmp_path, stderr) -> tuple[subprocess.Popen, Path]:
+    """`align run` of a long SFT stage in its own process, returned once the stage is training; and its metrics."""
+    recipe = tiny_recipe(model_dir, tmp_path / "runs", ["sft"], sft={"max_steps": 10_000, "save_steps": 10_000})
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({**recipe, "isolate_stages": True}))
     run = subprocess.Popen([sys.executable, "-m", "align", "run", str(path)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+                           stderr=stderr, text=True)
     metrics = tmp_path / "runs" / "tiny" / "sft" / "metrics.jsonl"
     deadline = time.time() + 300
     while not (metrics.is_file() and metrics.stat().st_size) and run.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert run.poll() is None, "the run should still be training"
+    return run, metrics
+
+
+@pytest.mark.fault("kill -9")
+def test_killing_the_run_kills_its_stage_process_and_frees_the_run(tiny_llama, tmp_path):
+    run, metrics = start_training_run(tiny_llama, tmp_path, stderr=subprocess.DEVNULL)
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
 
@@ -175,15 +181,7 @@ def forked_children(pid: int) -> list[int]:
 
 @pytest.mark.fault("kill -9")
 def test_a_stage_process_killed_by_the_system_stops_the_run_with_a_clear_error(tiny_llama, tmp_path):
-    recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["sft"], sft={"max_steps": 10_000, "save_steps": 10_000})
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({**recipe, "isolate_stages": True}))
-    run = subprocess.Popen([sys.executable, "-m", "align", "run", str(path)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "runs" / "tiny" / "sft" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.is_file() and metrics.stat().st_size) and run.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
+    run, _ = start_training_run(tiny_llama, tmp_path, stderr=subprocess.PIPE)
     stages = forked_children(run.pid)  # align run computes nothing itself, so it forks its stages
     assert len(stages) == 1, f"one stage process forked from align run expected, found {stages}"
     os.kill(stages[0], signal.SIGKILL)  # what the out-of-memory killer does
