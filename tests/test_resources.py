@@ -52,13 +52,16 @@ def test_stages_record_their_peak_memory_and_give_it_back(tiny_llama, tmp_path):
 
 
 def test_the_sampler_sees_a_peak_between_its_ends():
-    with StageResources() as usage:
-        block = bytearray(300 * 2**20)  # 300 MiB touched, then freed before the block ends
-        block[:: 4096] = b"\1" * len(block[:: 4096])
-        import time
+    # Anonymous mmap, not a bytearray: malloc may serve 300 MiB from a hole an earlier test left in the heap, and
+    # freeing it there does not give the pages back, so the end would read as high as the peak.
+    import mmap
 
+    with StageResources() as usage:
+        block = mmap.mmap(-1, 300 * 2**20)
+        for offset in range(0, len(block), mmap.PAGESIZE):  # touch every page so it counts as resident
+            block[offset] = 1
         time.sleep(0.3)
-        del block
+        block.close()  # munmap: the pages leave the process now
     record = usage.record()
     assert record["rss_peak_gib"] - max(record["rss_start_gib"], record["rss_end_gib"]) > 0.2, record
     assert rss_bytes() > 0
