@@ -84,6 +84,32 @@ def test_reward_adapter_reloads_to_same_scores(llama_run, tiny_llama):
     assert again["mean_margin"] == pytest.approx(records["reward"]["metrics"]["heldout_mean_margin"], abs=1e-4)
 
 
+def test_policy_check_samples_before_the_reward_model_and_leaves_its_training_alone(llama_run, tiny_llama,
+                                                                                   tmp_path, monkeypatch):
+    """The check on the SFT model's own answers samples them before the reward model loads (the sampler and the
+    trained reward model together were the stage's memory peak), and on its own random stream: the reward model
+    trains to the same weights as the run without the check."""
+    from align.config import parse_recipe
+    from align.stages import reward as reward_stage
+    from tests.conftest import tiny_recipe
+
+    _, _, unchecked = llama_run
+    loaded = []
+    for name, what in (("load_reward_model", "reward model"), ("load_sampler", "sampler")):
+        real = getattr(reward_stage, name)
+        monkeypatch.setattr(reward_stage, name, lambda *a, _real=real, _what=what, **k:
+                            loaded.append(_what) or _real(*a, **k))
+    recipe = parse_recipe(tiny_recipe(tiny_llama, tmp_path, ["sft", "reward"], eval={"judges": ["align.judges:gold"]},
+                                      reward={"policy_check_prompts": 4, "policy_check_samples": 2}))
+    metrics = run_recipe(recipe)["reward"]["metrics"]
+    assert loaded == ["sampler", "reward model"]
+    assert metrics["policy_check_prompts"] == 4 and metrics["policy_check_n"] == 2
+    assert metrics["policy_check_accuracy"] is None or 0 <= metrics["policy_check_accuracy"] <= 1
+    checked, plain = adapter_tensors(tmp_path / "tiny" / "reward"), adapter_tensors(unchecked / "reward")
+    assert checked.keys() == plain.keys()
+    assert all(torch.equal(checked[name], plain[name]) for name in plain)
+
+
 def test_align_export_of_a_dpo_run_merges_the_dpo_adapter(llama_run, tiny_llama):
     from tests.conftest import export_again_and_compare
 

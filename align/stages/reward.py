@@ -5,7 +5,8 @@ ordered by a judge standing in for human labellers, so the reward model sees ans
 
 Afterwards its pairwise accuracy is measured on held-out pairs (the eval dataset), and, when the recipe has gold
 judges (eval.judges), on what it will actually judge: pairs of the SFT model's own samples on held-out prompts
-ordered by the first gold judge, with best-of-n against greedy. Easy offline pairs (rude against polite) say
+ordered by the first gold judge, with best-of-n against greedy (sampled before the reward model loads, so the
+two models never share memory). Easy offline pairs (rude against polite) say
 little about that; these figures say whether an online stage can trust the reward model.
 """
 
@@ -52,6 +53,13 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         pairs, labelled = judge_labelled_pairs(recipe, inputs, tokenizer)
         train = train + [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
         metrics.update(labelled)
+    checked = None
+    if cfg.policy_check_prompts and recipe.eval.judges:
+        # The check's SFT answers are sampled and judged now, before the reward model loads: the sampler on top of
+        # the trained reward model was the stage's memory peak. Its own random stream, so that the reward model
+        # trains the same with or without the check.
+        with torch.random.fork_rng():
+            checked = policy_answers(recipe, inputs, tokenizer)
 
     # --- model
     model = load_reward_model(
@@ -91,8 +99,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         held_out = pairwise_accuracy(model, tokenizer, evaluation, args.per_device_eval_batch_size)
         metrics.update({f"heldout_{k}": v for k, v in held_out.items()})
         print(f"[reward] held-out pairwise accuracy {held_out['accuracy']:.3f} on {held_out['pairs']} pairs")
-    if cfg.policy_check_prompts and recipe.eval.judges:
-        metrics.update(policy_check(recipe, inputs, tokenizer, model))
+    if checked:
+        metrics.update(policy_check(recipe, checked, tokenizer, model))
 
     # --- save
     save_adapter(trainer, out / "adapter")
@@ -128,32 +136,37 @@ def judge_labelled_pairs(recipe: Recipe, inputs: dict, tokenizer) -> tuple[list[
                    "train_prompts_n": room["n"]}
 
 
-def policy_check(recipe: Recipe, inputs: dict, tokenizer, reward_model) -> dict:
-    """Can the reward model judge the policy's own answers? On held-out prompts: n candidate SFT answers (the
-    greedy one and n-1 samples, as an online round has them), the first gold judge's verdicts, the reward model's
-    ranking accuracy over every candidate pair the judge separates, and best-of-n (the judge's score of the reward
-    model's pick) against greedy: above greedy only if its picks among the samples beat what greedy had."""
+def policy_answers(recipe: Recipe, inputs: dict, tokenizer) -> dict:
+    """What the on-policy check ranks: on held-out prompts, n candidate SFT answers (the greedy one and n-1
+    samples, as an online round has them) and the first gold judge's verdicts on them."""
     cfg, judge = recipe.reward, recipe.eval.judges[0]
     rows, where = load_prompts(recipe.eval.dataset)
     rows = rows[: min(cfg.policy_check_prompts, recipe.eval.max_prompts)]
     prompts = [r["prompt"] for r in rows]
     policy = starting_policy(recipe, inputs)
     greedy = generate_answers(policy, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size)
-    # the candidates an online round chooses among: the greedy answer and n-1 samples
     samples = sample_answers(policy, tokenizer, prompts, cfg.policy_check_samples - 1, recipe.eval.max_new_tokens,
                              cfg.policy_check_temperature)
     samples = [[first, *rest] for first, rest in zip(greedy, samples)]
     del policy
-    release_memory()  # the sampler's weights and decode buffers, not the training's baseline
+    release_memory()  # the sampler's weights and decode buffers, before the reward model loads
     flat_prompts, texts, columns = flatten(rows, samples)
     gold = regroup(judge_scores([judge], flat_prompts, texts, columns)[judge], samples)
+    return {"rows": rows, "where": where, "judge": judge, "samples": samples, "gold": gold}
+
+
+def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict:
+    """Can the reward model judge the policy's own answers (policy_answers)? Its ranking accuracy over every
+    candidate pair the gold judge separates, and best-of-n (the judge's score of the reward model's pick) against
+    greedy: above greedy only if its picks among the samples beat what greedy had."""
+    cfg, judge, rows, gold = recipe.reward, checked["judge"], checked["rows"], checked["gold"]
     greedy_gold = [verdicts[0] for verdicts in gold]  # the greedy answer is every prompt's first candidate
-    proxy = proxy_scores(reward_model, tokenizer, rows, samples, [], None, 0.0)
+    proxy = proxy_scores(reward_model, tokenizer, rows, checked["samples"], [], None, 0.0)
     ranking, room = ranking_accuracy(proxy, gold), headroom(gold)
     greedy_pass = sum(greedy_gold) / len(greedy_gold)
     trusted = ranking["accuracy"] is not None and ranking["accuracy"] > 0.5 and ranking["best_of_n"] > greedy_pass
     print(f"[reward] on the SFT model's own answers (temperature {cfg.policy_check_temperature}) to {len(rows)} "
-          f"held-out prompts ({where}, judged by {judge}): "
+          f"held-out prompts ({checked['where']}, judged by {judge}): "
           f"ranks the right one higher {ranking['accuracy'] or float('nan'):.3f} of {ranking['pairs']} pairs; "
           f"best-of-{room['n']} {ranking['best_of_n']:.3f} vs greedy {greedy_pass:.3f} "
           f"(pass@1 {room['pass_at_1']:.3f}, pass@{room['n']} {room['pass_at_n']:.3f})"
