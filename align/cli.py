@@ -414,9 +414,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_env(args) -> int:
+    from align.models import on_gpu, torch_dtype
     from align.runs import versions
 
     for key, value in versions().items():
+        if key == "cpu":  # what `dtype: auto` becomes here: bf16 only where it is not emulated (align.models)
+            value = (f"{value['isa']} (native bf16: {'yes' if value['bf16_native'] else 'no'}) -> auto dtype "
+                     f"{str(torch_dtype('auto')).removeprefix('torch.')}{' (on the GPU)' if on_gpu() else ''}")
         print(f"{key:>13}: {value}")
     return 0
 

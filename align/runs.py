@@ -36,6 +36,9 @@ def versions() -> dict:
             out[name] = None
     out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
     out["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    from align.models import cpu_capability
+
+    out["cpu"] = cpu_capability()  # whether `dtype: auto` could take bf16 on this CPU
     return out
 
 
