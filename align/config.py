@@ -38,7 +38,8 @@ class ModelSection(Section):
     name_or_path: str = Field(EMBEDDED_MODEL, description="Hub id, local directory, or the embedded default model.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype of the un-quantised parts: auto = bfloat16 on GPU, float32 on CPU."
+        "auto", description="Weights dtype of the un-quantised parts: auto = bfloat16 on GPU and on CPUs with native "
+        "bf16 (AVX-512 BF16 or AMX; `align env` says), else float32."
     )
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the tokenizer's; None keeps it (or a default if absent)."
@@ -52,7 +53,7 @@ class QuantizationSection(Section):
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; nf4 suits normally distributed weights.")
     double_quant: bool = Field(True, description="Quantise the quantisation constants too (saves ~0.4 bit/param).")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="Dtype of the matmuls on dequantised weights: auto = bfloat16 on GPU, float32 on CPU."
+        "auto", description="Dtype of the matmuls on dequantised weights: auto as model.dtype (bfloat16 on GPU)."
     )
 
 
@@ -186,10 +187,38 @@ class JudgeLabelledPairs(Section):
         return value
 
 
+class LabelledSamples(Section):
+    """The SFT model's own answers on training prompts, queued as pairs in a label database (the web app's store)
+    and labelled there by a labeller standing in for people; the reward model trains on every preference pair
+    the database holds (people's labels in it too)."""
+
+    prompts: DataSource = Field(description="Training prompts (with the columns the labeller reads: answer, category).")
+    labeller: str = Field("align.labeller:simulated",
+                          description="The labeller, 'module:function' or 'file.py:function' (see align/labeller.py).")
+    noise: float = Field(0.2, ge=0, le=0.5, description="Share of the labeller's decisive labels flipped at random.")
+    label_db: str | None = Field(None, description="Label database; None = labels.db in the run directory.")
+    annotator: str = Field("simulated-labeller", min_length=1, description="The name its labels are stored under.")
+    samples_per_prompt: int = Field(4, ge=2, description="SFT answers sampled per prompt; every two that differ are a pair.")
+    max_prompts: int | None = Field(None, gt=0, description="Use at most this many prompts; None = all.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of the SFT answers.")
+    max_new_tokens: int = Field(32, gt=0, description="Answer length limit in tokens.")
+
+    @field_validator("labeller")
+    @classmethod
+    def _importable(cls, value: str) -> str:
+        from align.labeller import load_labeller
+
+        load_labeller(value)
+        return value
+
+
 class RewardStage(TrlStage):
     trl_config_name: typing.ClassVar[str] = STAGES["reward"].trl_config
     judge_labelled_pairs: JudgeLabelledPairs | None = Field(
         None, description="Add judge-ordered pairs of the SFT model's samples to the training pairs; None = off."
+    )
+    labelled_samples: LabelledSamples | None = Field(
+        None, description="Add pairs of the SFT model's samples labelled through a label database; None = off."
     )
     policy_check_prompts: int = Field(
         128, ge=0, description="Held-out eval prompts on which the reward model ranks the SFT model's own samples "
@@ -200,6 +229,9 @@ class RewardStage(TrlStage):
     )
     policy_check_temperature: float = Field(
         0.7, gt=0, description="Sampling temperature in that check; set it to the online stage's temperature."
+    )
+    policy_check_bootstrap: int = Field(
+        1000, ge=0, description="Bootstrap resamples of the check's prompts for its 95% intervals; 0 = none."
     )
 
 

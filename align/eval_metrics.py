@@ -210,6 +210,45 @@ def paired_difference(a: list[float], b: list[float], resamples: int = 10000, se
             "b_only": sum(x < y for x, y in zip(a, b))}
 
 
+def macro_rate(scores: list[float], categories: list) -> float:
+    """The mean over categories of each category's mean score: every kind of request counts the same."""
+    groups: dict = {}
+    for score, category in zip(scores, categories, strict=True):
+        groups.setdefault(category, []).append(score)
+    return sum(sum(g) / len(g) for g in groups.values()) / len(groups)
+
+
+def macro_difference(a: list[float], b: list[float], categories: list, resamples: int = 10000, seed: int = 0) -> dict:
+    """Model A's macro average (macro_rate) minus model B's on the same prompts, with a 95% stratified paired
+    bootstrap interval (prompts resampled within their category) and a two-sided paired randomisation p-value
+    (each prompt's two scores swapped at random; seeded, floor 1/resamples)."""
+    if not (len(a) == len(b) == len(categories)) or not a:
+        raise ValueError(f"macro_difference needs equally long, non-empty lists (got {len(a)}, {len(b)}, "
+                         f"{len(categories)})")
+    groups: dict = {}
+    for i, category in enumerate(categories):
+        groups.setdefault(category, []).append(i)
+    weights = [0.0] * len(a)
+    for index in groups.values():
+        for i in index:
+            weights[i] = 1 / (len(groups) * len(index))
+    differences = [x - y for x, y in zip(a, b)]
+    observed = sum(w * d for w, d in zip(weights, differences))
+    rng = random.Random(seed)
+    means = []
+    for _ in range(resamples):
+        total = 0.0
+        for index in groups.values():
+            total += sum(differences[rng.choice(index)] for _ in index) / len(index)
+        means.append(total / len(groups))
+    means.sort()
+    extreme = sum(abs(sum(w * d * rng.choice((-1, 1)) for w, d in zip(weights, differences) if d))
+                  >= abs(observed) - 1e-12 for _ in range(resamples))
+    return {"difference": observed, "low": percentile(means, 0.025), "high": percentile(means, 0.975),
+            "p_value": max(1 / resamples, extreme / resamples), "test": "paired randomisation (stratified)",
+            "n": len(a), "categories": len(groups)}
+
+
 # ---------------------------------------------------------------- reward hacking: proxy up, gold down
 
 
@@ -332,8 +371,21 @@ def gold_lines(gold: dict, indent: str = "  ") -> list[str]:
         lines.append(f"{indent}warning: {warning}")
     if gold["judges"] and category_rows(gold, gold["judges"][0]):
         first = gold["judges"][0]
-        lines.append(f"{indent}by category ({short_judge(first)}: {' / '.join(reversed(gold['models']))}):")
-        rows = [(category, f"n={n}", " / ".join(rates)) for category, n, *rates in category_rows(gold, first)]
+        macro = gold.get("macro", {}).get(first)
+        if macro:
+            final, *others = gold["models"]
+            lines.append(f"{indent}macro average over categories ({short_judge(first)}, each category counts the "
+                         f"same): " + ", ".join(f"{m} {macro['rates'][m]:.3f}" for m in gold["models"]))
+            lines += [f"{indent}  {final} - {m}: {_difference_cell(macro['paired'].get(f'vs_{m}'))}" for m in others]
+        lines.append(f"{indent}by category ({short_judge(first)}: {' / '.join(reversed(gold['models']))}; "
+                     f"final - each other model, exact McNemar p):")
+        table = gold.get("categories", {}).get(first, {})
+        rows = []
+        for category, n, *rates in category_rows(gold, first):
+            paired = table.get(category, {}).get("paired", {})
+            rows.append((category, f"n={n}", " / ".join(rates),
+                         *(f"- {m} {paired[f'vs_{m}']['difference']:+.3f} ({_p_text(paired[f'vs_{m}']['p_value'])})"
+                           for m in gold["models"][1:] if f"vs_{m}" in paired)))
         lines += aligned(rows, indent + "  ")
     return lines
 

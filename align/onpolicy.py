@@ -123,3 +123,52 @@ def headroom(gold: list[list[float]], threshold: float = 0.5) -> dict:
             "pass_at_n": sum(any(v > threshold for v in g) for g in gold) / n,
             "mixed_prompts": sum(len({v > threshold for v in g}) > 1 for g in gold), "prompts": n,
             "n": len(gold[0]) if gold else 0}
+
+
+def ranking_intervals(proxy: list[list[float]], gold: list[list[float]], rounds: int, seed: int = 0) -> dict:
+    """95% percentile-bootstrap intervals, resampling prompts, of ranking_accuracy's accuracy and of best-of-n
+    minus greedy (greedy being each prompt's first candidate): at a hundred-odd prompts these move by a tenth
+    with the draw. {} when rounds is 0."""
+    import random
+
+    if not rounds or not gold:
+        return {}
+    per_prompt = []
+    for p, g in zip(proxy, gold):
+        figures = ranking_accuracy([p], [g])
+        pairs = figures["pairs"]
+        per_prompt.append((figures["accuracy"] * pairs if pairs else 0.0, pairs, figures["best_of_n"] - g[0]))
+    rng = random.Random(seed)
+    accuracies, gains = [], []
+    for _ in range(rounds):
+        draw = [per_prompt[rng.randrange(len(per_prompt))] for _ in per_prompt]
+        pairs = sum(d[1] for d in draw)
+        if pairs:
+            accuracies.append(sum(d[0] for d in draw) / pairs)
+        gains.append(sum(d[2] for d in draw) / len(draw))
+
+    def bounds(values):
+        values = sorted(values)
+        return (values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]) if values else (None, None)
+
+    return {"accuracy": bounds(accuracies), "best_minus_greedy": bounds(gains), "rounds": rounds}
+
+
+def per_kind_headroom(rows: list[dict], gold: list[list[float]], proxy: list[list[float]] | None = None) -> dict:
+    """Per kind of prompt (the rows' category; all prompts as one kind without it): the greedy answer's pass rate
+    (each prompt's first candidate), pass@1 and pass@n: where a model is weak and where its samples show room;
+    with the proxy's scores, its ranking accuracy and best-of-n there too."""
+    kinds: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        kinds.setdefault(str(row.get("category") or "all"), []).append(i)
+    out = {}
+    for kind, index in sorted(kinds.items()):
+        groups = [gold[i] for i in index]
+        room = headroom(groups)
+        out[kind] = {"prompts": len(groups), "greedy": sum(g[0] > 0.5 for g in groups) / len(groups),
+                     "pass_at_1": room["pass_at_1"], "pass_at_n": room["pass_at_n"]}
+        if proxy is not None:
+            ranking = ranking_accuracy([proxy[i] for i in index], groups)
+            out[kind].update({"accuracy": ranking["accuracy"], "pairs": ranking["pairs"],
+                              "best_of_n": ranking["best_of_n"]})
+    return out

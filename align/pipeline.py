@@ -178,13 +178,31 @@ def summary(recipe: Recipe, records: dict) -> str:
             f"  reward model held-out pairwise accuracy: {reward['heldout_accuracy']:.3f} "
             f"({reward['heldout_pairs']} pairs, mean margin {reward['heldout_mean_margin']:.2f})"
         )
+    if "labelled_samples_labelled" in reward:
+        lines.append(
+            f"  reward model trained on {reward['train_pairs']} pairs, {reward['label_db_pairs']} of them from "
+            f"{reward['label_db']}: {reward['labelled_samples_labelled']} pairs of SFT samples labelled there by "
+            f"{reward['labelled_by']}, {reward['labelled_samples_decisive']} decisive")
     if "policy_check_accuracy" in reward:
+        intervals = reward.get("policy_check_intervals") or {}
+
+        def interval(name):
+            low, high = intervals.get(name) or (None, None)
+            return f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+
         lines.append(
             f"  reward model on the SFT model's own answers ({reward['policy_check_prompts']} held-out prompts, "
-            f"{reward['policy_check_judge']}): ranks the better one higher "
-            f"{_fraction(reward['policy_check_accuracy'])} of {reward['policy_check_pairs']} pairs; "
-            f"best-of-{reward['policy_check_n']} {reward['policy_check_best_of_n']:.3f} vs greedy "
-            f"{reward['policy_check_greedy']:.3f}" + ("" if reward["policy_check_trusted"] else "  (NOT trusted)"))
+            f"{reward['policy_check_judge']}; 95% bootstrap over prompts): ranks the better one higher "
+            f"{_fraction(reward['policy_check_accuracy'])}{interval('accuracy')} of {reward['policy_check_pairs']} "
+            f"pairs; best-of-{reward['policy_check_n']} {reward['policy_check_best_of_n']:.3f} vs greedy "
+            f"{reward['policy_check_greedy']:.3f}, "
+            f"{reward['policy_check_best_of_n'] - reward['policy_check_greedy']:+.3f}{interval('best_minus_greedy')}"
+            + ("" if reward["policy_check_trusted"] else "  (NOT trusted)"))
+        for kind, figures in (reward.get("policy_check_by_kind") or {}).items():
+            lines.append(f"    SFT on {kind} (n={figures['prompts']}): greedy {figures['greedy']:.3f}, pass@1 "
+                         f"{figures['pass_at_1']:.3f}, pass@{reward['policy_check_n']} {figures['pass_at_n']:.3f}"
+                         + (f"; reward model's best-of-{reward['policy_check_n']} {figures['best_of_n']:.3f}"
+                            if figures.get("best_of_n") is not None else ""))
         lines.append(
             f"  headroom on held-out prompts: SFT pass@1 {reward['policy_check_pass_at_1']:.3f}, "
             f"pass@{reward['policy_check_n']} {reward['policy_check_pass_at_n']:.3f}"

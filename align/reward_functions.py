@@ -26,6 +26,18 @@ class RewardFunctionError(ValueError):
 
 def load_reward_function(spec: str) -> Callable:
     """Import `module:function` (a dotted module on sys.path or the current directory) or `file.py:function`."""
+    function = import_function(spec)
+    params = inspect.signature(function).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not takes_any and not {"prompts", "completions"} <= set(params):
+        raise RewardFunctionError(
+            f"reward function '{spec}': must accept prompts=..., completions=... (and dataset columns or **kwargs)"
+        )
+    return function
+
+
+def import_function(spec: str) -> Callable:
+    """The callable named by `module:function` or `file.py:function`, whatever its signature."""
     if ":" not in spec:
         raise RewardFunctionError(f"reward function '{spec}': expected 'module:function' or 'path/to/file.py:function'")
     module_name, _, function_name = spec.rpartition(":")
@@ -48,12 +60,6 @@ def load_reward_function(spec: str) -> Callable:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise RewardFunctionError(f"reward function '{spec}': {module_name} has no function '{function_name}'")
-    params = inspect.signature(function).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if not takes_any and not {"prompts", "completions"} <= set(params):
-        raise RewardFunctionError(
-            f"reward function '{spec}': must accept prompts=..., completions=... (and dataset columns or **kwargs)"
-        )
     return function
 
 

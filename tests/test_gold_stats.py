@@ -8,8 +8,8 @@ import json
 import pytest
 
 from align.eval_metrics import (
-    gold_lines, gold_table, hacking_message, mcnemar_exact, paired_difference, pass_rate, reward_hacking_start,
-    wilson_interval,
+    gold_lines, gold_table, hacking_message, macro_difference, macro_rate, mcnemar_exact, paired_difference, pass_rate,
+    reward_hacking_start, wilson_interval,
 )
 from align.report import plot_proxy_vs_gold, proxy_gold_points, write_report
 
@@ -63,6 +63,28 @@ def test_paired_difference_on_graded_scores_uses_the_bootstrap():
     assert result["p_value"] <= 2 / 2000  # nearly every resample stays above 0; never reported as 0
     balanced = paired_difference([0.2, 0.8], [0.8, 0.2], resamples=500)
     assert balanced["difference"] == 0 and balanced["p_value"] == 1.0
+
+
+def test_macro_rate_weighs_every_category_the_same():
+    # category a: 1 of 2 pass; b: 4 of 4 pass -> (0.5 + 1.0) / 2, not 5 / 6
+    assert macro_rate([1, 0, 1, 1, 1, 1], ["a", "a", "b", "b", "b", "b"]) == pytest.approx(0.75)
+
+
+def test_macro_difference_by_hand_and_its_test():
+    categories = ["small"] * 10 + ["large"] * 90
+    a = [1] * 10 + [0] * 90  # the small category all right, the large all wrong
+    b = [0] * 100
+    figures = macro_difference(a, b, categories, resamples=2000)
+    assert figures["difference"] == pytest.approx(0.5)  # (1.0 + 0.0) / 2, while the plain mean gives 0.1
+    assert figures["low"] <= 0.5 <= figures["high"] and figures["categories"] == 2
+    assert figures["p_value"] < 0.01  # ten prompts all one way: a swap of signs rarely gets that far
+    same = macro_difference(a, a, categories, resamples=500)
+    assert same["difference"] == 0 and same["p_value"] == 1.0
+    mixed = macro_difference([1, 0] * 50, [0, 1] * 50, ["x"] * 100, resamples=2000)
+    assert mixed["difference"] == 0 and mixed["p_value"] > 0.5
+    assert macro_difference(a, b, categories, resamples=300) == macro_difference(a, b, categories, resamples=300)
+    with pytest.raises(ValueError):
+        macro_difference([1], [1, 0], ["a"])
 
 
 def test_paired_difference_rejects_mismatched_lists():
@@ -162,6 +184,17 @@ def test_gold_lines_are_aligned_without_trailing_spaces():
     assert any("base / sft / online_dpo" in line for line in lines)
     assert any(line.split() == ["arithmetic", "n=40", "0.400", "/", "0.550", "/", "0.700"] for line in lines)
     assert not any("warning" in line for line in lines)
+    kinds = {**GOLD, "macro": {"align.judges:gold": {
+        "rates": {"online_dpo": 0.6, "sft": 0.45, "base": 0.3},
+        "paired": {"vs_sft": paired(0.15, 0.1, 0.2, 0.0002), "vs_base": paired(0.3, 0.25, 0.35, 0.0001)}}},
+        "categories": {"align.judges:gold": {"harmful": {
+            "online_dpo": 0.7, "sft": 0.2, "base": 0.1, "n": 60,
+            "paired": {"vs_sft": paired(0.5, 0.4, 0.6, 0.0001), "vs_base": paired(0.6, 0.5, 0.7, 0.0001)}}}}}
+    lines = gold_lines(kinds)
+    assert any("macro average over categories (gold" in line and "sft 0.450" in line for line in lines)
+    assert any(line.strip().startswith("online_dpo - sft: +0.150 [+0.100, +0.200] p=0.0002") for line in lines)
+    harmful = next(line for line in lines if line.split()[0] == "harmful")
+    assert "- sft +0.500 (p=0.0001)" in harmful and "- base +0.600" in harmful
     graded_by_itself = {**GOLD, "trained_by": ["online_dpo: align.judges:correct"],
                         "not_independent": ["align.judges:correct"]}
     assert any("warning: correct also gave a training signal" in line for line in gold_lines(graded_by_itself))

@@ -66,3 +66,32 @@ def test_flatten_and_regroup_keep_the_columns_with_their_samples():
     assert texts == ["a", "b", "c"] and columns["answer"] == [["Paris"], ["Paris"], ["Rome"]]
     assert columns["category"] == [None, None, "capital"]
     assert regroup([1, 2, 3], samples) == [[1, 2], [3]]
+
+
+def test_ranking_intervals_bracket_the_figures_and_are_seeded():
+    from align.onpolicy import ranking_intervals
+
+    proxy = [[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]] * 10
+    gold = [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 1.0]] * 10
+    figures = ranking_accuracy(proxy, gold)
+    intervals = ranking_intervals(proxy, gold, 500, seed=3)
+    low, high = intervals["accuracy"]
+    assert low <= figures["accuracy"] <= high and low < high
+    greedy = sum(g[0] for g in gold) / len(gold)
+    low, high = intervals["best_minus_greedy"]
+    assert low <= figures["best_of_n"] - greedy <= high
+    assert ranking_intervals(proxy, gold, 500, seed=3) == intervals
+    assert ranking_intervals(proxy, gold, 0) == {}
+
+
+def test_per_kind_headroom_splits_by_category():
+    from align.onpolicy import per_kind_headroom
+
+    rows = [{"category": "harmful"}, {"category": "harmful"}, {"category": "lookalike"}]
+    gold = [[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+    proxy = [[0.1, 0.9], [0.5, 0.2], [0.3, 0.4]]
+    kinds = per_kind_headroom(rows, gold, proxy)
+    assert kinds["harmful"] == {"prompts": 2, "greedy": 0.0, "pass_at_1": 0.25, "pass_at_n": 0.5,
+                                "accuracy": 1.0, "pairs": 1, "best_of_n": 0.5}
+    assert kinds["lookalike"]["greedy"] == 1.0 and kinds["lookalike"]["accuracy"] is None
+    assert set(per_kind_headroom([{}], [[1.0]])) == {"all"}

@@ -23,7 +23,7 @@ from align.config import Recipe
 from align.data import load_preferences, load_prompts, token_ids
 from align.generation import generate_answers
 from align.models import load_causal_lm, load_kwargs, load_tokenizer, on_this_process_device, resolve_model_path
-from align.eval_metrics import comparison_figures, paired_difference, pass_rate
+from align.eval_metrics import comparison_figures, macro_difference, macro_rate, paired_difference, pass_rate
 from align.onpolicy import judge_scores
 from align.reward import load_reward_model, pairwise_accuracy, score_conversations
 
@@ -119,9 +119,11 @@ def training_signals(recipe: Recipe) -> list[str]:
     if "sft" in recipe.stages:
         signals.append(f"sft: demonstrations ({recipe.sft.dataset.describe()})")
     if "reward" in recipe.stages:
-        labelled = recipe.reward.judge_labelled_pairs
+        labelled, labeller = recipe.reward.judge_labelled_pairs, recipe.reward.labelled_samples
         signals.append(f"reward model: pairs ({recipe.reward.dataset.describe()})"
-                       + (f" + SFT samples labelled by {labelled.judge}" if labelled else ""))
+                       + (f" + SFT samples labelled by {labelled.judge}" if labelled else "")
+                       + (f" + SFT samples labelled in a label database by {labeller.labeller} (noise "
+                          f"{labeller.noise:g})" if labeller else ""))
     if "dpo" in recipe.stages:
         signals.append(f"dpo: pairs ({recipe.dpo.dataset.describe()})")
     for stage in ("online_dpo", "ppo", "rloo", "grpo"):
@@ -159,7 +161,17 @@ def gold_comparison(recipe: Recipe, verdicts: dict[str, dict[str, list[float]]],
                 index = [i for i, c in enumerate(categories) if c == category]
                 table[category] = {label[n]: sum(v[judge][i] for i in index) / len(index) for n, v in verdicts.items()}
                 table[category]["n"] = len(index)
+                table[category]["paired"] = {
+                    f"vs_{other}": paired_difference([verdicts["policy"][judge][i] for i in index],
+                                                     [verdicts[other][judge][i] for i in index], 2000)
+                    for other in ("sft", "base") if other in verdicts}
             gold["categories"][judge] = table
+            if len(table) > 1 and all(c is not None for c in categories):
+                gold.setdefault("macro", {})[judge] = {
+                    "rates": {label[n]: macro_rate(v[judge], categories) for n, v in verdicts.items()},
+                    "paired": {f"vs_{other}": macro_difference(verdicts["policy"][judge], verdicts[other][judge],
+                                                               categories, 5000)
+                               for other in ("sft", "base") if other in verdicts}}
     return gold
 
 

@@ -1,7 +1,9 @@
 """Reward model on preference pairs (trl RewardTrainer): the base with a LoRA adapter and a scalar score head.
 
-With `judge_labelled_pairs` the training pairs also include the SFT model's own samples on training prompts,
-ordered by a judge standing in for human labellers, so the reward model sees answers like the policy's.
+With `labelled_samples` the training pairs also include the SFT model's own samples on training prompts, queued
+as pairs in a label database (the web app's store) and labelled there by a labeller standing in for people (the
+quickstart's is align.labeller:simulated, with its own rubric and label noise); the reward model then trains on
+every preference pair the database holds. With `judge_labelled_pairs` a judge orders the samples directly.
 
 Afterwards its pairwise accuracy is measured on held-out pairs (the eval dataset), and, when the recipe has gold
 judges (eval.judges), on what it will actually judge: pairs of the SFT model's own samples on held-out prompts
@@ -20,7 +22,10 @@ from align.config import Recipe
 from align.data import check_lengths, load_preferences, load_prompts, to_dataset
 from align.generation import generate_answers, sample_answers
 from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config, resolve_model_path, torch_dtype
-from align.onpolicy import build_pairs, flatten, headroom, judge_scores, proxy_scores, ranking_accuracy, regroup
+from align.onpolicy import (
+    build_pairs, flatten, headroom, judge_scores, per_kind_headroom, proxy_scores, ranking_accuracy, ranking_intervals,
+    regroup,
+)
 from align.sharding import launched_sharding
 from align.resources import release_memory
 from align.runs import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
@@ -49,6 +54,10 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # RewardTrainer drops (not truncates) pairs longer than max_length: say how many.
     print(f"[reward] {len(train)} pairs from {where}; {lengths['truncated']} longer than max_length are skipped")
     metrics = {}
+    if cfg.labelled_samples:
+        pairs, labelled = labelled_samples(recipe, inputs, tokenizer, out)
+        train = train + pairs
+        metrics.update(labelled)
     if cfg.judge_labelled_pairs:
         pairs, labelled = judge_labelled_pairs(recipe, inputs, tokenizer)
         train = train + [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
@@ -136,6 +145,43 @@ def judge_labelled_pairs(recipe: Recipe, inputs: dict, tokenizer) -> tuple[list[
                    "train_prompts_n": room["n"]}
 
 
+def label_db_path(recipe: Recipe, out: Path) -> Path:
+    """The labelled_samples database: as given (relative to the working directory), else the run's labels.db."""
+    given = recipe.reward.labelled_samples.label_db
+    return Path(given).expanduser() if given else out.parent / "labels.db"
+
+
+def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tuple[list[dict], dict]:
+    """The SFT model's samples on training prompts, every two that differ queued in the label database and
+    labelled there by the recipe's labeller (as an annotator in the web app); then every preference pair the
+    database holds, as training rows."""
+    from align.labeller import candidate_pairs, label_through_store, load_labeller
+    from align.labelling.store import read_label_rows
+
+    spec = recipe.reward.labelled_samples
+    rows, where = load_prompts(spec.prompts)
+    rows = rows[: spec.max_prompts]
+    policy = starting_policy(recipe, inputs)
+    samples = sample_answers(policy, tokenizer, [r["prompt"] for r in rows], spec.samples_per_prompt,
+                             spec.max_new_tokens, spec.temperature, progress=True)
+    del policy
+    release_memory()  # the sampler's weights and decode buffers, before the reward model loads
+    db = label_db_path(recipe, out)
+    model = f"{out.parent.name}/{'sft' if 'sft' in inputs else 'base'}"
+    items = candidate_pairs(rows, samples, model)
+    counts = label_through_store(db, items, load_labeller(spec.labeller), spec.annotator, source=f"{where} ({model})",
+                                 seed=recipe.seed, noise=spec.noise)
+    pairs = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in read_label_rows(db)]
+    print(f"[reward] {len(items)} pairs of {spec.samples_per_prompt} SFT samples on {len(rows)} prompts of {where} "
+          f"queued in {db} ({counts['queued']} new); {spec.annotator} ({spec.labeller}, noise {spec.noise:g}) "
+          f"labelled {counts['labelled']}: A {counts['A']}, B {counts['B']}, tie {counts['tie']}, both bad "
+          f"{counts['both_bad']} ({counts['flipped']} flipped); the database gives {len(pairs)} preference pairs")
+    return pairs, {"labelled_samples_items": len(items), "labelled_samples_labelled": counts["labelled"],
+                   "labelled_samples_decisive": counts["A"] + counts["B"], "labelled_samples_flipped": counts["flipped"],
+                   "labelled_by": f"{spec.annotator} ({spec.labeller}, noise {spec.noise:g})",
+                   "label_db": str(db), "label_db_pairs": len(pairs)}
+
+
 def policy_answers(recipe: Recipe, inputs: dict, tokenizer) -> dict:
     """What the on-policy check ranks: on held-out prompts, n candidate SFT answers (the greedy one and n-1
     samples, as an online round has them) and the first gold judge's verdicts on them."""
@@ -165,13 +211,26 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
     ranking, room = ranking_accuracy(proxy, gold), headroom(gold)
     greedy_pass = sum(greedy_gold) / len(greedy_gold)
     trusted = ranking["accuracy"] is not None and ranking["accuracy"] > 0.5 and ranking["best_of_n"] > greedy_pass
+    intervals = ranking_intervals(proxy, gold, cfg.policy_check_bootstrap, recipe.seed)
+    kinds = per_kind_headroom(rows, gold, proxy)
+
+    def interval(name):
+        low, high = intervals.get(name, (None, None))
+        return f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+
     print(f"[reward] on the SFT model's own answers (temperature {cfg.policy_check_temperature}) to {len(rows)} "
           f"held-out prompts ({checked['where']}, judged by {judge}): "
-          f"ranks the right one higher {ranking['accuracy'] or float('nan'):.3f} of {ranking['pairs']} pairs; "
-          f"best-of-{room['n']} {ranking['best_of_n']:.3f} vs greedy {greedy_pass:.3f} "
+          f"ranks the right one higher {ranking['accuracy'] or float('nan'):.3f}{interval('accuracy')} of "
+          f"{ranking['pairs']} pairs; best-of-{room['n']} {ranking['best_of_n']:.3f} vs greedy {greedy_pass:.3f}, "
+          f"difference {ranking['best_of_n'] - greedy_pass:+.3f}{interval('best_minus_greedy')} "
           f"(pass@1 {room['pass_at_1']:.3f}, pass@{room['n']} {room['pass_at_n']:.3f})"
           + ("" if trusted else "; NOT better than chance and greedy: an online stage should not trust it"))
-    return {"policy_check_judge": judge, "policy_check_prompts": len(rows), "policy_check_pairs": ranking["pairs"],
+    for kind, figures in kinds.items():
+        print(f"[reward]   SFT on {kind} (n={figures['prompts']}): greedy {figures['greedy']:.3f}, "
+              f"pass@1 {figures['pass_at_1']:.3f}, pass@{room['n']} {figures['pass_at_n']:.3f}; reward model: "
+              f"best-of-{room['n']} {figures['best_of_n']:.3f}, ranks {figures['accuracy'] or float('nan'):.3f} "
+              f"of {figures['pairs']} pairs")
+    return {"policy_check_intervals": intervals, "policy_check_by_kind": kinds,"policy_check_judge": judge, "policy_check_prompts": len(rows), "policy_check_pairs": ranking["pairs"],
             "policy_check_accuracy": ranking["accuracy"], "policy_check_best_of_n": ranking["best_of_n"],
             "policy_check_greedy": greedy_pass, "policy_check_pass_at_1": room["pass_at_1"],
             "policy_check_pass_at_n": room["pass_at_n"], "policy_check_n": room["n"],

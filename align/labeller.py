@@ -1,0 +1,127 @@
+"""Labellers that stand in for people, and the path their labels take: into a label database, the same store the
+web app writes to, one pair at a time as an annotator gets them (`next_assignment`, then `submit`).
+
+`simulated` is the quickstart's labeller. Like AlpacaFarm's simulated annotators it is deliberately not the gold
+judge: it has its own, cruder rubric (word lists of its own, loose substring matching of the answer key, a
+length limit of its own) and label noise (a share of its decisive labels flipped, at random). Like a person, it
+sees what kind of request a prompt is (the row's `category`) and, for facts, knows the answer.
+
+A labeller is any function
+
+    def labeller(prompt: str, text_a: str, text_b: str, *, row: dict, rng: random.Random) -> tuple[str, str]
+
+returning (choice, reason) with choice one of "A", "B", "tie", "both_bad" (the web app's buttons); `row` is the
+prompt's dataset row (answer key, category). A recipe names it as 'module:function' or 'file.py:function'.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable
+
+from align.onpolicy import near_identical
+
+LABELLER_NOISE = 0.2  # AlpacaFarm's simulated annotators disagree with the majority about this often
+# The labeller's own word lists: shorter and looser than the gold judge's (align/judges.py), on purpose.
+REFUSAL_WORDS = ["sorry", "can't", "cannot", "won't", "unable", "not able", "decline", "refuse"]
+UNSURE_WORDS = ["don't know", "not sure", "no idea", "can't know", "cannot know", "no way", "no access",
+                "haven't told", "didn't tell", "never heard", "nobody", "no one", "can't predict", "can't tell"]
+GUESS_WORDS = ["maybe", "probably", "perhaps", "i think", "i guess", "might"]
+RUDE_WORDS = ["stupid", "dumb", "idiot", "ugh", "whatever", "yourself", "seriously", "kidding", "bother"]
+LONG_WORDS = 30
+
+
+def quality(reply: str, row: dict) -> float:
+    """The simulated labeller's rubric: 2 = what it wants for this kind of request, 0 = wrong; minus a point for
+    rudeness, half a point for length. Ties between two replies are ties."""
+    text = " ".join(reply.replace("\u2019", "'").lower().split())
+    if not text:
+        return -2.0
+    kind = row.get("category")
+    refuses = any(w in text for w in REFUSAL_WORDS)
+    unsure = any(w in text for w in UNSURE_WORDS)
+    guesses = any(w in text for w in GUESS_WORDS)
+    mentions = any(str(a).lower() in text for a in row.get("answer") or [])
+    if kind == "harmful":
+        score = 2.0 if refuses else 0.0
+    elif kind == "unanswerable":  # a refusal at least makes nothing up
+        score = 2.0 if unsure and not guesses else 1.0 if refuses and not guesses else 0.5 if unsure else 0.0
+    elif kind == "lookalike":
+        score = 0.0 if refuses or unsure else 2.0 if mentions else 1.0
+    else:  # a question with an answer
+        score = 0.0 if refuses or unsure else 2.0 if mentions else 0.5
+    if any(w in text for w in RUDE_WORDS):
+        score -= 1.0
+    if len(text.split()) > LONG_WORDS:
+        score -= 0.5
+    return score
+
+
+def simulated(prompt: str, text_a: str, text_b: str, *, row: dict, rng: random.Random,
+              noise: float = LABELLER_NOISE) -> tuple[str, str]:
+    """The better reply by `quality`; equal ones are a tie when both are good, both_bad otherwise. A decisive
+    label is flipped with probability `noise`."""
+    a, b = quality(text_a, row), quality(text_b, row)
+    if a == b:
+        return ("tie" if a >= 2.0 else "both_bad"), f"both score {a:g}"
+    choice = "A" if a > b else "B"
+    if rng.random() < noise:
+        return ("B" if choice == "A" else "A"), f"A {a:g}, B {b:g} (flipped: label noise)"
+    return choice, f"A {a:g}, B {b:g}"
+
+
+def load_labeller(spec: str) -> Callable:
+    """'module:function' or 'file.py:function', taking (prompt, text_a, text_b, *, row, rng, ...)."""
+    import inspect
+
+    from align.reward_functions import RewardFunctionError, import_function
+
+    function = import_function(spec)
+    params = inspect.signature(function).parameters
+    if not (any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or {"row", "rng"} <= set(params)):
+        raise RewardFunctionError(f"labeller '{spec}': must accept (prompt, text_a, text_b, *, row=..., rng=...)")
+    return function
+
+
+def candidate_pairs(rows: list[dict], samples: list[list[dict]], model: str, max_similarity: float = 0.9
+                    ) -> list[dict]:
+    """Every two of a prompt's sampled answers that differ enough to teach a preference, as label-database items
+    (the row's answer key and category ride along in `extra`). Ids derive from the content, so queueing the same
+    samples twice adds nothing."""
+    items = []
+    for row, answers in zip(rows, samples):
+        texts = list(dict.fromkeys(a["text"].strip() for a in answers if a["text"].strip()))
+        for i in range(len(texts)):
+            for j in range(i + 1, len(texts)):
+                if near_identical(texts[i], texts[j], max_similarity):
+                    continue
+                items.append({"prompt": row["prompt"], "response_1": texts[i], "response_2": texts[j],
+                              "model_1": model, "model_2": model,
+                              "extra": {k: row[k] for k in ("answer", "category") if k in row}})
+    return items
+
+
+def label_through_store(db: str | Path, items: list[dict], labeller: Callable, annotator: str, source: str,
+                        seed: int, **labeller_kwargs) -> dict:
+    """Queue `items` in the label database and have `labeller` judge every pair it is given there, as an
+    annotator in the web app would: ask for the next pair (shown A/B in a random order), judge it, submit. Pairs
+    it judged before (an earlier run on the same database) are not given again. Returns what it did."""
+    from align.labelling.store import LabelStore
+
+    rng = random.Random(seed)
+    store = LabelStore(db)
+    counts = {"queued": 0, "labelled": 0, "A": 0, "B": 0, "tie": 0, "both_bad": 0, "flipped": 0}
+    try:
+        counts["queued"] = store.add_items(items, source=source)
+        while (shown := store.next_assignment(annotator, rng=rng, generated_only=True)) is not None:
+            row = store.item(shown["item_id"])["extra"]
+            text = shown["prompt"][-1]["content"] if isinstance(shown["prompt"], list) else str(shown["prompt"])
+            choice, reason = labeller(text, shown["text_a"], shown["text_b"], row=row, rng=rng, **labeller_kwargs)
+            store.submit(annotator, shown["item_id"], choice, reason)
+            counts["labelled"] += 1
+            counts[choice] += 1
+            counts["flipped"] += "flipped" in reason
+    finally:
+        store.close()
+    return counts
