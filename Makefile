@@ -1,4 +1,4 @@
-# make demo   # install into .venv, then run recipes/quickstart.yaml on the embedded model (2-core CPU, about 25 minutes)
+# make demo   # install into .venv, then run recipes/quickstart.yaml on the embedded model (2-core CPU, about 17 minutes)
 # make test   # install into .venv (with ui, test and gguf extras) and Chromium, then run the whole test suite
 # make gpu-check   # every stage in 4 bits + align vs plain TRL throughput -> bench/results/<gpu>-<date>.json (tiny on a CPU)
 VENV ?= .venv

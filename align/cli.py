@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="align",
         description="Align chat models the ChatGPT/InstructGPT way: supervised fine-tuning, a reward model on "
         "preference pairs, DPO, and a merged export, all on LoRA adapters (4-bit QLoRA on GPU).",
-        epilog="Start with: align run recipes/quickstart.yaml   (CPU, embedded model, about 25 minutes)",
+        epilog="Start with: align run recipes/quickstart.yaml   (CPU, embedded model, about 17 minutes)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -328,6 +328,10 @@ class OnlineDPOStage(TrlStage, VLLMSampling):
         True, description="Refuse to run when the reward stage found the reward model no better than chance or "
         "than greedy at ranking the SFT model's own answers."
     )
+    keep_start_if_untrusted: bool = Field(
+        False, description="With such a reward model, stop at once and keep the starting policy as the stage's "
+        "result (the run goes on to eval and export) instead of failing the run."
+    )
     label_db: str | None = Field(
         None, description="People judge each round: its pairs go to this label database (align label --db) and "
         "the run stops until they are labelled; the next align run trains on the labels. None = the rewards judge."

@@ -210,6 +210,8 @@ def summary(recipe: Recipe, records: dict) -> str:
                f"pass@{reward['train_prompts_n']} {reward['train_prompts_pass_at_n']:.3f}"
                if "train_prompts_pass_at_1" in reward else ""))
     online = records.get("online_dpo", {}).get("metrics", {})
+    if online.get("stopped"):
+        lines.append(f"  online_dpo stopped before its first round: {online['stopped']}; the final policy is SFT's")
     if "log" in online:
         for row in online["log"]:
             lines.append(
