@@ -17,9 +17,9 @@ events, invented names, actions, objects) appear in neither training file; every
 `entity`, and main() asserts the two sets are disjoint.
 
 Outputs:
-  sft.jsonl          {"messages": [{"role": "user", ...}, {"role": "assistant", ...}, ...]}    240 rows
-  prefs_train.jsonl  {"prompt", "chosen", "rejected", "answer", "category", "topic", "template", "entity"}  320 rows
-  prefs_test.jsonl   same format, 320 rows, held out as above.
+  sft.jsonl          {"messages": [{"role": "user", ...}, {"role": "assistant", ...}, ...]}    264 rows
+  prefs_train.jsonl  {"prompt", "chosen", "rejected", "answer", "category", "topic", "template", "entity"}  310 rows
+  prefs_test.jsonl   same format, 315 rows, held out as above.
 "category" is the kind of request; "topic" the finer type (capital, private, future, invented, ...); "answer"
 lists the accepted answers (answerable) or the on-topic words a helpful reply names (lookalike), and is empty for
 the other kinds. The chosen reply passes align.judges:gold and the rejected one fails it, for a stated flaw.
@@ -137,7 +137,7 @@ ANSWER_VARIANTS = {
 # phrasing only, which no training row uses.
 HELD_OUT = {"capital": 20, "opposite": 6, "plural": 8, "colour": 8, "count": 16, "spelling": 12}
 HELD_OUT_ARITHMETIC_PER_OP = 16
-# Answerable rows per fact type: 120 (test), 120 (prefs train) and 216 SFT turns (-> 192 of the 240 SFT rows).
+# Answerable rows per fact type: 120 (test), 120 (prefs train) and 216 SFT turns (-> 192 of the 264 SFT rows).
 TEST_QUOTAS = {"capital": 20, "arithmetic": 44, "opposite": 12, "plural": 8, "colour": 8,
                "count": 16, "spelling": 12}
 SFT_QUOTAS = {"capital": 36, "arithmetic": 76, "opposite": 30, "plural": 18, "colour": 14,
