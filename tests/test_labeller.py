@@ -112,3 +112,15 @@ def test_the_reward_stage_trains_on_the_labellers_labels_from_the_database(tiny_
     assert metrics["train_pairs"] == 8 + len(stored)  # the bundled limit plus the database's pairs
     assert metrics["labelled_samples_labelled"] == metrics["labelled_samples_items"] > 0
     assert metrics["labelled_by"].startswith("simulated-labeller (align.labeller:simulated")
+
+
+def test_judge_labelled_pairs_still_sample_the_sft_model_on_training_prompts(tiny_llama, make_recipe):
+    """The other way to label the SFT model's samples (a judge orders them directly) shares the sampling."""
+    from align.pipeline import run_recipe
+
+    recipe = make_recipe(tiny_llama, ["sft", "reward"], reward={
+        "judge_labelled_pairs": {"judge": "align.judges:concise", "prompts": {"bundled": "prefs_train", "limit": 6},
+                                 "samples_per_prompt": 3, "max_new_tokens": 6}})
+    metrics = run_recipe(recipe)["reward"]["metrics"]
+    assert metrics["judge_labelled_by"] == "align.judges:concise" and metrics["train_prompts_n"] == 3
+    assert metrics["train_pairs"] == 8 + metrics["judge_labelled_pairs"]

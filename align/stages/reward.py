@@ -121,17 +121,24 @@ def starting_policy(recipe: Recipe, inputs: dict):
     return load_sampler(recipe, inputs["sft"] / "adapter" if "sft" in inputs else None)
 
 
-def judge_labelled_pairs(recipe: Recipe, inputs: dict, tokenizer) -> tuple[list[dict], dict]:
-    """Pairs of the SFT model's own samples on training prompts, best vs worst by the recipe's labelling judge,
-    and how much room those samples show: pass@1 against pass@n under that judge."""
-    spec = recipe.reward.judge_labelled_pairs
+def training_prompt_samples(recipe: Recipe, inputs: dict, tokenizer, spec) -> tuple[list[dict], str, list]:
+    """The SFT model's samples on the training prompts a labelling section names (its prompts, max_prompts,
+    samples_per_prompt, max_new_tokens, temperature): (rows, where, samples)."""
     rows, where = load_prompts(spec.prompts)
     rows = rows[: spec.max_prompts]
     policy = starting_policy(recipe, inputs)
     samples = sample_answers(policy, tokenizer, [r["prompt"] for r in rows], spec.samples_per_prompt,
                              spec.max_new_tokens, spec.temperature, progress=True)
     del policy
-    release_memory()  # the sampler's weights and decode buffers, not the training's baseline
+    release_memory()  # the sampler's weights and decode buffers, before the reward model loads
+    return rows, where, samples
+
+
+def judge_labelled_pairs(recipe: Recipe, inputs: dict, tokenizer) -> tuple[list[dict], dict]:
+    """Pairs of the SFT model's own samples on training prompts, best vs worst by the recipe's labelling judge,
+    and how much room those samples show: pass@1 against pass@n under that judge."""
+    spec = recipe.reward.judge_labelled_pairs
+    rows, where, samples = training_prompt_samples(recipe, inputs, tokenizer, spec)
     prompts, texts, columns = flatten(rows, samples)
     scores = regroup(judge_scores([spec.judge], prompts, texts, columns)[spec.judge], samples)
     pairs, counts = build_pairs([r["prompt"] for r in rows], samples, scores)
@@ -159,13 +166,7 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     from align.labelling.store import read_label_rows
 
     spec = recipe.reward.labelled_samples
-    rows, where = load_prompts(spec.prompts)
-    rows = rows[: spec.max_prompts]
-    policy = starting_policy(recipe, inputs)
-    samples = sample_answers(policy, tokenizer, [r["prompt"] for r in rows], spec.samples_per_prompt,
-                             spec.max_new_tokens, spec.temperature, progress=True)
-    del policy
-    release_memory()  # the sampler's weights and decode buffers, before the reward model loads
+    rows, where, samples = training_prompt_samples(recipe, inputs, tokenizer, spec)
     db = label_db_path(recipe, out)
     model = f"{out.parent.name}/{'sft' if 'sft' in inputs else 'base'}"
     items = candidate_pairs(rows, samples, model)
