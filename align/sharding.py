@@ -15,7 +15,7 @@ from pathlib import Path
 FSDP, ZERO3 = "fsdp", "zero3"
 
 # Stages that run models outside a trl trainer on every process, which sharding would need to wrap themselves.
-# PPO keeps four adapters on one base and averages gradients with its own all-reduce (align/processes.py);
+# PPO keeps four adapters on one base and averages gradients with its own all-reduce (align/stages/ppo/ranks.py);
 # online_dpo samples each round's answers with a whole sampler model on every process.
 NOT_SHARDED = {
     "ppo": "PPO is align's own loop and runs under DDP only (every process holds the whole 4-bit base)",

@@ -30,7 +30,7 @@ def tensor_bytes(*modules) -> int:
 def main() -> None:
     from align.models import load_kwargs, load_policy, load_tokenizer, resolve_model_path
     from align.runs import load_run_recipe
-    from align.stages.ppo import load_roles
+    from align.stages.ppo.steps import load_roles
     from align.reward import load_reward_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from align.checkpoints import load_checkpoint, newest_checkpoint, save_checkpoint
+from align.stages.ppo.checkpoints import load_checkpoint, newest_checkpoint, save_checkpoint
 from align.models import load_tokenizer
-from align.stages.ppo import (
+from align.stages.ppo.steps import (
     RewardSources, Rollout, estimate_advantages, load_checked_prompts, load_roles, old_logprobs_and_values, rollout,
     score, start_training, stop_check, update,
 )

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from align.generation import mask_after_eos
-from align.rl import (
+from align.stages.ppo.arithmetic import (
     AdaptiveKLController, RunningMoments, gae, masked_whiten, per_token_rewards, policy_loss, value_loss,
 )
-from align.stages.ppo import prompt_indices
+from align.stages.ppo.steps import prompt_indices
 
 
 def test_gae_by_hand():

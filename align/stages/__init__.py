@@ -59,7 +59,7 @@ STAGES: dict[str, Stage] = {
                         reads=("sft", "dpo", "kto", "reward"), datasets={"dataset": "prompts"},
                         trl_config="DPOConfig", trl_defaults={**_DPO, "logging_steps": 1}),
     # align's own PPO (trl 1.16 has none): its knobs are all fields of the ppo section
-    "ppo": Stage("align.stages.ppo:run", every_process=True, produces_policy=True, online=True,
+    "ppo": Stage("align.stages.ppo.steps:run", every_process=True, produces_policy=True, online=True,
                  reads=("sft", "dpo", "kto", "online_dpo", "reward"), datasets={"dataset": "prompts"}),
     "rloo": Stage("align.stages.group_rl:run_rloo", every_process=True, produces_policy=True, online=True,
                   reads=("sft", "dpo", "kto", "online_dpo", "ppo", "reward"), datasets={"dataset": "prompts"},

@@ -10,9 +10,9 @@ A reward model with its own base and tokenizer (reward_model_path) is loaded bes
 `run` is the loop; each numbered step in it is a function below, in the same order: 1. rollout (sample responses
 to a batch of prompts) -> 2. score them -> 3. old log-probs of policy and reference, and values -> 4. advantages
 (per-token rewards with the KL penalty and the score on the last token, GAE) -> 5. update (ppo_epochs of clipped
-updates in mini-batches) -> 6. log -> 7. stop check -> 8. checkpoint. The arithmetic is in align/rl.py, the
-checkpoint files in align/checkpoints.py. Under `accelerate launch` every process samples its own prompts and
-gradients are averaged across processes (align/processes.py).
+updates in mini-batches) -> 6. log -> 7. stop check -> 8. checkpoint. The arithmetic is in arithmetic.py, the
+checkpoint files in checkpoints.py. Under `accelerate launch` every process samples its own prompts and gradients
+are averaged across processes (ranks.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from align.checkpoints import load_checkpoint, newest_checkpoint, save_checkpoint
+from align.stages.ppo.checkpoints import load_checkpoint, newest_checkpoint, save_checkpoint
 from align.config import ModelSection, PPOStage, Recipe
 from align.data import DataError, load_prompts, token_ids
 from align.generation import NonFiniteLogits, sample_responses
@@ -37,9 +37,9 @@ from align.models import (
     torch_dtype,
 )
 from align.onpolicy import judge_scores
-from align.processes import average_gradients, broadcast_from_main, gather_all, mean_over_processes
+from align.stages.ppo.ranks import average_gradients, broadcast_from_main, gather_all, mean_over_processes
 from align.reward_functions import call_reward_function, load_reward_function
-from align.rl import (
+from align.stages.ppo.arithmetic import (
     AdaptiveKLController, FixedKLController, RunningMoments, gae, masked_mean, masked_whiten,
     per_token_rewards, policy_loss, token_logprobs, value_loss,
 )
