@@ -191,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     from align.labelling.accounts import AccountError
     from align.labelling.store import LabelError
     from align.models import ModelError
-    from align.resources import StageProcessDied
+    from align.child_processes import StageProcessDied
     from align.run_lock import RunLocked
-    from align.runs import TrainingDiverged
+    from align.trainers import TrainingDiverged
 
     try:
         return COMMANDS[args.command](args)
@@ -227,7 +227,7 @@ def disk_full(err: BaseException) -> str | None:
 
 
 def cmd_run(args) -> int:
-    from align.resources import allow_forking
+    from align.child_processes import allow_forking
 
     if args.fresh_process:
         allow_forking()  # this process only checks and waits: each stage's process can be forked from it

@@ -1,5 +1,5 @@
 """Keep the terminal for what the user needs: deprecation chatter from the libraries is not it. `align` calls this
-at start; the process that forks each stage (align.resources.in_child_process) imports this module first, so the
+at start; the process that forks each stage (align.child_processes.in_child_process) imports this module first, so the
 stages inherit the same quiet."""
 
 from __future__ import annotations

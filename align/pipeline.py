@@ -12,9 +12,8 @@ from align.runs import (
     finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, versions, write_json_atomic,
     write_text_atomic,
 )
-from align.resources import (
-    StageProcessDied, StageResources, in_child_process, release_memory, start_child_processes, stop_child_processes,
-)
+from align.child_processes import StageProcessDied, in_child_process, start_child_processes, stop_child_processes
+from align.resources import StageResources, release_memory
 from align.run_lock import run_lock
 from align.sharding import sharding_problems
 from align.vllm_sampling import vllm_problems
@@ -22,7 +21,7 @@ from align.stages import ONLINE_STAGES, STAGES, TRL_STAGES
 from align.trainer_settings import trl_args
 
 BARRIER_TIMEOUT_HOURS = 3
-# What the fork server behind each stage's process imports once (align.resources.start_child_processes), so a
+# What the fork server behind each stage's process imports once (align.child_processes.start_child_processes), so a
 # stage starts in a fraction of a second rather than after 7 s of imports. A module that does not exist is skipped.
 STAGE_PROCESS_PRELOAD = (
     "align.pipeline", "align.models", "align.reward", "peft", "datasets", "trl.trainer.sft_trainer",

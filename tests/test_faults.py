@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from align.cli import main
-from align.runs import TrainingDiverged, is_finished, metrics_callback
+from align.runs import is_finished
+from align.trainers import TrainingDiverged, metrics_callback
 from tests.conftest import tiny_recipe
 
 
@@ -60,7 +61,7 @@ def test_ppo_that_breaks_before_any_checkpoint_fails_without_saving_a_broken_pol
 
 @pytest.mark.fault("kill -9")
 def test_a_checkpoint_cut_off_mid_save_is_set_aside_and_the_previous_one_resumes(tmp_path):
-    from align.runs import last_checkpoint
+    from align.trainers import last_checkpoint
 
     root = tmp_path / "checkpoints"
     for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, '{"global_st'), (8, None)):

@@ -19,7 +19,8 @@ import yaml
 from align.cli import main
 from align.config import parse_recipe
 from align.pipeline import run_recipe
-from align.resources import StageProcessDied, StageResources, in_child_process, rss_bytes
+from align.child_processes import StageProcessDied, in_child_process
+from align.resources import StageResources, rss_bytes
 from align.run_lock import LOCK_FILE
 from tests.conftest import tiny_recipe
 
@@ -197,7 +198,7 @@ def test_a_stage_process_killed_by_the_system_stops_the_run_with_a_clear_error(t
 FORK_RULE = """
 import os, threading, time
 import torch
-from align.resources import allow_forking, in_child_process
+from align.child_processes import allow_forking, in_child_process
 allow_forking()
 thread = threading.Thread(target=lambda: None)  # a thread that has ended holds nothing a child could miss
 thread.start()

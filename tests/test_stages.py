@@ -351,7 +351,7 @@ def test_batches_group_rows_of_similar_length(stage, tiny_llama, make_recipe, tm
 
     from align.data import load_demonstrations, load_preferences, to_dataset
     from align.models import load_tokenizer
-    from align.runs import add_lengths
+    from align.trainers import add_lengths
     from align.trainer_settings import trl_args
 
     recipe = make_recipe(tiny_llama, [stage], **{stage: {"dataset": {"bundled": "sft" if stage == "sft" else

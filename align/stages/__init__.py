@@ -29,7 +29,7 @@ class Stage:
         return getattr(importlib.import_module(module), name)
 
 
-# Batches of rows of similar length (align.runs.add_lengths measures the rows) pad far less: 1.3x the tokens/s of
+# Batches of rows of similar length (align.trainers.add_lengths measures the rows) pad far less: 1.3x the tokens/s of
 # random batches for SFT (64 rows, 135M shape) on the 2-core CPU, same steps, same loss.
 _GROUPED = {"train_sampling_strategy": "group_by_length"}
 # DPO's reference is the adapter-disabled base (or the frozen SFT adapter): its log-probs are computed once before

@@ -13,7 +13,7 @@ from pathlib import Path
 from align.config import Recipe
 from align.data import check_lengths, load_preferences, shortest_first, to_dataset
 from align.models import load_policy, load_tokenizer, sync_special_tokens
-from align.runs import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
+from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trl_args
 
 

@@ -18,7 +18,7 @@ from align.models import (
     load_kwargs, load_policy, load_tokenizer, on_this_process_device, resolve_model_path, sync_special_tokens,
 )
 from align.reward_functions import call_reward_function, load_reward_function
-from align.runs import last_checkpoint, save_adapter, trainer_callbacks
+from align.trainers import last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trl_args
 from align.reward import load_reward_model, score_conversations
 

@@ -28,7 +28,7 @@ from align.onpolicy import (
 )
 from align.sharding import launched_sharding
 from align.resources import release_memory
-from align.runs import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
+from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trl_args
 from align.reward import load_reward_model, pairwise_accuracy
 

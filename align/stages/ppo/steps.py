@@ -43,7 +43,8 @@ from align.stages.ppo.arithmetic import (
     AdaptiveKLController, FixedKLController, RunningMoments, gae, masked_mean, masked_whiten,
     per_token_rewards, policy_loss, token_logprobs, value_loss,
 )
-from align.runs import TrainingDiverged, replace_dir, temp_dir_for, trim_log
+from align.runs import replace_dir, temp_dir_for, trim_log
+from align.trainers import TrainingDiverged
 from align.reward import AdapterHead, attach_reward_adapter, score_conversations
 from align.reward.model import add_lora_adapter, reward_lora_on_causal_lm
 
