@@ -206,7 +206,7 @@ class LabelledSamples(Section):
     @field_validator("labeller")
     @classmethod
     def _importable(cls, value: str) -> str:
-        from align.labeller import load_labeller
+        from align.reward_functions import load_labeller
 
         load_labeller(value)
         return value

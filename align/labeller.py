@@ -71,19 +71,6 @@ def simulated(prompt: str, text_a: str, text_b: str, *, row: dict, rng: random.R
     return choice, f"A {a:g}, B {b:g}"
 
 
-def load_labeller(spec: str) -> Callable:
-    """'module:function' or 'file.py:function', taking (prompt, text_a, text_b, *, row, rng, ...)."""
-    import inspect
-
-    from align.reward_functions import RewardFunctionError, import_function
-
-    function = import_function(spec)
-    params = inspect.signature(function).parameters
-    if not (any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or {"row", "rng"} <= set(params)):
-        raise RewardFunctionError(f"labeller '{spec}': must accept (prompt, text_a, text_b, *, row=..., rng=...)")
-    return function
-
-
 def candidate_pairs(rows: list[dict], samples: list[list[dict]], model: str, max_similarity: float = 0.9
                     ) -> list[dict]:
     """Every two of a prompt's sampled answers that differ enough to teach a preference, as label-database items

@@ -283,11 +283,23 @@ def _contiguous_tensors(module, args):
     return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
 
 
+def prepare_quantized_base(base, gradient_checkpointing: bool, sharded: bool):
+    """A 4-bit base made ready for LoRA training, the same for the policy and the reward model (align.reward.model).
+    Unsharded: peft's prepare_model_for_kbit_training. Under FSDP or ZeRO-3 its float32 upcast of norms and
+    embeddings is skipped (FSDP shards a unit in one dtype); what it does for checkpointing is still needed, since
+    gradients must reach the inputs."""
+    from peft import prepare_model_for_kbit_training
+
+    if not sharded:
+        return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    if gradient_checkpointing:
+        base.enable_input_require_grads()
+    return base
+
+
 def load_policy(recipe, adapter_dir: str | Path | None = None, trainable: bool = True, gradient_checkpointing=False):
     """Causal LM base with a LoRA adapter: a fresh one, or `adapter_dir` (e.g. the SFT adapter that DPO continues)."""
     from peft import PeftModel, get_peft_model
-
-    from align.reward.model import prepare_quantized_base
 
     path = resolve_model_path(recipe.model.name_or_path)
     base = load_causal_lm(path, **load_kwargs(recipe.model, recipe.quantization))

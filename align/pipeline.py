@@ -165,7 +165,8 @@ def _fraction(value) -> str:
 
 def summary(recipe: Recipe, records: dict) -> str:
     from align.eval_metrics import gold_lines, hacking_message
-    from align.report import proxy_gold_points, read_jsonl
+    from align.report import proxy_gold_points
+    from align.runs import read_jsonl
 
     lines = ["", f"== {recipe.name}: {run_dir(recipe)} =="]
     for stage, record in records.items():

@@ -18,7 +18,7 @@ from align.eval_metrics import (
     category_header, category_rows, gold_header, gold_table, hacking_message, is_number, judges_used,
     reward_hacking_start, short_judge, trailing_mean,
 )
-from align.runs import is_finished, read_stage
+from align.runs import is_finished, read_jsonl, read_stage
 from align.stages import STAGES
 
 # Curves worth a panel, in order of interest; each stage shows the first four it logged.
@@ -84,12 +84,6 @@ def gold_markdown(gold: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in gold_table(gold)]
     return "\n".join(lines) + f"\n\n{judges_used(gold)[0]}"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_stage(stage: str, log: list[dict], out: Path) -> Path | None:

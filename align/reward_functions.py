@@ -1,4 +1,5 @@
-"""Rewards from Python functions, named in a recipe as `module:function` or `path/to/file.py:function`.
+"""Python functions a recipe names as `module:function` or `path/to/file.py:function`: reward functions (and the
+gold judges, which share their signature) and labellers (align/labeller.py).
 
 A reward function follows trl's convention, so one function serves PPO, RLOO and GRPO alike:
 
@@ -84,3 +85,12 @@ def call_reward_function(function: Callable, name: str, prompts: list[list[dict]
             raise RewardFunctionError(f"reward function '{name}': value {i} is {score!r}, expected a finite number")
         out.append(value)
     return out
+
+
+def load_labeller(spec: str) -> Callable:
+    """'module:function' or 'file.py:function', taking (prompt, text_a, text_b, *, row, rng, ...)."""
+    function = import_function(spec)
+    params = inspect.signature(function).parameters
+    if not (any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or {"row", "rng"} <= set(params)):
+        raise RewardFunctionError(f"labeller '{spec}': must accept (prompt, text_a, text_b, *, row=..., rng=...)")
+    return function

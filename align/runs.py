@@ -131,3 +131,10 @@ def trim_log(path: Path, step: int) -> None:
         if row.get("step", 0) <= step and "train_runtime" not in row:
             kept.append(line)
     write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a run's JSON-lines file (metrics.jsonl, samples.jsonl); none when it is not there yet."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

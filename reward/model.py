@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from align.models import prepare_quantized_base
+
 
 def load_reward_model(
     path: str,
@@ -47,20 +49,6 @@ def load_reward_model(
     if not trainable:
         model.eval()
     return model
-
-
-def prepare_quantized_base(base, gradient_checkpointing: bool, sharded: bool):
-    """A 4-bit base made ready for LoRA training, the same for the policy (align.models) and the reward model.
-    Unsharded: peft's prepare_model_for_kbit_training. Under FSDP or ZeRO-3 its float32 upcast of norms and
-    embeddings is skipped (FSDP shards a unit in one dtype); what it does for checkpointing is still needed, since
-    gradients must reach the inputs."""
-    from peft import prepare_model_for_kbit_training
-
-    if not sharded:
-        return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
-    if gradient_checkpointing:
-        base.enable_input_require_grads()
-    return base
 
 
 # ------------------------------------------------------------------------------------------------ shared base

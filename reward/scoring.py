@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from align.generation import longest_first
+
 
 @torch.no_grad()
 def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16) -> list[float]:
@@ -29,12 +31,6 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], batch
         for i, score in zip(rows, logits[:, 0].float().cpu().tolist()):
             scores[i] = score
     return scores
-
-
-def longest_first(lengths: list[int]) -> list[int]:
-    """Indices by decreasing length. Batches taken in this order pad little, and each one fits in the memory the
-    wider batch before it freed; in any other order the C allocator grows the heap again for the next wider shape."""
-    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 def pairwise_accuracy(model, tokenizer, pairs: list[dict], batch_size: int = 16) -> dict:

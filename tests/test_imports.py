@@ -1,4 +1,4 @@
-"""The import graph: no cycles anywhere, the direction ui -> align -> reward, and installed names that cannot
+"""The import graph: no cycles anywhere, imports only down the layers (LAYERS), and installed names that cannot
 collide (reward/ and ui/ are align.reward and align.ui). Read from the source, so function-level imports count."""
 
 from __future__ import annotations
@@ -95,15 +95,57 @@ def test_no_import_cycle_anywhere():
     assert cycles(graph()) == []
 
 
-def test_import_direction_is_ui_then_align_then_reward():
-    edges = graph()
-    for module, reached in edges.items():
-        if module.startswith("align.reward"):
-            assert all(m.startswith("align.reward") for m in reached if m != "align"), (module, reached)
-        elif not module.startswith("align.ui"):
-            # the one way in: `align label` / `align arena` start the app by name
-            allowed = {"align.ui", "align.ui.serve"} if module == "align.cli" else set()
-            assert not {m for m in reached if m.startswith("align.ui")} - allowed, module
+# The layers, lowest first. A module may import modules of its own layer and of the layers below it, never above:
+# foundations know nothing of recipes; the core reads recipes, models, data and run directories; reward models
+# are built on the core; stages (and what only they and the commands use) on reward models; commands and the web
+# app on top. A module's layer is that of its longest listed prefix; a new module must be placed here.
+LAYERS = [
+    ("foundations", ["align", "align.formats", "align.judges", "align.labelling", "align.labelling.accounts",
+                     "align.labelling.stats", "align.labelling.store", "align.library_noise", "align.resources",
+                     "align.child_processes", "align.run_lock", "align.sharding", "align.reward_functions",
+                     "align.stages"]),  # align.stages: the stage table alone, read by the recipe schema
+    ("core", ["align.config", "align.data", "align.models", "align.runs", "align.generation",
+              "align.trainer_settings", "align.trainers"]),
+    ("reward models", ["align.reward"]),
+    ("stages", ["align.stages.", "align.onpolicy", "align.labeller", "align.eval_metrics", "align.vllm_sampling",
+                "align.gguf_export", "align.labelling.sources", "align.report"]),
+    ("commands", ["align.pipeline", "align.chat", "align.compare_models", "align.cli", "align.__main__"]),
+    ("web app", ["align.ui"]),
+]
+# The one way up: `align label` / `align feedback` start the web app by name.
+UPWARD_ALLOWED = {("align.cli", "align.ui"), ("align.cli", "align.ui.serve")}
+
+
+def layer_of(module: str) -> int:
+    matches = [(len(prefix), rank) for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or module.startswith(prefix if prefix.endswith(".") else prefix + ".")]
+    assert matches, f"{module}: in no layer; add it to LAYERS in tests/test_imports.py"
+    return max(matches)[1]
+
+
+def test_the_layer_of_a_module_is_its_longest_prefix():
+    assert LAYERS[layer_of("align.stages")][0] == "foundations"
+    assert LAYERS[layer_of("align.stages.ppo.steps")][0] == "stages"
+    assert LAYERS[layer_of("align.reward.scoring")][0] == "reward models"
+    assert LAYERS[layer_of("align.labelling.sources")][0] == "stages"
+    assert LAYERS[layer_of("align.labelling.store")][0] == "foundations"
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+                  for module, reached in edges.items() for target in reached
+                  if layer_of(target) > layer_of(module) and (module, target) not in UPWARD_ALLOWED)
+
+
+def test_the_layer_rule_catches_an_upward_import():
+    assert upward_imports({"align.models": {"align.reward.model"}, "align.reward": {"align.models"}}) == [
+        "align.models (core) imports align.reward.model (reward models)"]
+    assert upward_imports({"align.cli": {"align.ui.serve"}}) == []
+
+
+def test_every_import_goes_down_the_layers():
+    upward = upward_imports(graph())
+    assert not upward, "\n".join(upward)
 
 
 def test_nothing_imports_the_folders_by_their_generic_names_or_gradio_outside_ui():

@@ -162,7 +162,8 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     """The SFT model's samples on training prompts, every two that differ queued in the label database and
     labelled there by the recipe's labeller (as an annotator in the web app); then every preference pair the
     database holds, as training rows."""
-    from align.labeller import candidate_pairs, label_through_store, load_labeller
+    from align.labeller import candidate_pairs, label_through_store
+    from align.reward_functions import load_labeller
     from align.labelling.store import read_label_rows
 
     spec = recipe.reward.labelled_samples
