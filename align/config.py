@@ -551,7 +551,7 @@ class Recipe(Section):
         default_factory=lambda: ["tensorboard"],
         description="Experiment trackers the stages log to; tensorboard writes <stage>/tensorboard/. [] for none.",
     )
-    stages: list[StageName] = Field(description="Stages to run, in order: sft, reward, dpo, eval, export.")
+    stages: list[StageName] = Field(description=f"Stages to run, in this order: {', '.join(STAGE_ORDER)}.")
     isolate_stages: bool = Field(
         True,
         description="Run each stage in a child process, so all it loaded goes back to the system when it ends "
@@ -633,9 +633,9 @@ class Recipe(Section):
 
 
 # ------------------------------------------------------------------- TRL settings align changes from trl's defaults
-# A stage's trl config is built (align.trainer_settings.trl_args) from trl's defaults, then RECIPE_TRL_KEYS from the
-# recipe, then TRL_DEFAULTS, then the stage's own `trl_defaults` in the stage table (align/stages/__init__.py),
-# then the keys the recipe gives in the stage's section. `align validate` prints every value that differs from
+# A stage's trl config is built (align.trainer_settings.trl_args) from trl's defaults, then what align derives from
+# the recipe (RESERVED_TRL_KEYS: directories, seeds, precision), then TRL_DEFAULTS, then the stage's own
+# `trl_defaults` in the stage table (align/stages/__init__.py), then the keys the recipe gives in the stage's section. `align validate` prints every value that differs from
 # trl's defaults and where it came from; each stage writes the whole config it ran with to <stage>/trl_config.json.
 
 # Keys align derives from the recipe, with the reason shown to a recipe that sets them itself.

@@ -10,7 +10,6 @@ plot against sqrt KL, where reward hacking shows as the two curves parting.
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 

@@ -21,8 +21,6 @@ def derived_from_recipe(recipe: Recipe, directory: Path) -> dict:
 
     from align.models import torch_dtype
 
-    # transformers' TensorBoard callback takes its directory only from this variable (else ./runs/<date>).
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(directory / "tensorboard")
     return {
         "output_dir": str(directory / "checkpoints"),
         "seed": recipe.seed,
@@ -61,6 +59,14 @@ def trl_args(recipe: Recipe, stage: str, directory: Path):
         return cls(**settings)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{stage}: trl.{cls.__name__} rejects these settings: {err}") from None
+
+
+def trainer_args(recipe: Recipe, stage: str, directory: Path):
+    """trl_args for a stage about to train, with TensorBoard pointed at <stage>/tensorboard: transformers'
+    TensorBoard callback takes its directory only from the environment (else ./runs/<date>), so this sets
+    TENSORBOARD_LOGGING_DIR in this process."""
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(directory / "tensorboard")
+    return trl_args(recipe, stage, directory)
 
 
 def changed_from_trl_defaults(recipe: Recipe, stage: str, directory: Path) -> list[tuple[str, object, object, str]]:

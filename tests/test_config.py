@@ -193,6 +193,20 @@ def test_trl_args_are_per_stage():
     assert recipe.reward.trl_args == {}
 
 
+def test_checking_trl_settings_leaves_the_environment_alone_and_training_points_tensorboard_at_the_stage(
+        tmp_path, monkeypatch):
+    import os
+
+    from align.trainer_settings import trainer_args, trl_args
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    recipe = parse_recipe(full())
+    trl_args(recipe, "sft", tmp_path / "sft")  # what `align validate` and the pipeline's checks do
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ
+    assert trainer_args(recipe, "sft", tmp_path / "sft").output_dir == str(tmp_path / "sft" / "checkpoints")
+    assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "sft" / "tensorboard")
+
+
 def test_checkpointing_takes_the_old_or_the_new_name_without_a_warning(tmp_path):
     """transformers 5 renamed gradient_checkpointing to activation_checkpointing and warns on every run that sets
     the old name (trl's configs do, by default); a recipe may use either, and the run prints no warning."""

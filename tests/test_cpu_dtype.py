@@ -22,7 +22,6 @@ def cpu(request, monkeypatch):
     """A CPU with (True) or without (False) native bf16, and no GPU."""
     monkeypatch.setattr(models, "on_gpu", lambda: False)
     monkeypatch.setattr(models, "cpu_bf16_native", lambda: request.param)
-    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "unused")  # trainer_settings sets it; restored after the test
     return request.param
 
 

@@ -1,4 +1,5 @@
-"""The labelling web app (Gradio): `align label`, `align arena`. Imports align; align never imports it."""
+"""The web app (Gradio): preference labelling (`align label`), blind side-by-side votes (`align arena`) and chat
+feedback (`align feedback`). Imports align; align never imports it."""
 
 import os
 

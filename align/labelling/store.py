@@ -192,10 +192,6 @@ class LabelStore:
         row = self.connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def set_meta(self, key: str, value: str) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
     # ------------------------------------------------------------------------------------------ items
 
     def add_items(self, items: list[dict], source: str, kind: str = "pair") -> int:

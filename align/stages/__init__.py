@@ -1,5 +1,6 @@
 """The one table of stages: what each stage is, runs, reads and takes. Config checks, the pipeline's plan, the TRL
-configs, dataset checks and `align export` all read it. Adding a stage is one entry here plus its module.
+configs, dataset checks and `align export` all read it. Adding a stage is one entry here, its module, its section
+class in align/config.py and a field of that class on `Recipe` (named as the stage).
 
 This module imports nothing heavy: the recipe schema reads it at load time, long before torch is needed.
 """

@@ -19,7 +19,7 @@ from align.models import (
 )
 from align.reward_functions import call_reward_function, load_reward_function
 from align.trainers import last_checkpoint, save_adapter, trainer_callbacks
-from align.trainer_settings import record_trl_config, trl_args
+from align.trainer_settings import record_trl_config, trainer_args
 from align.reward import load_reward_model, score_conversations
 
 
@@ -40,7 +40,7 @@ def run(recipe: Recipe, out: Path, inputs: dict, stage: str, trainer_class) -> d
 
     # --- config
     cfg = getattr(recipe, stage)
-    args = trl_args(recipe, stage, out)
+    args = trainer_args(recipe, stage, out)
     record_trl_config(args, out)
     set_seed(recipe.seed)
 

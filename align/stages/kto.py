@@ -15,7 +15,7 @@ from align.config import Recipe
 from align.data import check_lengths, load_feedback, to_dataset
 from align.models import load_policy, load_tokenizer, sync_special_tokens
 from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
-from align.trainer_settings import record_trl_config, trl_args
+from align.trainer_settings import record_trl_config, trainer_args
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -24,7 +24,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
     # --- config
     cfg = recipe.kto
-    args = trl_args(recipe, "kto", out)
+    args = trainer_args(recipe, "kto", out)
     record_trl_config(args, out)
     set_seed(recipe.seed)
 

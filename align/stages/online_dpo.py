@@ -32,7 +32,7 @@ from align.onpolicy import build_pairs, flatten, judge_scores, proxy_scores, reg
 from align.resources import release_memory
 from align.runs import read_jsonl, read_stage, write_json_atomic, write_text_atomic
 from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
-from align.trainer_settings import record_trl_config, trl_args
+from align.trainer_settings import record_trl_config, trainer_args, trl_args
 from align.reward import load_reward_model
 
 # A chosen answer's mean log-prob falling by more than this over a round is likelihood displacement (Razin et al.
@@ -241,7 +241,7 @@ def refresh_reward_model(recipe: Recipe, round_dir: Path, tokenizer, rows: list[
     if not pairs:
         return reward_adapter, {"relabelled_pairs": 0}
     out = round_dir / "reward"
-    args = trl_args(recipe, "reward", out)
+    args = trainer_args(recipe, "reward", out)
     record_trl_config(args, out)
     model = load_reward_model(resolve_model_path(recipe.model.name_or_path),
                               load_kwargs(recipe.model, recipe.quantization), tokenizer.pad_token_id,
@@ -307,7 +307,7 @@ def train_round(recipe: Recipe, round_dir: Path, policy, tokenizer, pairs: list[
     round's start (a falling chosen log-prob is likelihood displacement) and the final margin."""
     from trl import DPOTrainer
 
-    args = trl_args(recipe, "online_dpo", round_dir)
+    args = trainer_args(recipe, "online_dpo", round_dir)
     record_trl_config(args, round_dir)
     rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
     lengths = check_lengths(rows, tokenizer, args.max_length, round_dir.name, ("chosen", "rejected"))

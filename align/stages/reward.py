@@ -29,7 +29,7 @@ from align.onpolicy import (
 from align.sharding import launched_sharding
 from align.resources import release_memory
 from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
-from align.trainer_settings import record_trl_config, trl_args
+from align.trainer_settings import record_trl_config, trainer_args
 from align.reward import load_reward_model, pairwise_accuracy
 
 
@@ -39,7 +39,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
     # --- config
     cfg = recipe.reward
-    args = trl_args(recipe, "reward", out)
+    args = trainer_args(recipe, "reward", out)
     record_trl_config(args, out)
     set_seed(recipe.seed)
 
