@@ -15,126 +15,176 @@ import os
 import sys
 from pathlib import Path
 
+# `align labels export --kind`: what each writes, and the stages that train on it
+EXPORT_KINDS = {"pairs": ("preference pairs", "reward and dpo"), "ratings": ("rated answers", "kto"),
+                "corrections": ("corrected answers", "sft")}
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help already says what happens without it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.required or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.default is None or action.default is False:
+            return f"{text} (default: {'off' if action.default is False else 'none'})"
+        return f"{text} (default: %(default)s)"
+
+
+def _command(sub, name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is listed by its parent and whose --help explains it in full."""
+    return sub.add_parser(name, help=summary, description=description or summary[0].upper() + summary[1:] + ".",
+                          formatter_class=_Help)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="align",
-        description="Align chat models the ChatGPT/InstructGPT way: supervised fine-tuning, a reward model on "
-        "preference pairs, DPO, and a merged export, all on LoRA adapters (4-bit QLoRA on GPU).",
+        prog="align", formatter_class=_Help,
+        description="Align chat models the ChatGPT/InstructGPT way, on LoRA adapters (4-bit QLoRA on GPU). A recipe "
+        "chains the stages: supervised fine-tuning (SFT), a reward model on preference pairs, then DPO, KTO, online "
+        "DPO rounds, PPO, RLOO or GRPO, an evaluation (gold judges, reward-model win rate) and a merged export. "
+        "People's labels come from a labelling web app (A/B pairs, a blind arena) and from chat feedback (ratings "
+        "and corrections of a model's replies), kept in a label database that recipes read.",
         epilog="Start with: align run recipes/quickstart.yaml   (CPU, embedded model, about 17 minutes)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a recipe's stages", description="Run a recipe. Outputs go to "
-                         "<output_root>/<name>/<stage>/; finished stages are skipped when you run it again. Exit "
-                         "code 3: an online_dpo round with label_db waits for people's labels; run it again after.")
-    run.add_argument("recipe", help="recipe YAML file, e.g. recipes/quickstart.yaml")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, e.g. dpo.beta=0.2")
+    run = _command(sub, "run", "run a recipe's stages", "Run a recipe. Outputs go to <output_root>/<name>/<stage>/; "
+                   "finished stages are skipped when you run it again. Exit code 3: an online_dpo round with label_db "
+                   "waits for people's labels; run it again after.")
+    run.add_argument("recipe", help="recipe YAML file, or a shipped recipe's name as `align ls` prints it")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="override recipe keys, e.g. sft.num_train_epochs=2 (YAML values; a stage the recipe runs)")
     group = run.add_mutually_exclusive_group()
-    group.add_argument("--only", metavar="STAGE", help="run just this stage (earlier ones must have finished)")
+    group.add_argument("--only", metavar="STAGE",
+                       help="run just this stage (earlier ones must have finished); default: every stage not finished")
     group.add_argument("--from", dest="start", metavar="STAGE",
                        help="redo this stage and the ones after it (earlier results are moved aside, not deleted)")
 
-    val = sub.add_parser("validate", help="check a recipe and its datasets without training or downloading")
-    val.add_argument("recipe")
-    val.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    val = _command(sub, "validate", "check a recipe and its datasets without training or downloading",
+                   "Check a recipe as `align run` would, without training or downloading: every key and type, every "
+                   "dataset row, prompt lengths against max_length; print the trl settings that differ from trl's "
+                   "defaults and which stages would run.")
+    val.add_argument("recipe", help="recipe YAML file, or a shipped recipe's name as `align ls` prints it")
+    val.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, as for `align run`")
     val.add_argument("--accelerate-config", metavar="FILE",
                      help="also check the recipe against this accelerate launch config (FSDP, DeepSpeed, DDP)")
 
-    sub.add_parser("ls", help="list the shipped recipes")
+    _command(sub, "ls", "list the shipped recipes", "List the recipes that ship with align, by the name `align run` "
+             "takes (a path in a checkout), with their descriptions and stages.")
 
-    exp = sub.add_parser("export", help="merge a run's final adapter into a full model (needs only the run dir)")
+    exp = _command(sub, "export", "merge a run's final adapter into a full model (needs only the run dir)",
+                   "Merge the last finished policy adapter of a run into its base model, in Hugging Face format, "
+                   "into RUN_DIR/export/model; the run directory is all it needs.")
     exp.add_argument("run_dir", help="e.g. runs/quickstart")
 
-    chat = sub.add_parser("chat", help="chat in the terminal with a model, an export, a run or one of its stages")
+    chat = _command(sub, "chat", "chat in the terminal with a model, an export, a run or one of its stages",
+                    "Chat with a model in the terminal, its answers streamed. An empty line or Ctrl-D quits; /reset "
+                    "clears the history.")
     chat.add_argument("model", help="embedded, hub id, model dir, export, run dir (its export, else its final "
                       "policy) or a run's stage dir (runs/x/sft)")
     chat.add_argument("--system", help="system prompt")
-    chat.add_argument("--max-new-tokens", type=int, default=256)
-    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.add_argument("--max-new-tokens", type=_positive_int, default=256, help="answer length cap in tokens")
+    chat.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    chat.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (with a temperature above 0)")
 
-    sub.add_parser("env", help="print library versions and the device")
+    _command(sub, "env", "print library versions and the device", "Print the Python and library versions, the CUDA "
+             "device (or that there is none) and what `dtype: auto` becomes on this machine.")
 
-    ev = sub.add_parser("eval", help="compare two chat models on held-out prompts (reward model, optionally people)",
-                        description="Both models answer held-out prompts (greedy); a run's reward model judges. "
-                        "Reports win rate with a 95% interval, reward gap, KL (shared tokenizer), lengths and their "
-                        "correlation with reward, EOS and repetition rates, perplexity, BLEU and ROUGE-L.")
+    ev = _command(sub, "eval", "compare two chat models on held-out prompts (reward model, optionally people)",
+                  "Both models answer held-out prompts (greedy); a run's reward model judges. Reports win rate with a "
+                  "95% interval, reward gap, KL (shared tokenizer), lengths and their correlation with reward, EOS "
+                  "and repetition rates, perplexity, BLEU and ROUGE-L.")
     ev.add_argument("target", help="embedded, hub id, model dir, export, run dir (its final policy) or stage dir")
     ev.add_argument("--against", help="the model to compare with (default for a run dir: its sft stage)")
     ev.add_argument("--reward", metavar="RUN_DIR", help="run whose reward model judges (default: the target's run)")
     ev.add_argument("--dataset", default="bundled:prefs_test", help="held-out preference rows (prompts + references)")
-    ev.add_argument("--max-prompts", type=_positive_int, default=64)
-    ev.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    ev.add_argument("--max-prompts", type=_positive_int, default=64, help="compare on at most this many prompts")
+    ev.add_argument("--max-new-tokens", type=_positive_int, default=64, help="answer length cap in tokens")
     ev.add_argument("--out", help="output directory (default: RUN_DIR/compare-<against> or evals/<a>-vs-<b>)")
     ev.add_argument("--human", metavar="LABELS_DB", help="also queue the pairs for blind labelling (`align label "
                     "--db LABELS_DB`) and report the human win rate of what is labelled so far")
 
-    report = sub.add_parser("report", help="(re)write RUN_DIR/report.html: curves, evaluation table, samples")
-    report.add_argument("run_dir")
+    report = _command(sub, "report", "(re)write RUN_DIR/report.html: curves, evaluation table, samples")
+    report.add_argument("run_dir", help="e.g. runs/quickstart")
 
-    label = sub.add_parser("label", help="label preference pairs in the browser (Gradio app)",
-                           description="Serve the labelling app. Pairs come from --pairs files, or from --prompts "
-                           "answered by one model (two samples) or two models (e.g. SFT vs DPO), generated as needed. "
-                           "Labels go to the --db SQLite file; run again to continue where you stopped.")
+    label = _command(sub, "label", "label preference pairs in the browser (Gradio app)",
+                     "Serve the labelling app. Pairs come from --pairs files, or from --prompts answered by one model "
+                     "(two samples) or two models (e.g. SFT vs DPO), generated as needed. Labels go to the --db SQLite "
+                     "file; run again to continue where you stopped.")
     label.add_argument("--db", required=True, help="label database (SQLite), created if missing, e.g. labels.db")
     label.add_argument("--pairs", action="append", metavar="FILE",
                        help="JSONL/JSON/CSV/Parquet rows: prompt + response_a/response_b (or chosen/rejected); repeatable")
     label.add_argument("--prompts", metavar="FILE", help="prompts for --models to answer (file, or bundled:NAME)")
     label.add_argument("--models", nargs="+", metavar="MODEL",
                        help="one or two models: embedded, hub id, model dir, run dir, or a run's stage dir (runs/x/sft)")
-    label.add_argument("--overlap", type=_positive_int, default=1, help="annotators per pair (for agreement), default 1")
+    label.add_argument("--overlap", type=_positive_int, default=1, help="annotators per pair (for agreement)")
     label.add_argument("--lease-minutes", type=_positive_float, default=60.0,
                        help="a pair shown but not judged for this long may go to someone else")
     label.add_argument("--chat", metavar="MODEL", help="also serve a Chat tab with this model: people rate and "
                        "correct its replies (as `align feedback`)")
     _serving_options(label)
 
-    arena = sub.add_parser("arena", help="chat with two models side by side (blind) and vote",
-                           description="Serve the arena: both models answer each message in random order, "
-                           "unnamed until you vote. Votes go to the --db label database.")
+    arena = _command(sub, "arena", "chat with two models side by side (blind) and vote",
+                     "Serve the arena: both models answer each message in random order, unnamed until you vote. "
+                     "Votes go to the --db label database.")
     arena.add_argument("model_a", help="embedded, hub id, model dir, run dir, or a run's stage dir")
-    arena.add_argument("model_b")
+    arena.add_argument("model_b", help="the other model, named the same ways")
     arena.add_argument("--db", required=True, help="label database (SQLite), created if missing")
     arena.set_defaults(overlap=1, lease_minutes=60.0)
     _serving_options(arena)
 
-    feedback = sub.add_parser("feedback", help="chat with a model in the browser; rate and correct its replies",
-                              description="Serve the chat-feedback app: a logged-in person chats with MODEL, rates "
-                              "each reply up or down and may edit it into the answer they wanted. Replies, ratings "
-                              "and corrections go to the --db label database, where recipes read them (labels: "
-                              "DB): corrections for sft, correction-over-reply pairs for reward and dpo, ratings "
-                              "for kto.")
+    feedback = _command(sub, "feedback", "chat with a model in the browser; rate and correct its replies",
+                        "Serve the chat-feedback app: a logged-in person chats with MODEL, rates each reply up or "
+                        "down and may edit it into the answer they wanted. Replies, ratings and corrections go to the "
+                        "--db label database, where recipes read them (labels: DB): corrections for sft, "
+                        "correction-over-reply pairs for reward and dpo, ratings for kto; `align labels export "
+                        "--kind` writes them as files.")
     feedback.add_argument("model", help="embedded, hub id, model dir, export, run dir, or a run's stage dir")
     feedback.add_argument("--db", required=True, help="label database (SQLite), created if missing")
     feedback.set_defaults(overlap=1, lease_minutes=60.0)
     _serving_options(feedback)
 
-    labels = sub.add_parser("labels", help="statistics, export and accounts of a label database")
+    labels = _command(sub, "labels", "label database: stats, export (pairs, ratings, corrections), backup, check, "
+                      "accounts", "Work with a label database written by `align label`, `arena` and `feedback`: "
+                      "agreement statistics, export as training files, a consistent backup while the server runs, an "
+                      "integrity check, and annotator accounts.")
     labels_sub = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
-    stats = labels_sub.add_parser("stats", help="counts per annotator, agreement (Cohen/Fleiss kappa), position bias")
-    stats.add_argument("db")
+    stats = _command(labels_sub, "stats", "counts per annotator, agreement (Cohen/Fleiss kappa), position bias",
+                     "Counts per annotator, agreement (Cohen/Fleiss kappa), position bias, and the chat feedback's "
+                     "ratings and corrections per model.")
+    stats.add_argument("db", help="label database")
     stats.add_argument("--json", action="store_true", help="print the report as JSON")
-    export_labels = labels_sub.add_parser("export", help="preference pairs as JSONL or a Hugging Face dataset")
-    export_labels.add_argument("db")
+    export_labels = _command(labels_sub, "export", "labels as training rows (JSONL or a Hugging Face dataset)",
+                             "Write a label database's labels as rows a recipe's stage reads: --kind pairs (A/B "
+                             "judgments as prompt/chosen/rejected, for reward and dpo), ratings (chat ratings as "
+                             "prompt/completion/label, for kto; a correction is a wanted answer), corrections (chat "
+                             "corrections as messages, for sft).")
+    export_labels.add_argument("db", help="label database")
     export_labels.add_argument("out", help="out.jsonl, or a directory for --format hf (datasets.save_to_disk)")
-    export_labels.add_argument("--format", choices=["jsonl", "hf"], default="jsonl")
+    export_labels.add_argument("--kind", choices=EXPORT_KINDS, default="pairs", help="which labels to write")
+    export_labels.add_argument("--format", choices=["jsonl", "hf"], default="jsonl", help="file format")
     export_labels.add_argument("--keep-ties", action="store_true",
-                               help="keep tie and both-bad judgments (column 'choice' says which); not for training")
+                               help="pairs: keep tie and both-bad judgments (column 'choice' says which); not for "
+                               "training")
     export_labels.add_argument("--majority", action="store_true",
-                               help="one row per pair: the response more annotators preferred (no strict winner: dropped)")
-    backup = labels_sub.add_parser("backup", help="a consistent copy of a label database, safe while the server "
-                                   "writes (SQLite online backup); then checks the copy")
-    backup.add_argument("db")
+                               help="pairs: one row per pair, the response more annotators preferred (no strict "
+                               "winner: dropped)")
+    backup = _command(labels_sub, "backup", "a consistent copy of a label database, safe while the server writes",
+                      "Copy a label database with SQLite's online backup, safe while the server writes, then check "
+                      "the copy's integrity. An existing file is not overwritten without --force.")
+    backup.add_argument("db", help="label database")
     backup.add_argument("out", help="the backup file, e.g. backups/labels-$(date +%%F-%%H%%M).db")
-    check = labels_sub.add_parser("check", help="integrity check and row counts of a label database (or a backup)")
-    check.add_argument("db")
-    add_user = labels_sub.add_parser("add-user", help="add an annotator account (salted password hash) to a users file")
-    add_user.add_argument("users_file")
-    add_user.add_argument("name")
+    backup.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    check = _command(labels_sub, "check", "integrity check and row counts of a label database (or a backup)")
+    check.add_argument("db", help="label database or backup")
+    add_user = _command(labels_sub, "add-user", "add an annotator account (salted password hash) to a users file")
+    add_user.add_argument("users_file", help="users file (created if missing), as --users and ALIGN_LABEL_USERS take")
+    add_user.add_argument("name", help="the annotator's login name")
     add_user.add_argument("--admin", action="store_true", help="may see the statistics tab")
-    add_user.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add_user.add_argument("--password-stdin", action="store_true",
+                          help="read the password from standard input (default: ask at the terminal)")
     return parser
 
 
@@ -154,7 +204,7 @@ def _positive_float(text: str) -> float:
 
 def _serving_options(parser) -> None:
     parser.add_argument("--users", metavar="FILE", help="annotator accounts, name:password[:admin] per line "
-                        "(or set ALIGN_LABEL_USERS); required unless --allow-anonymous")
+                        "(default: the file ALIGN_LABEL_USERS names); required unless --allow-anonymous")
     parser.add_argument("--allow-anonymous", action="store_true", help="let people label without logging in")
     parser.add_argument("--login-max-failures", type=_positive_int, default=10,
                         help="failed logins in a row that lock an account (an address gets 3x) for --login-lock-minutes")
@@ -163,11 +213,11 @@ def _serving_options(parser) -> None:
     parser.add_argument("--login-delay-seconds", type=_positive_float, default=1.0,
                         help="wait imposed after a failed login, doubling with each further failure")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 opens it to your network")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap for model-written responses")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy)")
-    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass")
     parser.add_argument("--seed", type=int, default=0, help="base seed of model-written responses")
 
 
@@ -344,9 +394,21 @@ def cmd_ls(args) -> int:
     for path in sorted(folder.rglob("*.yaml")):
         data = yaml.safe_load(path.read_text()) or {}
         stages = " -> ".join(data.get("stages", []))
-        # the name `align run` takes anywhere; in a checkout it is also the file's path
-        print(f"recipes/{path.relative_to(folder)}\n    {data.get('description', '').strip()}\n    [{stages}]")
+        print(f"{recipe_name(path, folder)}\n    {data.get('description', '').strip()}\n    [{stages}]")
     return 0
+
+
+def recipe_name(path: Path, folder: Path) -> str:
+    """How to name a shipped recipe to `align run` from here: its path in a checkout (recipes/gpu/gpt2.yaml),
+    else its name (gpu/gpt2), which `align run` looks up among the shipped recipes."""
+    from align.config import find_recipe
+
+    relative = path.relative_to(folder)
+    in_checkout = Path("recipes", relative)
+    if in_checkout.is_file() and in_checkout.resolve() == path.resolve():
+        return in_checkout.as_posix()
+    name = relative.with_suffix("").as_posix()
+    return name if find_recipe(name).resolve() == path.resolve() else str(path)  # a file named so here wins
 
 
 def cmd_export(args) -> int:
@@ -418,7 +480,9 @@ def cmd_env(args) -> int:
     from align.runs import versions
 
     for key, value in versions().items():
-        if key == "cpu":  # what `dtype: auto` becomes here: bf16 only where it is not emulated (align.models)
+        if value is None:  # run directories record None; a person reads what it means
+            value = "no CUDA device" if key == "cuda" else "not installed"
+        elif key == "cpu":  # what `dtype: auto` becomes here: bf16 only where it is not emulated (align.models)
             value = (f"{value['isa']} (native bf16: {'yes' if value['bf16_native'] else 'no'}) -> auto dtype "
                      f"{str(torch_dtype('auto')).removeprefix('torch.')}{' (on the GPU)' if on_gpu() else ''}")
         print(f"{key:>13}: {value}")
@@ -455,7 +519,7 @@ def cmd_feedback(args) -> int:
 def cmd_labels(args) -> int:
     import json
 
-    from align.labelling.store import LabelError, LabelStore, preference_rows
+    from align.labelling.store import LabelError, LabelStore
 
     if args.labels_command == "add-user":
         import getpass
@@ -474,7 +538,7 @@ def cmd_labels(args) -> int:
         return 0
     store = LabelStore(args.db, create=False)
     if args.labels_command == "backup":
-        report = store.backup(args.out)
+        report = store.backup(args.out, overwrite=args.force)
         print(f"backed up {args.db} to {args.out}: integrity ok; "
               + ", ".join(f"{table} {n}" for table, n in report["rows"].items()))
         return 0
@@ -494,9 +558,13 @@ def cmd_labels(args) -> int:
             print(format_report(report))
             print(format_feedback(feedback))
         return 0
-    rows = preference_rows(judgments, keep_ties=args.keep_ties, majority=args.majority)
+    rows = export_rows(store, args.kind, keep_ties=args.keep_ties, majority=args.majority)
     if not rows:
-        raise LabelError(f"{args.db}: nothing to export yet ({len(judgments)} judgments, none usable as pairs)")
+        replies = len(store.replies())
+        hint = "; chat feedback goes out with --kind ratings or --kind corrections" if replies and args.kind == "pairs" \
+            else ""
+        raise LabelError(f"{args.db}: nothing to export yet ({len(judgments)} judgments, {replies} chat replies, none "
+                         f"usable as {EXPORT_KINDS[args.kind][0]}){hint}")
     out = Path(args.out)
     if args.format == "hf":
         import datasets
@@ -507,8 +575,27 @@ def cmd_labels(args) -> int:
 
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    print(f"wrote {len(rows)} preference pairs to {out} (use it as a dataset path, or use labels: {args.db})")
+    noun, stages = EXPORT_KINDS[args.kind]
+    print(f"wrote {len(rows)} {noun} to {out}: a dataset for {stages} (give its path, or use labels: {args.db})")
     return 0
+
+
+def export_rows(store, kind: str, keep_ties: bool = False, majority: bool = False) -> list[dict]:
+    """A label database's labels in the layout of the stages that train on them: pairs are the A/B judgments as
+    prompt/chosen/rejected (`labels: DB` adds a correction-over-reply pair per correction); ratings are the KTO rows
+    prompt/completion/label that `labels: DB` gives kto (a correction is a wanted answer too); corrections are SFT
+    rows, the conversation with the corrected answer as `messages`."""
+    from align.labelling.store import LabelError, feedback_training_rows, preference_rows
+
+    if kind != "pairs":
+        if keep_ties or majority:
+            raise LabelError("--keep-ties and --majority choose among A/B judgments: they go with --kind pairs")
+        rows = feedback_training_rows(store.replies(), "feedback" if kind == "ratings" else "demonstrations")
+        if kind == "corrections":
+            return [{"messages": r.pop("prompt") + r.pop("completion"), **r} for r in rows]
+        return [{"prompt": r.pop("prompt"), "completion": r.pop("completion"), "label": r.pop("label"), **r}
+                for r in rows]
+    return preference_rows(store.judgments(), keep_ties=keep_ties, majority=majority)
 
 
 COMMANDS = {

@@ -138,14 +138,25 @@ class TrlStage(Section):
     dataset: DataSource = Field(description="Training rows.")
     eval_dataset: DataSource | None = Field(None, description="Held-out rows for evaluation during training.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        # Before the fields are checked: a typo of our own field (kto.datset) would otherwise only show up as
+        # that field being missing.
+        if not isinstance(value, dict):
+            return value
+        fields = trl_config_fields(cls.trl_config_name)
+        for key in value:
+            if key not in cls.model_fields and key not in fields:
+                close = difflib.get_close_matches(str(key), [*cls.model_fields, *fields], n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ValueError(f"unknown key '{key}': not a field of ours nor of trl.{cls.trl_config_name}{hint}")
+        return value
+
     @model_validator(mode="after")
     def _check_trl_keys(self) -> TrlStage:
         fields = trl_config_fields(self.trl_config_name)
         for key, value in (self.model_extra or {}).items():
-            if key not in fields:
-                close = difflib.get_close_matches(key, list(fields), n=3)
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise ValueError(f"unknown key '{key}': not a field of ours nor of trl.{self.trl_config_name}{hint}")
             if key in RESERVED_TRL_KEYS:
                 raise ValueError(f"'{key}' is set by align ({RESERVED_TRL_KEYS[key]}); remove it from the recipe")
             adapter = fields[key]
@@ -744,7 +755,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            close = difflib.get_close_matches(str(e["loc"][-1]), _section_keys(e["loc"][:-1]), n=3)
+            msg = "unknown key" + (f" (did you mean {', '.join(close)}?)" if close else "")
         # A pass-through trl key names itself in the message ('beta': ...): put it in the path, like our fields.
         key = re.match(r"(?:unknown key )?'(\w+)'(?::| is set by)", msg)
         if key:
@@ -753,6 +765,25 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = msg.replace(f"unknown key '{name}':", "unknown key:", 1).replace(f"'{name}': ", "", 1)
         lines.append(f"  {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
+
+
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys the recipe section at `loc` takes (for "did you mean"); [] where the path leaves the schema."""
+    cls: Any = Recipe
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            return []
+        cls = _model_class(field.annotation)
+        if cls is None:
+            return []
+    return list(cls.model_fields)
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    """The section class in a field's annotation (`KTOStage | None` -> KTOStage), if it has one."""
+    return next((t for t in [annotation, *typing.get_args(annotation)]
+                 if isinstance(t, type) and issubclass(t, BaseModel)), None)
 
 
 def parse_recipe(tree: dict, source: str = "<recipe>") -> Recipe:
@@ -782,7 +813,8 @@ def find_recipe(name: str | Path) -> Path:
     if path.is_file():
         return path
     relative = Path(*path.parts[1:]) if path.parts and path.parts[0] == "recipes" else path
-    for candidate in (relative, relative.with_suffix(".yaml")):
+    # not with_suffix: gpu/qwen2.5-0.5b-instruct has a dot in its name, and no suffix
+    for candidate in (relative, relative.with_name(relative.name + ".yaml")):
         if (shipped_recipes() / candidate).is_file():
             return shipped_recipes() / candidate
     raise RecipeError(f"recipe file not found: {path} (nor a shipped recipe of that name; `align ls` lists them)")
@@ -796,7 +828,32 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
     if overrides:
         tree = apply_overrides(tree or {}, overrides)
+        check_override_stages(tree, overrides, str(path))
     return parse_recipe(tree, str(path))
+
+
+def check_override_stages(tree: dict, overrides: list[str], source: str) -> None:
+    """Refuse overrides of a stage the recipe does not run: the recipe would silently ignore them (or, without the
+    stage's section, fail on a field the user never meant to give)."""
+    stages = tree.get("stages")
+    if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        return  # the schema names what is wrong with the list itself
+    problems = {}
+    for item in overrides:
+        section = item.split("=", 1)[0].strip().split(".")[0]
+        if section in STAGES and section not in stages:
+            problems.setdefault(section, []).append(item)
+    lines = []
+    for section, items in problems.items():
+        suggested = sorted({*stages, section} & set(STAGE_ORDER), key=STAGE_ORDER.index)
+        given = tree.get(section) if isinstance(tree.get(section), dict) else {}
+        fields = _model_class(Recipe.model_fields[section].annotation).model_fields
+        needs = "".join(f" {section}.{k}=..." for k, f in fields.items() if f.is_required() and k not in given)
+        lines.append(f"{source}: override {', '.join(repr(i) for i in items)}: the recipe does not run stage "
+                     f"'{section}' (its stages are [{', '.join(stages)}]). Add the stage on the command line with "
+                     f"'stages=[{','.join(suggested)}]'{needs}, or to stages: in the YAML")
+    if lines:
+        raise RecipeError("\n".join(lines))
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
 from align.config import DataSource
-from align.formats import ACCEPTED_LAYOUTS, LayoutError, rename_columns, to_align_row
+from align.formats import ACCEPTED_LAYOUTS, CHAT_ROLES, LayoutError, rename_columns, to_align_row
 
-ROLES = ("system", "user", "assistant")
+ROLES = CHAT_ROLES
 ROW_NUMBER = "__row_number__"  # set by the JSONL reader: the file line of the row
 MAX_ERRORS_SHOWN = 5
 
@@ -127,7 +128,7 @@ def _messages(value, where: str, field: str) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise DataError(f"{where}: field '{field}' must be a non-empty list of messages")
     out = []
-    for i, msg in enumerate(value):
+    for i, msg in enumerate(value, start=1):  # counted from 1, as rows and a person count them
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
             raise DataError(f"{where}: field '{field}' message {i}: expected {{'role': ..., 'content': ...}}")
         if msg["role"] not in ROLES:
@@ -174,7 +175,10 @@ def check_turn_order(messages: list[dict], where: str, field: str) -> None:
     for i, msg in enumerate(body):
         expected = "user" if i % 2 == 0 else "assistant"
         if msg["role"] != expected:
-            offset = i + (len(messages) - len(body))
+            offset = i + (len(messages) - len(body)) + 1
+            if field == "prompt" and offset == len(messages):  # callers check a prompt with its answer appended
+                raise DataError(f"{where}: field 'prompt' must end with a user message (the one the answer replies "
+                                f"to), got '{messages[-2]['role']}'")
             raise DataError(
                 f"{where}: field '{field}' message {offset}: expected role '{expected}' (system first if any, then "
                 f"user and assistant alternating), got '{msg['role']}'"
@@ -321,14 +325,22 @@ def normalise(rows: list[dict], source_name: str, kind: str, columns: dict[str, 
                 row = to_align_row(rename_columns(row, columns) if columns else row)
             out.append(convert(row, where))
         except LayoutError as err:
-            errors.append(f"{where}: {err}")
+            errors.append(their_names(f"{where}: {err}", columns))
         except DataError as err:
-            errors.append(str(err))
+            errors.append(their_names(str(err), columns))
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
         more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
         raise DataError(f"{len(errors)} of {len(rows)} rows are not valid {kind}:\n  {shown}{more}")
     return out
+
+
+def their_names(message: str, columns: dict[str, str] | None) -> str:
+    """An error about a mapped column names the file's column, the one the user can find and fix."""
+    if not columns:
+        return message
+    return re.sub(r"field '(\w+)'", lambda m: f"field '{columns[m[1]]}' (mapped to '{m[1]}')" if m[1] in columns
+                  else m[0], message)
 
 
 def load_rows(source: DataSource, kind: str) -> tuple[list[dict], str]:

@@ -20,6 +20,7 @@ ACCEPTED_LAYOUTS = (
     "ShareGPT conversations (with chosen/rejected for pairs), Alpaca instruction/input/output (chosen/rejected for "
     "pairs), UltraFeedback instruction + completions, HH-RLHF transcripts; or map columns with `columns:`"
 )
+CHAT_ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                   "bot": "assistant", "model": "assistant"}
 TOOL_ROLES = ("function_call", "observation", "tool", "function", "ipython")
@@ -58,9 +59,10 @@ def to_align_row(row: dict) -> dict:
 
 def openai_messages(messages: list, field: str) -> list:
     """OpenAI chat messages as {role, content}: text parts joined, tool turns refused, other keys (name, weight)
-    dropped. Anything else is left for data.py's message checks to name."""
+    dropped. Roles and contents are checked here, under the row's own field name (an OpenAI pair's
+    'preferred_output' becomes align's 'chosen'); anything else is left for data.py's message checks to name."""
     out = []
-    for i, message in enumerate(messages):
+    for i, message in enumerate(messages, start=1):
         if not isinstance(message, dict):
             out.append(message)
             continue
@@ -72,19 +74,32 @@ def openai_messages(messages: list, field: str) -> list:
             if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
                 raise LayoutError(f"field '{field}' message {i}: only text content parts are supported")
             content = "".join(p.get("text", "") for p in content)
-        out.append({"role": message["role"], "content": content} if {"role", "content"} <= set(message) else message)
+        if {"role", "content"} <= set(message):
+            if message["role"] not in CHAT_ROLES:
+                raise LayoutError(f"field '{field}' message {i}: role '{message['role']}' is not one of {CHAT_ROLES}")
+            check_text(content, f"field '{field}' message {i}: content")
+            message = {"role": message["role"], "content": content}
+        out.append(message)
     return out
 
 
-def sharegpt_turn(turn, field: str, i: int) -> dict:
+def check_text(value, what: str) -> None:
+    """A message text moved from the row's own field: checked here, where that field's name is still known."""
+    if not isinstance(value, str):
+        raise LayoutError(f"{what} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise LayoutError(f"{what} is empty")
+
+
+def sharegpt_turn(turn, where: str) -> dict:
     if not isinstance(turn, dict) or "value" not in turn or ("from" not in turn and "role" not in turn):
-        raise LayoutError(f"field '{field}' turn {i}: expected {{'from': ..., 'value': ...}}")
+        raise LayoutError(f"{where}: expected {{'from': ..., 'value': ...}}")
     speaker = turn.get("from", turn.get("role"))
     if speaker in TOOL_ROLES:
-        raise LayoutError(f"field '{field}' turn {i}: a tool-call turn ('{speaker}'); align trains chat answers, "
-                          f"not tool use")
+        raise LayoutError(f"{where}: a tool-call turn ('{speaker}'); align trains chat answers, not tool use")
     if speaker not in SHAREGPT_ROLES:
-        raise LayoutError(f"field '{field}' turn {i}: speaker '{speaker}' is not one of {sorted(SHAREGPT_ROLES)}")
+        raise LayoutError(f"{where}: speaker '{speaker}' is not one of {sorted(SHAREGPT_ROLES)}")
+    check_text(turn["value"], f"{where}: 'value'")
     return {"role": SHAREGPT_ROLES[speaker], "content": turn["value"]}
 
 
@@ -92,8 +107,17 @@ def from_sharegpt(row: dict) -> dict:
     turns = row["conversations"]
     if not isinstance(turns, list) or not turns:
         raise LayoutError("field 'conversations' must be a non-empty list of turns")
-    messages = [sharegpt_turn(turn, "conversations", i) for i, turn in enumerate(turns)]
+    # turns count from 1, as rows do; a system prompt put in front below does not shift them
+    messages = [sharegpt_turn(turn, f"field 'conversations' turn {i}") for i, turn in enumerate(turns, start=1)]
+    first = 1 if messages[0]["role"] == "system" else 0
+    for i, message in enumerate(messages[first:]):
+        expected = ("user", "human") if i % 2 == 0 else ("assistant", "gpt")
+        if message["role"] != expected[0]:
+            speaker = turns[first + i].get("from", turns[first + i].get("role"))
+            raise LayoutError(f"field 'conversations' turn {first + i + 1}: expected a {expected[1]} turn (system "
+                              f"first if any, then human and gpt alternating), got '{speaker}'")
     if row.get("system") and messages[0]["role"] != "system":
+        check_text(row["system"], "field 'system'")
         messages.insert(0, {"role": "system", "content": row["system"]})
     rest = {k: v for k, v in row.items() if k not in ("conversations", "system", "chosen", "rejected")}
     if "chosen" in row or "rejected" in row:  # LLaMA-Factory's ShareGPT preference layout
@@ -102,17 +126,21 @@ def from_sharegpt(row: dict) -> dict:
             if field not in row:
                 raise LayoutError(f"missing field '{field}' (a ShareGPT pair has conversations, chosen, rejected)")
             value = row[field]
-            answers[field] = sharegpt_turn(value, field, 0)["content"] if isinstance(value, dict) else value
+            answers[field] = sharegpt_turn(value, f"field '{field}'")["content"] if isinstance(value, dict) else value
         return {**rest, "prompt": messages, **answers}
     return {**rest, "messages": messages}
 
 
 def alpaca_prompt(row: dict) -> list[dict]:
+    if row.get("system"):
+        check_text(row["system"], "field 'system'")
     messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     history = row.get("history") or []
     if not isinstance(history, list) or any(not isinstance(t, (list, tuple)) or len(t) != 2 for t in history):
         raise LayoutError("field 'history' must be a list of [user, assistant] pairs")
-    for user, assistant in history:
+    for i, (user, assistant) in enumerate(history, start=1):
+        check_text(user, f"field 'history' pair {i}: the user turn")
+        check_text(assistant, f"field 'history' pair {i}: the assistant turn")
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     instruction = row["instruction"]
     if not isinstance(instruction, str) or not instruction.strip():
@@ -131,6 +159,7 @@ def from_alpaca(row: dict) -> dict:
         return {**rest, "prompt": prompt}
     if "output" not in row:
         raise LayoutError("an Alpaca row needs 'output' (or 'chosen' and 'rejected' for a pair)")
+    check_text(row["output"], "field 'output'")
     return {**rest, "prompt": prompt, "completion": row["output"]}
 
 
@@ -141,9 +170,10 @@ def from_ultrafeedback(row: dict) -> dict:
     if not isinstance(completions, list) or len(completions) < 2:
         raise LayoutError("field 'completions' must list at least two rated completions")
     scored = []
-    for i, completion in enumerate(completions):
+    for i, completion in enumerate(completions, start=1):
         if not isinstance(completion, dict) or "response" not in completion:
             raise LayoutError(f"field 'completions' item {i}: expected {{'response': ..., 'overall_score': ...}}")
+        check_text(completion["response"], f"field 'completions' item {i}: 'response'")
         score = completion.get("overall_score", completion.get("fine-grained_score"))
         if not isinstance(score, (int, float)) or isinstance(score, bool):
             raise LayoutError(f"field 'completions' item {i}: no numeric 'overall_score' or 'fine-grained_score'")

@@ -3,7 +3,9 @@ that resolve the same in every command, a hub that cannot be reached, and a READ
 
 from __future__ import annotations
 
+import argparse
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -29,8 +31,11 @@ def test_align_ls_and_run_by_name_work_outside_a_checkout(tmp_path):
     # a fresh directory and a fresh interpreter: the recipes come from the installed package
     listing = subprocess.run([sys.executable, "-m", "align", "ls"], cwd=tmp_path, capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
-    assert "recipes/quickstart.yaml" in listing.stdout and "recipes/gpu/gpt2.yaml" in listing.stdout
-    for name in ("quickstart", "recipes/quickstart.yaml", "gpu/gpt2"):
+    names = [line for line in listing.stdout.splitlines() if not line.startswith(" ")]
+    # named as `align run` takes them here: there is no recipes/ folder to give a path into
+    assert "quickstart" in names and "gpu/gpt2" in names and "gpu/qwen2.5-0.5b-instruct" in names
+    assert not any(name.startswith("recipes/") for name in names)
+    for name in ("quickstart", "recipes/quickstart.yaml", "gpu/gpt2", "gpu/qwen2.5-0.5b-instruct"):
         checked = subprocess.run([sys.executable, "-m", "align", "validate", name], cwd=tmp_path,
                                  capture_output=True, text=True)
         assert checked.returncode == 0 and "recipe OK" in checked.stdout, (name, checked.stderr[-2000:])
@@ -84,3 +89,104 @@ def test_the_readme_is_a_map_whose_links_work():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             if not re.match(r"[a-z]+://", target):
                 assert (page.parent / target).exists(), f"{page.name}: link to {target} points at nothing"
+
+
+def test_align_ls_in_a_checkout_prints_the_recipe_paths(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert align.cli.main(["ls"]) == 0
+    names = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert "recipes/quickstart.yaml" in names and all((REPO / name).is_file() for name in names)
+
+
+# ------------------------------------------------------------------------------------------------ help
+
+
+def subcommands(parser: argparse.ArgumentParser, path: str = "align"):
+    """Every (command path, parser) under `parser`, itself included."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from subcommands(sub, f"{path} {name}")
+
+
+def test_every_command_has_a_description_and_every_flag_its_default():
+    for path, parser in subcommands(align.cli._parser()):
+        assert parser.description and len(parser.description) > 20, f"{path}: no description"
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.option_strings and action.help != argparse.SUPPRESS and "-h" not in action.option_strings:
+                shown = parser.formatter_class(path)._expand_help(action)
+                assert action.required or "default" in shown, f"{path} {action.option_strings[0]}: no default shown"
+        assert "%%" not in text and "(default: None)" not in text, path
+
+
+def test_align_help_summarises_what_the_tool_does():
+    parser = align.cli._parser()
+    summary = parser.format_help()
+    for part in ("supervised fine-tuning (SFT)", "reward model", "DPO", "KTO", "online DPO rounds", "PPO", "RLOO",
+                 "GRPO", "evaluation", "export", "labelling web app", "chat feedback"):
+        assert part in " ".join(summary.split()), part
+    labels = " ".join(summary.split("labels", 2)[-1].split())
+    assert "backup" in labels and "check" in labels and "export" in labels
+    commands = dict(subcommands(parser))
+    chat = commands["align chat"].format_help()
+    assert "/reset" in chat and "(default: 256)" in chat and "(default: 0.0)" in chat
+    login = " ".join(commands["align feedback"].format_help().split())
+    assert "(default: 10)" in login and "(default: 15.0)" in login and "(default: 1.0)" in login
+
+
+def test_align_env_names_a_missing_gpu_in_words(capsys):
+    import torch
+
+    assert align.cli.main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out
+    if not torch.cuda.is_available():
+        assert re.search(r"cuda: no CUDA device$", out, re.M)
+
+
+# ------------------------------------------------------------------------------------------------ docs examples
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """Every `align run` / `align validate` of a shipped recipe in the README and docs/, as the arguments of an
+    `align validate` that checks the same recipe and overrides (and the accelerate config it is launched with)."""
+    found = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        lines = page.read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
+            end = number
+            while line.endswith("\\") and end < len(lines):  # a shell line continued on the next
+                line, end = line[:-1] + lines[end], end + 1
+            for match in re.finditer(r"align (?:run|validate) ([^`\n]*)", line):
+                if line[: match.start()].strip() == "#":
+                    continue  # the opening comment of a recipe the page shows: the reader's own file
+                try:
+                    words = shlex.split(match[1], comments=True)
+                except ValueError:
+                    words = match[1].split()
+                if not words or not re.fullmatch(r"[a-z0-9_./-]+", words[0]) or words[0].startswith(("-", ".")):
+                    continue  # RECIPE, ..., or a flag: a placeholder, not an example
+                args = [words[0]] + [w for w in words[1:] if "=" in w and not w.startswith("-")]
+                for flag in ("--accelerate-config", "--config_file"):
+                    given = line.split(flag + " ", 1)[1].split()[0] if flag + " " in line else None
+                    if given and "--accelerate-config" not in args:
+                        args += ["--accelerate-config", given]
+                found.append((f"{page.name}:{number}", args))
+    return found
+
+
+DOCUMENTED = documented_commands()
+
+
+def test_the_docs_show_override_examples():
+    assert len(DOCUMENTED) >= 10
+    assert any(len(args) > 1 and "=" in args[1] for _, args in DOCUMENTED)
+
+
+@pytest.mark.parametrize("where, args", DOCUMENTED, ids=[f"{w} {' '.join(a)}" for w, a in DOCUMENTED])
+def test_every_documented_run_and_validate_example_validates(where, args, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    code = align.cli.main(["validate", *args])
+    assert code == 0, f"{where}: align validate {' '.join(args)}: {capsys.readouterr().err}"

@@ -128,6 +128,27 @@ def test_unknown_trl_key_in_dpo_names_dpo_config():
     assert "beta" in message.split("did you mean", 1)[1]
 
 
+@pytest.mark.fault("bad input")
+@pytest.mark.parametrize(
+    ("tree", "location", "meant"),
+    [
+        # a typo of our own field in a stage section: not "kto.dataset: Field required"
+        ({"name": "t", "stages": ["kto"], "kto": {"datset": "x.jsonl"}}, "kto.datset: unknown key", "dataset"),
+        (minimal(sft={"datset": "bundled:sft"}), "sft.datset: unknown key", "dataset"),
+        (minimal(eval={"max_promts": 3}), "eval.max_promts: unknown key", "max_prompts"),
+        (minimal(sft={"dataset": {"bundled": "sft", "lmit": 3}}), "sft.dataset.lmit: unknown key", "limit"),
+        (minimal(kot={"beta": 0.1}), "kot: unknown key", "kto"),
+        (full(reward={"dataset": "bundled:prefs_train", "judge_labelled_pairs": {"judg": "x"}}),
+         "reward.judge_labelled_pairs.judg: unknown key", "judge"),
+    ],
+    ids=["kto.datset", "sft.datset", "eval.max_promts", "sft.dataset.lmit", "kot", "judge_labelled_pairs.judg"],
+)
+def test_a_misspelt_section_key_gets_did_you_mean(tree, location, meant):
+    message = error_of(tree)
+    assert location in message
+    assert meant in message.split(location, 1)[1].split("\n")[0].split("did you mean", 1)[1]
+
+
 # ------------------------------------------------------------------------------------------------ types
 
 
@@ -347,6 +368,41 @@ def test_load_recipe_with_overrides(tmp_path):
     plain = load_recipe(path)
     assert plain.sft.trl_args == {"max_length": 64}
     assert plain.dpo.dataset.limit is None
+
+
+QUICKSTART = REPO_ROOT / "recipes" / "quickstart.yaml"  # stages sft, reward, online_dpo, eval, export
+
+
+@pytest.mark.fault("bad input")
+@pytest.mark.parametrize(
+    ("overrides", "refused", "suggested"),
+    [
+        # its own section is complete, but the recipe never runs it: no longer ignored in silence
+        (["kto.dataset=bad.jsonl"], "'kto.dataset=bad.jsonl'", "'stages=[sft,reward,kto,online_dpo,eval,export]',"),
+        # not "dpo.dataset: Field required"
+        (["dpo.beta=0.2"], "'dpo.beta=0.2'", "'stages=[sft,reward,dpo,online_dpo,eval,export]' dpo.dataset=...,"),
+        (["sft.num_train_epochs=2", "ppo.steps=3", "ppo.kl_coef=0.1"], "'ppo.steps=3', 'ppo.kl_coef=0.1'",
+         "'stages=[sft,reward,online_dpo,ppo,eval,export]' ppo.dataset=...,"),
+        (["stages=[sft,reward]", "eval.max_prompts=3"], "'eval.max_prompts=3'", "'stages=[sft,reward,eval]',"),
+    ],
+    ids=["kto.dataset", "dpo.beta", "ppo.steps", "eval after stages="],
+)
+def test_an_override_of_a_stage_the_recipe_does_not_run_is_refused(overrides, refused, suggested):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(QUICKSTART, overrides)
+    message = str(info.value)
+    stage = refused.strip("'").split(".")[0]
+    stages = "[sft, reward]" if "stages=[sft,reward]" in overrides else "[sft, reward, online_dpo, eval, export]"
+    assert f"override {refused}: the recipe does not run stage '{stage}' (its stages are {stages})" in message
+    assert f"on the command line with {suggested} or to stages: in the YAML" in message
+
+
+def test_the_suggested_stages_override_adds_the_stage():
+    with pytest.raises(RecipeError, match=r"'stages=\[sft,reward,dpo,online_dpo,eval,export\]' dpo.dataset=\.\.\."):
+        load_recipe(QUICKSTART, ["dpo.beta=0.2"])
+    recipe = load_recipe(QUICKSTART, ["stages=[sft,reward,dpo,online_dpo,eval,export]",
+                                      "dpo.dataset=bundled:prefs_train", "dpo.beta=0.2"])
+    assert "dpo" in recipe.stages and recipe.dpo.trl_args["beta"] == 0.2
 
 
 def test_load_recipe_errors_name_the_file(tmp_path):

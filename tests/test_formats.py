@@ -115,10 +115,10 @@ def test_every_layout_gives_prompts_for_online_stages(tmp_path):
 
 MALFORMED = [
     ("sharegpt speaker", load_demonstrations, {"conversations": [{"from": "narrator", "value": "x"}]},
-     "field 'conversations' turn 0: speaker 'narrator' is not one of"),
+     "field 'conversations' turn 1: speaker 'narrator' is not one of"),
     ("sharegpt tool call", load_demonstrations,
      {"conversations": [{"from": "human", "value": "x"}, {"from": "function_call", "value": "{}"}]},
-     r"turn 1: a tool-call turn \('function_call'\)"),
+     r"turn 2: a tool-call turn \('function_call'\)"),
     ("sharegpt pair without rejected", load_preferences,
      {k: v for k, v in SHAREGPT_PAIR.items() if k != "rejected"}, r"missing field 'rejected' \(a ShareGPT pair"),
     ("alpaca without output", load_demonstrations, {"instruction": "Do it."}, "needs 'output'"),
@@ -129,11 +129,11 @@ MALFORMED = [
      "same rating"),
     ("ultrafeedback no rating", load_preferences,
      {"instruction": "x", "completions": [{"response": "a"}, {"response": "b", "overall_score": 5}]},
-     "item 0: no numeric 'overall_score'"),
+     "item 1: no numeric 'overall_score'"),
     ("kto label", load_feedback, {"prompt": "x", "completion": "y", "label": "maybe"}, "field 'label' must be true"),
     ("openai tool turn", load_demonstrations,
      {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [{}]}]},
-     "message 1: a tool-call turn"),
+     "message 2: a tool-call turn"),
     ("openai image part", load_demonstrations,
      {"messages": [{"role": "user", "content": [{"type": "image_url"}]}, {"role": "assistant", "content": "y"}]},
      "only text content parts"),
@@ -163,3 +163,41 @@ def test_a_recipe_mixes_layouts(tmp_path, monkeypatch, capsys):
     assert align.cli.main(["validate", str(tmp_path / "mixed.yaml")]) == 0
     out = capsys.readouterr().out
     assert "sft.dataset: 3 valid demonstrations" in out and "dpo.dataset: 3 valid pairs" in out
+
+
+USERS_OWN_FIELDS = [
+    ("alpaca output", load_demonstrations, {"instruction": "Add 2 and 2.", "output": 42},
+     "field 'output' must be a string, got int"),
+    ("alpaca history turn", load_demonstrations, {**ALPACA, "history": [["Translate dog.", 7]]},
+     "field 'history' pair 1: the assistant turn must be a string"),
+    ("sharegpt value", load_demonstrations,
+     {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": 3}]},
+     "field 'conversations' turn 2: 'value' must be a string"),
+    ("sharegpt order after a system prompt", load_demonstrations,
+     {"system": "Be brief.", "conversations": [{"from": "human", "value": "Hi"}, {"from": "human", "value": "Hey"}]},
+     "field 'conversations' turn 2: expected a gpt turn"),
+    ("ultrafeedback response", load_preferences,
+     {"instruction": "x",
+      "completions": [{"response": "a", "overall_score": 1}, {"response": None, "overall_score": 5}]},
+     "field 'completions' item 2: 'response' must be a string"),
+    ("openai preferred output", load_preferences,
+     {**OPENAI_PAIR, "preferred_output": [{"role": "assistant", "content": 5}]},
+     "field 'preferred_output' message 1: content must be a string"),
+]
+
+
+@pytest.mark.fault("bad input")
+@pytest.mark.parametrize("name, load, bad, message", USERS_OWN_FIELDS, ids=[m[0] for m in USERS_OWN_FIELDS])
+def test_errors_name_the_users_own_field_and_count_from_1(tmp_path, name, load, bad, message):
+    good = {load_demonstrations: SHAREGPT, load_preferences: ALPACA_PAIR}[load]
+    path = write(tmp_path, [good, bad])
+    with pytest.raises(DataError, match=message) as err:
+        load(source(path))
+    assert f"{path}: row 2: " in str(err.value)
+    assert "'completion'" not in str(err.value) and "'chosen'" not in str(err.value)
+
+
+def test_an_error_in_a_mapped_column_names_the_files_column(tmp_path):
+    path = write(tmp_path, [{"question": "1 + 1?", "answer": 2}])
+    with pytest.raises(DataError, match=r"row 1: field 'answer' \(mapped to 'completion'\) must be a string"):
+        load_demonstrations(source(path, columns={"prompt": "question", "completion": "answer"}))

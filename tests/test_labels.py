@@ -353,3 +353,60 @@ def test_the_login_guard_delays_then_locks_an_account_and_a_shared_address():
     now[0] += 1
     assert not guard.check("bob", "pw", "9.9.9.9")
     assert any("address '9.9.9.9' from 9.9.9.9 is throttled" in line for line in lines)
+
+
+def test_chat_feedback_exports_in_the_layout_each_stage_reads_and_loads_back(tmp_path, capsys):
+    from align.data import load_feedback
+    from align.labelling.store import read_label_rows
+
+    db = tmp_path / "feedback.db"
+    store = LabelStore(db)
+    settings = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 1}
+    france = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
+    spain = [{"role": "user", "content": "Capital of Spain?"}, {"role": "assistant", "content": "Madrid."},
+             {"role": "user", "content": "And of Italy?"}]
+    store.add_reply("r1", "alice", "model-a", france, "Lyon.", settings)
+    store.add_reply("r2", "bob", "model-a", spain, "Rome.", settings)
+    store.add_reply("r3", "bob", "model-a", france, "Nice.", settings)  # neither rated nor corrected: not exported
+    store.rate_reply("r1", "alice", -1)
+    store.correct_reply("r1", "alice", "Paris.")
+    store.rate_reply("r2", "bob", 1)
+    store.close()
+
+    loaders = {"ratings": (load_feedback, "feedback"), "corrections": (load_demonstrations, "demonstrations")}
+    for kind, (load, row_kind) in loaders.items():
+        out = tmp_path / f"{kind}.jsonl"
+        assert main(["labels", "export", str(db), str(out), "--kind", kind]) == 0
+        assert f"to {out}: a dataset for {'kto' if kind == 'ratings' else 'sft'}" in capsys.readouterr().out
+        written = [json.loads(line) for line in out.read_text().splitlines()]
+        assert all(r["model"] == "model-a" and r["reply_id"] in ("r1", "r2") for r in written)
+        # the stage's own loader reads the file as it reads the database
+        from_file, _ = load(DataSource(path=str(out)))
+        from_db, _ = load(DataSource(labels=str(db)))
+        assert from_file == from_db and len(from_file) == len(read_label_rows(db, row_kind))
+    ratings, _ = load_feedback(DataSource(path=str(tmp_path / "ratings.jsonl")))
+    assert sorted((r["completion"][0]["content"], r["label"]) for r in ratings) == [
+        ("Lyon.", False), ("Paris.", True), ("Rome.", True)]
+    [messages] = [json.loads(line)["messages"] for line in (tmp_path / "corrections.jsonl").read_text().splitlines()]
+    assert messages == france + [{"role": "assistant", "content": "Paris."}]  # an SFT messages row
+
+    assert main(["labels", "export", str(db), str(tmp_path / "hf"), "--kind", "ratings", "--format", "hf"]) == 0
+    assert main(["labels", "export", str(db), str(tmp_path / "pairs.jsonl")]) == 2  # no A/B judgments: nothing
+    assert "none usable as preference pairs); chat feedback goes out with --kind ratings" in capsys.readouterr().err
+    assert main(["labels", "export", str(db), str(tmp_path / "x.jsonl"), "--kind", "ratings", "--majority"]) == 2
+    assert "go with --kind pairs" in capsys.readouterr().err
+
+
+def test_a_backup_never_replaces_an_existing_file_unless_forced(store, tmp_path, capsys):
+    db, copy = str(tmp_path / "labels.db"), tmp_path / "backup.db"
+    assert main(["labels", "backup", db, str(copy)]) == 0
+    first = copy.read_bytes()
+    shown = store.next_assignment("a")
+    store.submit("a", shown["item_id"], "A")
+    capsys.readouterr()
+    assert main(["labels", "backup", db, str(copy)]) == 2
+    refused = capsys.readouterr().err
+    assert f"{copy}: already exists" in refused and "--force" in refused
+    assert copy.read_bytes() == first  # the earlier backup is untouched
+    assert main(["labels", "backup", db, str(copy), "--force"]) == 0
+    assert len(LabelStore(copy, create=False).judgments()) == 1

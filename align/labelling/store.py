@@ -489,13 +489,17 @@ class LabelStore:
             "corrected": db.execute("SELECT COUNT(*) FROM replies WHERE correction IS NOT NULL").fetchone()[0],
         }
 
-    def backup(self, target: str | Path) -> dict:
+    def backup(self, target: str | Path, overwrite: bool = False) -> dict:
         """A consistent copy of the database while others keep writing (SQLite's online backup: it restarts its
         page copy when a writer changes the source, so the copy is one committed state). The copy is written
-        beside the target and renamed into place, so a target never holds half a backup."""
+        beside the target and renamed into place, so a target never holds half a backup. An existing target (an
+        earlier backup, perhaps the only good one) is replaced only with `overwrite`."""
         target = Path(target).expanduser()
         if target.resolve() == self.path.resolve():
             raise LabelError(f"{target}: the backup must go to another file than the database itself")
+        if target.exists() and not overwrite:
+            raise LabelError(f"{target}: already exists; name a new file (e.g. with the date in it), or pass --force "
+                             f"to replace it")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)
