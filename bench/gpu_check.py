@@ -7,8 +7,9 @@
    weights), in one `align run`: each stage's time and peak memory as the stages record them;
 2. the throughput benchmark (bench/throughput.py), align side by side with plain TRL (SFT tokens/s, DPO pairs/s,
    rollout tokens/s, peak memory, MFU), at the 135M and 1.7B shapes with random weights (tiny on a CPU);
-3. the issue's targets read off those numbers (SFT and DPO at least 2x the best plain-TRL setting at 1.7B, rollouts
-   at least 10x default generate), and everything written to bench/results/<gpu>-<date>.json.
+3. align's GPU speed targets read off those numbers (TARGETS: SFT tokens/s and DPO pairs/s at least 2x the best
+   plain-TRL setting at the 1.7B shape, rollout tokens/s at least 10x plain `generate`), and everything written to
+   bench/results/<gpu>-<date>.json.
 
 On a bare GPU machine (the device tool), bench/gpu_check_device.sh installs the wheels carried in .whl/ first.
 """

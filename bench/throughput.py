@@ -1,6 +1,6 @@
 # python bench/throughput.py --shape tiny                 # CPU smoke run (seconds)
 # python bench/throughput.py --shape 135m --rows 64       # the embedded model's shape on CPU
-# python bench/throughput.py --shape 1.7b                 # on a GPU: QLoRA (nf4) like the issue's TRL baseline
+# python bench/throughput.py --shape 1.7b                 # on a GPU: both sides QLoRA (nf4 base)
 """Plain TRL against align on the same work, in one process: SFT tokens/s, DPO pairs/s and rollout tokens/s,
 peak memory, and MFU, with the ratio align / TRL. Results go to bench/results/<machine>-<shape>.json and .md.
 
@@ -8,9 +8,10 @@ Both sides start from the same random-init Llama-shaped model (with the embedded
 rows and the same LoRA (r=16, all linear layers), and run one epoch; each is timed from model load to the end of
 training, so work that a side does before training (DPO's precomputed reference log-probs) is counted.
 
-- TRL: SFTTrainer / DPOTrainer with trl's defaults, except gradient checkpointing off (the issue's baseline, the
-  faster plain setting) and batch 8, max_length 1024, bf16; and trl's best plain setting of each (SFT: packing
-  with bfd; DPO: precompute_ref_log_probs). align is compared with the faster of the two.
+- TRL: SFTTrainer / DPOTrainer with trl's defaults, except gradient checkpointing off (trl turns it on; off is
+  the faster plain setting), batch 8, max_length 1024, bf16: the "TRL default" column; and trl's best plain
+  setting of each (SFT: packing with bfd; DPO: precompute_ref_log_probs). align is compared with the faster of
+  the two.
 - align: the `sft` and `dpo` stages of align itself (align/stages/*.py), run on a recipe with the same settings.
 - Rollouts: `model.generate` with the model's default generation settings vs align's rollout path
   (`align.generation.sample_responses`), batch 64. On a GPU each side runs once untimed first (compiling, kernel
