@@ -55,6 +55,7 @@ def test_login_labelling_and_undo_through_the_api(tmp_path):
         assert alice.predict(api_name="/next_pair")["item_id"] == pair["item_id"]
 
     rows = LabelStore(db).judgments(include_undone=True)
+    assert "align label: " in (tmp_path / "log").read_text()
     (row,) = rows
     assert (row["annotator"], row["choice"], row["reason"]) == ("alice", "B", "more accurate")
     assert row["undone_at"] is not None
@@ -175,16 +176,71 @@ def test_chat_feedback_through_the_api_survives_kill_9_without_duplicates(tiny_l
         server = LabelServer(args, tmp_path / "log", command="feedback").start()
         alice = client(server, "alice")
         alice.predict(reply_id=second["reply_id"], rating=-1, api_name="/rate_reply")
+        alice.predict(reply_id=first["reply_id"], rating=-1, api_name="/rate_reply")  # a change of mind
     finally:
         server.stop()
-    replies = LabelStore(db).replies()
+    store = LabelStore(db)
+    replies, history = store.replies(), store.feedback_history(first["reply_id"])
     # acknowledged before the kill: two replies, a rating and a correction
-    kept = len(replies) + sum(r["rating"] == 1 for r in replies) + sum(r["correction"] is not None for r in replies)
+    kept = len(replies) + (history[0]["rating"] == 1) + sum(r["correction"] is not None for r in replies)
     record_property("labels_acknowledged", 4)
     record_property("labels_lost", 4 - kept)
     assert [(r["reply_id"], r["rating"], r["correction"]) for r in replies] == [
-        (first["reply_id"], 1, None), (second["reply_id"], -1, "Blue.")]
+        (first["reply_id"], -1, None), (second["reply_id"], -1, "Blue.")]
     assert replies[0]["reply"] == first["reply"] and replies[1]["conversation"][-1]["content"] == "Another?"
+    # The re-rating replaced the rating and kept the first one, with its time; the retried rating added nothing.
+    assert [h["rating"] for h in history] == [1, -1]
+    assert history[0]["at"] < history[1]["at"] == replies[0]["rated_at"]
+    # The name the server was given and the weights it resolved to (the same directory here, made absolute).
+    assert {(r["model"], r["model_resolved"]) for r in replies} == {(str(tiny_llama), str(tiny_llama.resolve()))}
+    log = (tmp_path / "log").read_text()
+    assert "align feedback: " in log and "align label:" not in log
+
+
+# The replies table as align wrote it before it recorded the resolved model and the history of ratings.
+EARLIER_REPLIES_TABLE = """
+CREATE TABLE replies (
+    reply_id TEXT PRIMARY KEY, annotator TEXT NOT NULL, model TEXT NOT NULL, conversation TEXT NOT NULL,
+    reply TEXT NOT NULL, settings TEXT NOT NULL, created_at REAL NOT NULL, rating INTEGER CHECK (rating IN (-1, 1)),
+    rated_at REAL, correction TEXT, corrected_at REAL
+);
+"""
+
+
+def test_a_database_from_an_earlier_align_keeps_its_feedback_and_serves_on(tiny_llama, tmp_path):
+    import json
+    import sqlite3
+
+    from align.labelling.store import SCHEMA
+
+    db = tmp_path / "labels.db"
+    old = sqlite3.connect(db)
+    old.executescript(EARLIER_REPLIES_TABLE + SCHEMA)  # the schema's other tables; its `replies` is skipped
+    old.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    hello = json.dumps([{"role": "user", "content": "Hi"}])
+    old.execute("INSERT INTO replies VALUES ('old', 'alice', 'embedded', ?, 'Hello.', '{}', 10.0, 1, 20.0, "
+                "'Hello! How can I help?', 30.0)", (hello,))
+    old.commit()
+    before = old.execute("SELECT * FROM replies").fetchone()
+    old.close()
+
+    args = [str(tiny_llama), "--db", str(db), "--max-new-tokens", "4"]
+    with LabelServer(args, tmp_path / "log", command="feedback") as server:
+        alice = client(server, "alice")
+        alice.predict(reply_id="old", rating=-1, api_name="/rate_reply")
+        new = alice.predict(messages=[{"role": "user", "content": "Hi"}], api_name="/chat_reply")
+
+    store = LabelStore(db)
+    old_row, new_row = store.replies()
+    assert tuple(old_row[k] for k in ("reply_id", "annotator", "model", "reply", "created_at", "correction",
+                                      "corrected_at")) == tuple(before[i] for i in (0, 1, 2, 4, 6, 9, 10))
+    assert old_row["rating"] == -1 and old_row["model_resolved"] is None  # not known for rows stored before
+    assert new_row["reply_id"] == new["reply_id"] and new_row["model_resolved"] == str(tiny_llama.resolve())
+    # What was stored before became the start of the history, once, however often the database is opened.
+    LabelStore(db)
+    assert [(h["kind"], h["rating"], h["correction"], h["at"]) for h in store.feedback_history("old")][:2] == [
+        ("rating", 1, None, 20.0), ("correction", None, "Hello! How can I help?", 30.0)]
+    assert [h["rating"] for h in store.feedback_history("old")][2:] == [-1]
 
 
 @pytest.mark.fault("backup under load")
@@ -250,7 +306,7 @@ def test_labels_check_finds_a_damaged_database(tmp_path, capsys):
                      for i in range(200)], "t")
     store.close()
     assert main(["labels", "check", str(db)]) == 0
-    assert "integrity ok; assignments 0, items 200, judgments 0" in capsys.readouterr().out
+    assert "integrity ok; assignments 0, feedback_history 0, items 200, judgments 0" in capsys.readouterr().out
     data = bytearray(db.read_bytes())
     data[4096 * 2: 4096 * 2 + 512] = b"\xff" * 512  # scribble over a page in the middle
     db.write_bytes(bytes(data))

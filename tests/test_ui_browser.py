@@ -1,5 +1,6 @@
 """A real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright) logs in, labels with the mouse and
-the keyboard, undoes, checks that model output cannot run script, looks at the admin view and votes in the arena.
+the keyboard, undoes, checks that model output cannot run script, looks at the admin view (admins only) and votes in
+the arena; in the chat it rates and edits earlier replies and edits a message of its own.
 `make test` installs Chromium; without it this test fails in CI and is skipped elsewhere."""
 
 from __future__ import annotations
@@ -105,10 +106,9 @@ def test_label_with_mouse_and_keyboard_in_chromium(browser, tiny_llama, tiny_gpt
         expect(page.locator("#response-a .response")).not_to_contain_text("generating", timeout=60_000)
         page.screenshot(path=str(tmp_path / "labelling.png"))  # for a person looking into a failure
 
-        # 6. Statistics are for admins only.
-        page.get_by_role("tab", name="Admin").click()
-        page.locator("#admin-refresh").click()
-        expect(page.locator("#admin-report")).to_contain_text("Only admins")
+        # 6. Statistics are for admins only: an annotator never sees the tab.
+        expect(page.get_by_role("tab", name="Arena")).to_be_visible()
+        assert page.get_by_role("tab", name="Admin").count() == 0
         admin = log_in(browser, server, "admin")
         admin.get_by_role("tab", name="Admin").click()
         admin.locator("#admin-refresh").click()
@@ -141,7 +141,7 @@ def test_arena_command_serves_only_the_arena(browser, tiny_llama, tiny_gpt2, tmp
     with LabelServer(args, tmp_path / "server.log", command="arena") as server:
         page = log_in(browser, server, "bob")
         expect(page.get_by_role("tab", name="Arena")).to_be_visible()
-        assert page.get_by_role("tab", name="Label").count() == 0
+        assert page.get_by_role("tab", name="Label").count() == 0 and page.get_by_role("tab", name="Admin").count() == 0
         page.locator("#arena-vote-A").click()  # nothing to vote on yet: refused, nothing stored
         page.locator("#arena-message textarea").fill("Hi")
         page.locator("#arena-send").click()
@@ -161,51 +161,108 @@ def test_arena_command_serves_only_the_arena(browser, tiny_llama, tiny_gpt2, tmp
                                                 {"role": "user", "content": "And again?"}]
 
 
+def reply_buttons(page, n: int):
+    """The buttons under the chat's n-th reply (0: the first): copy, edit, and the thumbs (named Like/Dislike, or
+    Liked/Disliked when chosen)."""
+    return page.locator("#feedback-chat .message-buttons-left").nth(n)
+
+
+def edit_message(page, buttons, text: str) -> None:
+    buttons.get_by_role("button", name="Edit").click()
+    page.locator("#feedback-chat textarea.edit-textarea").fill(text)
+    page.locator("#feedback-chat").get_by_role("button", name="Submit").click()
+
+
 def test_chat_feedback_in_chromium_trains_sft_and_kto(browser, tiny_llama, tmp_path):
-    """Log in, chat two turns, rate one reply up and one down, correct one; the rows are in the database; then a
-    tiny recipe trains sft on the correction and kto on the ratings."""
+    """Log in, chat three turns; rate earlier replies with the thumbs (and change one), correct an earlier reply and
+    chat on from it, edit a message of your own to get a new reply; every step is in the database. Then a tiny
+    recipe trains sft on the correction and kto on the ratings."""
     from align.config import parse_recipe
     from align.pipeline import run_recipe
+    from align.ui.render import WORD_JOINER
     from tests.conftest import tiny_recipe
 
     expect = sync_api.expect
     db = tmp_path / "labels.db"
     args = [str(tiny_llama), "--db", str(db), "--max-new-tokens", "12", "--temperature", "1.0"]
+    requests: list[str] = []
     with LabelServer(args, tmp_path / "server.log", command="feedback") as server:
         page = log_in(browser, server, "alice")
+        page.on("request", lambda r: requests.append(r.url))
         status = page.locator("#feedback-status")
         expect(page.get_by_role("tab", name="Chat")).to_be_visible()
-        assert page.get_by_role("tab", name="Label").count() == 0
+        assert page.get_by_role("tab", name="Label").count() == 0 and page.get_by_role("tab", name="Admin").count() == 0
         expect(page.locator("#feedback-settings")).to_contain_text("temperature 1.0")
-        page.locator("#feedback-up").click()  # nothing to rate yet: refused, nothing stored
-        page.locator("#feedback-message textarea").fill("What is the capital of <b>France</b>?")
+
+        # 1. Three turns; untrusted text shows as text: no element made from it, no address it names fetched.
+        xss = "What is the capital of <b>France</b>? <img src=x onerror=\"window.__xss = 1\"> ![](http://127.0.0.1:9/x.png)"
+        for n, text in enumerate([xss, "And of Spain?", "And of Italy?"], start=1):
+            page.locator("#feedback-message textarea").fill(text)
+            page.locator("#feedback-send").click()
+            expect(status).to_contain_text(f"Reply {n} saved", timeout=60_000)
+        shown = page.locator("#feedback-chat .message-content").first.inner_text().replace(WORD_JOINER, "")
+        assert "What is the capital of <b>France</b>? <img src=x" in shown
+        assert page.locator("#feedback-chat .message-content b, #feedback-chat .message-content img").count() == 0
+        assert page.evaluate("window.__xss") is None and not [u for u in requests if "127.0.0.1:9" in u]
+
+        # 2. Thumbs on earlier replies, not only the latest; the other thumb changes a rating.
+        reply_buttons(page, 0).get_by_role("button", name="Like", exact=True).click()
+        expect(status).to_contain_text("Saved: reply 1 rated good")
+        reply_buttons(page, 0).get_by_role("button", name="Dislike", exact=True).click()
+        expect(status).to_contain_text("Saved: reply 1 rated bad")
+        reply_buttons(page, 1).get_by_role("button", name="Dislike", exact=True).click()
+        expect(status).to_contain_text("Saved: reply 2 rated bad")
+        reply_buttons(page, 2).get_by_role("button", name="Like", exact=True).click()
+        expect(status).to_contain_text("Saved: reply 3 rated good")
+
+        # 3. Reply 2 edited into the answer wanted: a correction; the chat goes on from it.
+        edit_message(page, reply_buttons(page, 1), "The capital of Spain is Madrid.")
+        expect(status).to_contain_text("Saved your correction of reply 2; the chat continues from it. The 2 messages")
+        expect(page.locator("#feedback-chat .message-content")).to_have_count(4)
+        page.locator("#feedback-message textarea").fill("And of Portugal?")
         page.locator("#feedback-send").click()
-        expect(status).to_contain_text("Rate the reply", timeout=60_000)
-        expect(page.locator("#feedback-conversation")).to_contain_text("What is the capital of <b>France</b>?")
-        page.locator("#feedback-up").click()
-        expect(status).to_contain_text("Saved: good reply")
+        expect(status).to_contain_text("Reply 3 saved", timeout=60_000)
 
-        page.locator("#feedback-message textarea").fill("And of Spain?")
-        page.locator("#feedback-send").click()
-        expect(status).to_contain_text("Rate the reply", timeout=60_000)
-        page.locator("#feedback-down").click()
-        expect(status).to_contain_text("Saved: bad reply")
-        page.locator("#feedback-correction textarea").fill("The capital of Spain is Madrid.")
-        page.locator("#feedback-correct").click()
-        expect(status).to_contain_text("Saved your correction")
-        expect(page.locator("#feedback-conversation")).to_contain_text("The capital of Spain is Madrid.")
+        # 4. A message of one's own edited: the model answers it again; the thumbs shown are the stored ones.
+        edit_message(page, page.locator("#feedback-chat .message-buttons-right").nth(2), "And of <i>Greece</i>?")
+        expect(status).to_contain_text("Answered your edited message: reply 3 saved", timeout=60_000)
+        expect(reply_buttons(page, 0).get_by_role("button", name="Disliked", exact=True)).to_be_visible()
+        expect(reply_buttons(page, 2).get_by_role("button", name="Like", exact=True)).to_be_visible()
 
-    first, second = LabelStore(db).replies()
-    assert (first["annotator"], first["model"], first["rating"], first["correction"]) == ("alice", str(tiny_llama), 1, None)
-    assert first["conversation"] == [{"role": "user", "content": "What is the capital of <b>France</b>?"}]
-    assert (second["rating"], second["correction"]) == (-1, "The capital of Spain is Madrid.")
-    assert second["conversation"] == first["conversation"] + [{"role": "assistant", "content": first["reply"]},
-                                                              {"role": "user", "content": "And of Spain?"}]
-    assert second["settings"]["temperature"] == 1.0 and second["settings"]["max_new_tokens"] == 12
+        # 5. The statistics are an admin's: alice has no Admin tab, the admin has.
+        admin = log_in(browser, server, "admin")
+        admin.get_by_role("tab", name="Admin").click()
+        admin.locator("#admin-refresh").click()
+        expect(admin.locator("#admin-report")).to_contain_text("5 chat replies")
 
-    few = {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1, "save_steps": 2, "max_length": 128}
+    store = LabelStore(db)
+    france, spain, italy, portugal, greece = store.replies()
+    assert {(r["annotator"], r["model"], r["model_resolved"]) for r in (france, greece)} == {
+        ("alice", str(tiny_llama), str(tiny_llama.resolve()))}
+    assert france["conversation"] == [{"role": "user", "content": xss}]  # exactly as typed
+    assert [(r["rating"], r["correction"]) for r in (france, spain, italy, portugal, greece)] == [
+        (-1, None), (-1, "The capital of Spain is Madrid."), (1, None), (None, None), (None, None)]
+    assert [h["rating"] for h in store.feedback_history(france["reply_id"])] == [1, -1]
+    corrected = spain["conversation"] + [{"role": "assistant", "content": "The capital of Spain is Madrid."}]
+    assert portugal["conversation"] == corrected + [{"role": "user", "content": "And of Portugal?"}]
+    assert greece["conversation"] == corrected + [{"role": "user", "content": "And of <i>Greece</i>?"}]
+    assert greece["settings"]["temperature"] == 1.0 and greece["settings"]["max_new_tokens"] == 12
+
+    # max_length 256: the prompts are three turns of 12 random tokens each, after the long first message
+    few = {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1, "save_steps": 2, "max_length": 256}
     recipe = parse_recipe(tiny_recipe(tiny_llama, tmp_path / "runs", ["sft", "kto"],
                                       sft={"dataset": f"labels:{db}", **few}, kto={"dataset": f"labels:{db}", **few}))
     records = run_recipe(recipe)
     assert records["sft"]["metrics"]["train_loss"] > 0
-    assert (records["kto"]["metrics"]["desirable_rows"], records["kto"]["metrics"]["undesirable_rows"]) == (2, 1)
+    # wanted: Italy's reply and the correction; unwanted: France's and Spain's replies
+    assert (records["kto"]["metrics"]["desirable_rows"], records["kto"]["metrics"]["undesirable_rows"]) == (2, 2)
+
+    # Served from this run, replies would be stored with the run's name and its final adapter on the base.
+    from align.chat import load_chat_model
+    from align.ui.serve import resolved_model
+
+    run = tmp_path / "runs" / "tiny"
+    on_base = f" on {tiny_llama.resolve()}"
+    assert resolved_model(str(run), load_chat_model(str(run))[0]) == f"{(run / 'kto' / 'adapter').resolve()}{on_base}"
+    sft = resolved_model(str(run / "sft"), load_chat_model(str(run / "sft"))[0])
+    assert sft == f"{(run / 'sft' / 'adapter').resolve()}{on_base}"

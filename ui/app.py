@@ -1,14 +1,17 @@
-"""The labelling web app: pairwise labelling, a blind two-model arena, chat with feedback (rate replies up or
-down, correct them), and an admin view, on one label store.
+"""The labelling web app: pairwise labelling, a blind two-model arena, chat with feedback (a thumb up or down on
+any reply, edit it into the answer wanted), and an admin view (admins only), on one label store.
 
-Started by `align label ...` and `align arena ...` (ui/serve.py). Every handler reads the annotator from the
-logged-in session (gr.Request.username), never from the page, so nobody can write labels under another name.
+Started by `align label ...`, `align arena ...` and `align feedback ...` (ui/serve.py). Every handler reads the
+annotator from the logged-in session (gr.Request.username), never from the page, so nobody can write labels under
+another name.
 The same operations are exposed as API endpoints (/next_pair, /submit_label, /undo_label; /chat_reply,
 /rate_reply, /correct_reply when a chat model is served) for gradio_client.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
 import threading
 import time
@@ -20,9 +23,9 @@ import gradio as gr
 from align.chat import ChatModels
 from align.labelling.stats import feedback_report, format_feedback, format_report, label_report
 from align.labelling.store import (
-    DEFAULT_LEASE_SECONDS, MAX_CORRECTION_CHARS, MAX_REASON_CHARS, LabelError, LabelStore,
+    DEFAULT_LEASE_SECONDS, MAX_REASON_CHARS, LabelError, LabelStore,
 )
-from align.ui.render import conversation_html, response_html
+from align.ui.render import chat_text, conversation_html, response_html, typed_text
 
 CHOICE_LABELS = [("A is better  [1]", "A"), ("B is better  [2]", "B"), ("Tie  [3]", "tie"), ("Both bad  [4]", "both_bad")]
 
@@ -69,7 +72,8 @@ class LabelSession:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     models: ChatModels | None = None
     arena_models: tuple[str, str] | None = None
-    chat_model: str | None = None  # the model of the chat-feedback tab
+    chat_model: str | None = None  # the model of the chat-feedback tab, as named when serving
+    chat_model_resolved: str | None = None  # what that name loaded (stored beside it with each reply)
     admins: set[str] = field(default_factory=set)
     allow_anonymous: bool = False
     generating: threading.Lock = field(default_factory=threading.Lock)
@@ -90,6 +94,9 @@ class LabelSession:
             return f"anonymous-{request.session_hash[:12]}"
         raise gr.Error("Log in to label (anonymous labelling is switched off).")
 
+    def is_admin(self, request: gr.Request | None) -> bool:
+        return getattr(request, "username", None) in self.admins
+
     def current(self, annotator: str) -> dict | None:
         """The pair this annotator should see now, generating its responses first if a model writes them."""
         shown = self.store.next_assignment(annotator, self.overlap, self.lease_seconds,
@@ -103,6 +110,30 @@ class LabelSession:
                                "it was skipped: reload for the next pair") from None
             shown = self.store.assignment(annotator, shown["item_id"])
         return shown
+
+
+def label_errors(handler):
+    """A handler whose LabelError (a request the store refused) reaches the page, or a gradio_client caller, as a
+    gr.Error with the store's message; Gradio would otherwise hide it behind a generic error."""
+    if inspect.isgeneratorfunction(handler):  # Gradio streams only what is a generator function itself
+
+        @functools.wraps(handler)
+        def stream(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except LabelError as err:
+                raise gr.Error(str(err)) from None
+
+        return stream
+
+    @functools.wraps(handler)
+    def call(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except LabelError as err:
+            raise gr.Error(str(err)) from None
+
+    return call
 
 
 # ---------------------------------------------------------------------------------------------- labelling
@@ -181,20 +212,15 @@ def add_api(session: LabelSession) -> None:
         view = {k: shown[k] for k in ("item_id", "prompt", "text_a", "text_b")} if shown else {}
         return {**view, "progress": session.store.progress(annotator, session.overlap, session.lease_seconds)}
 
+    @label_errors
     def submit_label(item_id: str, choice: str, reason: str = "", request: gr.Request = None) -> dict:
         """Record a judgment (choice: A, B, tie or both_bad) of a pair given by next_pair; returns its id."""
-        annotator = session.annotator(request)
-        try:
-            return {"judgment_id": session.store.submit(annotator, item_id, choice, reason)}
-        except LabelError as err:
-            raise gr.Error(str(err)) from None
+        return {"judgment_id": session.store.submit(session.annotator(request), item_id, choice, reason)}
 
+    @label_errors
     def undo_label(request: gr.Request) -> dict:
         """Undo the logged-in annotator's latest judgment; the pair comes back to them."""
-        try:
-            return session.store.undo_last(session.annotator(request))
-        except LabelError as err:
-            raise gr.Error(str(err)) from None
+        return session.store.undo_last(session.annotator(request))
 
     gr.api(next_pair, api_name="next_pair")
     gr.api(submit_label, api_name="submit_label")
@@ -244,16 +270,14 @@ def build_arena_tab(session: LabelSession) -> None:
                 past, waiting, "Which answer is better?")
 
     def make_vote(choice: str):
+        @label_errors
         def on_vote(why: str, past: list, waiting: dict | None, request: gr.Request):
             annotator = session.annotator(request)
             if waiting is None:
                 raise gr.Error("Send a message first; then vote on the two answers.")
-            try:
-                vote_id = session.store.add_arena_vote(annotator, waiting["prompt"], waiting["text_a"],
-                                                       waiting["text_b"], waiting["model_a"], waiting["model_b"],
-                                                       choice, why, waiting["shown_at"])
-            except LabelError as err:
-                raise gr.Error(str(err)) from None
+            vote_id = session.store.add_arena_vote(annotator, waiting["prompt"], waiting["text_a"], waiting["text_b"],
+                                                   waiting["model_a"], waiting["model_b"], choice, why,
+                                                   waiting["shown_at"])
             reveal = (f"Saved vote #{vote_id} ({choice}). A was **{waiting['model_a']}**, "
                       f"B was **{waiting['model_b']}**.")
             if choice == "both_bad":
@@ -274,123 +298,183 @@ def build_arena_tab(session: LabelSession) -> None:
 # ---------------------------------------------------------------------------------------------- chat feedback
 
 
-def chat_answer(session: LabelSession, annotator: str, conversation: list[dict]):
-    """Stream the chat model's reply to `conversation`, then store it; yields (text so far, reply id or None).
-    The reply is committed before the page shows its rating buttons, so a rating always has a row to land on."""
+def check_conversation(conversation: list[dict]) -> None:
     if not conversation or conversation[-1].get("role") != "user":
         raise LabelError("the conversation must end with your message")
+    if not str(conversation[-1].get("content", "")).strip():
+        raise LabelError("your message is empty")
     if any(len(str(m.get("content", ""))) > MAX_MESSAGE_CHARS for m in conversation):
         raise LabelError(f"a message is over {MAX_MESSAGE_CHARS} characters")
+
+
+def chat_answer(session: LabelSession, annotator: str, conversation: list[dict]):
+    """Stream the chat model's reply to `conversation`, then store it; yields (text so far, reply id or None).
+    The reply is committed before the page can rate it, so a rating always has a row to land on."""
+    check_conversation(conversation)
     seed = random.randrange(2**31)
     text = ""
     for text in session.models.stream(session.chat_model, conversation, seed=seed):
         yield text, None
     reply_id = uuid.uuid4().hex
     session.store.add_reply(reply_id, annotator, session.chat_model, conversation, text,
-                            {**session.models.settings(), "seed": seed})
+                            {**session.models.settings(), "seed": seed}, session.chat_model_resolved)
     yield text, reply_id
 
 
-def chat_page(messages: list[dict], pending: str | None = None) -> str:
-    shown = messages + ([{"role": "assistant", "content": pending}] if pending is not None else [])
-    return conversation_html(shown) if shown else "<p><em>Say something to start.</em></p>"
+# gr.LikeData.liked: the thumb up, the thumb down, or "" when the thumb already chosen is clicked again (taken back).
+RATINGS = {True: 1, False: -1, "": None}
+THUMBS = {1: "Like", -1: "Dislike"}
+RATED = {1: "rated good", -1: "rated bad", None: "no longer rated"}
+
+
+def chat_view(history: list[dict], ratings: dict[str, int | None]) -> gr.Chatbot:
+    """The chat as gr.Chatbot shows it: each message (a correction in place of the reply it corrects), and on each
+    reply the thumb stored for it."""
+    return gr.Chatbot(value=[{"role": m["role"], "content": chat_text(m["content"])} for m in history],
+                      feedback_value=[THUMBS.get(ratings.get(m.get("reply_id"))) for m in history
+                                      if m["role"] == "assistant"])
+
+
+def reply_number(history: list[dict], at: int) -> int:
+    return sum(m["role"] == "assistant" for m in history[:at + 1])
 
 
 def build_feedback_tab(session: LabelSession) -> None:
-    """Chat with one model; rate its latest reply up or down, or edit it into the answer you wanted (the chat
-    then goes on from your version). Every reply, rating and correction is saved as it happens."""
-    models = session.models
-    gr.Markdown(f"Chatting with **{session.chat_model}**: temperature {models.temperature}, top-p {models.top_p}, "
-                f"up to {models.max_new_tokens} new tokens, the model's own chat template.",
-                elem_id="feedback-settings")
-    page = gr.HTML(chat_page([]), elem_id="feedback-conversation")
-    message = gr.Textbox(label="Your message", lines=2, max_length=MAX_MESSAGE_CHARS, elem_id="feedback-message")
-    send = gr.Button("Send", variant="primary", elem_id="feedback-send")
-    with gr.Row():
-        up = gr.Button("Good reply", elem_id="feedback-up")
-        down = gr.Button("Bad reply", elem_id="feedback-down")
-    correction = gr.Textbox(label="The answer you wanted instead of the latest reply (optional)", lines=3,
-                            max_length=MAX_CORRECTION_CHARS, elem_id="feedback-correction")
-    save = gr.Button("Save correction", elem_id="feedback-correct")
-    status = gr.Markdown(elem_id="feedback-status")
-    new_chat = gr.Button("New conversation", size="sm", elem_id="feedback-new")
-    history = gr.State([])
-    last_reply = gr.State(None)
+    """Chat with one model. Every reply has a thumb up and down (the other thumb changes the rating, the same one
+    again takes it back) and can be edited into the answer you wanted: a correction, and the chat goes on from your
+    version. Editing one of your own messages asks the model again from there. Replies, ratings and corrections
+    are in the database before the status line says so.
 
+    The page's history (gr.State) lives on the server and holds each reply's id and text as generated, so a page
+    can only rate or correct the replies it shows; the ratings shown are read back from the database."""
+    models = session.models
+    resolved = f" ({session.chat_model_resolved})" if session.chat_model_resolved not in (None, session.chat_model) else ""
+    gr.Markdown(f"Chatting with **{session.chat_model}**{resolved}: temperature {models.temperature}, top-p "
+                f"{models.top_p}, up to {models.max_new_tokens} new tokens, the model's own chat template.",
+                elem_id="feedback-settings")
+    chat = gr.Chatbot(label="Chat", elem_id="feedback-chat", editable="all", group_consecutive_messages=False,
+                      latex_delimiters=[], buttons=["copy", "copy_all"], height=460,
+                      placeholder="Say something to start. Then rate any reply with 👍 or 👎, or edit it (✎) into "
+                                  "the answer you wanted.")
+    message = gr.Textbox(label="Your message", lines=2, max_length=MAX_MESSAGE_CHARS, elem_id="feedback-message")
+    with gr.Row():
+        send = gr.Button("Send", variant="primary", elem_id="feedback-send")
+        new_chat = gr.Button("New conversation", elem_id="feedback-new")
+    status = gr.Markdown(elem_id="feedback-status")
+    history = gr.State([])
+    writing: set[str] = set()  # pages whose reply is being written: an edit or a send then would race it
+
+    def view(past: list[dict]) -> gr.Chatbot:
+        return chat_view(past, session.store.ratings([m["reply_id"] for m in past if "reply_id" in m]))
+
+    def answer(annotator: str, past: list[dict], page: str):
+        """Stream the reply to `past` (ending with the person's message): yields (chat to show, None), and last
+        (chat, history with the stored reply)."""
+        if page in writing:
+            raise gr.Error("A reply is still being written; wait for it to finish.")
+        writing.add(page)
+        try:
+            ratings = session.store.ratings([m["reply_id"] for m in past if "reply_id" in m])
+            yield chat_view(past, ratings), None  # your message at once; the reply follows as it is written
+            for text, reply_id in chat_answer(session, annotator, [{"role": m["role"], "content": m["content"]}
+                                                                   for m in past]):
+                if reply_id is None:
+                    yield chat_view(past + [{"role": "assistant", "content": text}], ratings), None
+        finally:
+            writing.discard(page)
+        done = past + [{"role": "assistant", "content": text, "reply": text, "reply_id": reply_id}]
+        yield view(done), done
+
+    @label_errors
     def on_send(text: str, past: list, request: gr.Request):
         annotator = session.annotator(request)
-        if not text.strip():
-            raise gr.Error("Type a message first.")
-        conversation = past + [{"role": "user", "content": text.strip()}]
-        yield chat_page(conversation, ""), "", past, None, "Writing…"
-        try:
-            for reply, reply_id in chat_answer(session, annotator, conversation):
-                if reply_id is None:
-                    yield chat_page(conversation, reply), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        except LabelError as err:
-            raise gr.Error(str(err)) from None
-        past = conversation + [{"role": "assistant", "content": reply}]
-        yield chat_page(past), "", past, reply_id, "Rate the reply, correct it, or keep chatting."
+        past = past + [{"role": "user", "content": text.strip()}]
+        check_conversation(past)  # before anything changes on the page: a refused message stays in its box
+        for shown, done in answer(annotator, past, request.session_hash):
+            if done is None:
+                yield shown, "", gr.skip(), "Writing…"
+        yield shown, "", done, (f"Reply {reply_number(done, len(done) - 1)} saved. Rate it with 👍 or 👎, or edit "
+                                "it into the answer you wanted; earlier replies too.")
 
-    def make_rating(rating: int):
-        def on_rate(reply_id: str | None, request: gr.Request):
-            annotator = session.annotator(request)
-            if reply_id is None:
-                raise gr.Error("No reply to rate yet: send a message first.")
-            try:
-                session.store.rate_reply(reply_id, annotator, rating)
-            except LabelError as err:
-                raise gr.Error(str(err)) from None
-            return f"Saved: {'good' if rating == 1 else 'bad'} reply."
-        return on_rate
-
-    def on_correct(text: str, past: list, reply_id: str | None, request: gr.Request):
+    @label_errors
+    def on_like(past: list, liked: gr.LikeData, request: gr.Request) -> str:
         annotator = session.annotator(request)
-        if reply_id is None:
-            raise gr.Error("No reply to correct yet: send a message first.")
-        try:
-            session.store.correct_reply(reply_id, annotator, text)
-        except LabelError as err:
-            raise gr.Error(str(err)) from None
-        if not text.strip():
-            return gr.skip(), gr.skip(), gr.skip(), "Correction removed."
-        past = past[:-1] + [{"role": "assistant", "content": text.strip()}]  # the chat goes on from your answer
-        return chat_page(past), "", past, "Saved your correction; the chat continues from it."
+        at = liked.index if isinstance(liked.index, int) else liked.index[0]
+        if not 0 <= at < len(past) or "reply_id" not in past[at]:
+            raise gr.Error("This reply is still being written; rate it when it is finished.")
+        if liked.liked not in RATINGS:
+            raise gr.Error(f"unknown rating {str(liked.liked)[:20]}")
+        session.store.rate_reply(past[at]["reply_id"], annotator, RATINGS[liked.liked])
+        return f"Saved: reply {reply_number(past, at)} {RATED[RATINGS[liked.liked]]}."
 
-    send.click(on_send, [message, history], [page, message, history, last_reply, status], api_visibility="private")
-    up.click(make_rating(1), [last_reply], status, api_visibility="private")
-    down.click(make_rating(-1), [last_reply], status, api_visibility="private")
-    save.click(on_correct, [correction, history, last_reply], [page, correction, history, status],
-               api_visibility="private")
-    new_chat.click(lambda: (chat_page([]), [], None, "New conversation."), None, [page, history, last_reply, status],
-                   api_visibility="private")
+    @label_errors
+    def on_edit(past: list, edit: gr.EditData, request: gr.Request):
+        annotator = session.annotator(request)
+        at = edit.index if isinstance(edit.index, int) else edit.index[0]
+        if not 0 <= at < len(past) or request.session_hash in writing:
+            yield view(past), gr.skip(), "A reply is still being written; edit when it is finished."
+            return
+        text, entry = typed_text(str(edit.value)).strip(), past[at]
+        if text == entry["content"].strip():
+            yield view(past), gr.skip(), "Nothing changed."
+            return
+        number = reply_number(past, at)
+        if entry["role"] == "assistant":  # a correction; editing it back to the reply as written takes it back
+            correction = None if text in ("", entry["reply"].strip()) else text
+            try:
+                session.store.correct_reply(entry["reply_id"], annotator, correction)
+            except LabelError as err:  # the page shows the edit until told otherwise: put the message back
+                yield view(past), gr.skip(), f"Not saved: {err}"
+                return
+            dropped = len(past) - at - 1
+            past = past[:at] + [{**entry, "content": correction or entry["reply"]}]
+            note = (f"Saved your correction of reply {number}; the chat continues from it." if correction else
+                    f"Took back your correction of reply {number}; the chat continues from the reply as written.")
+            if dropped:
+                note += f" The {dropped} messages after it left the page (they stay in the database)."
+            yield view(past), past, note
+            return
+        head = past[:at] + [{"role": "user", "content": text}]
+        try:
+            check_conversation(head)
+        except LabelError as err:
+            yield view(past), gr.skip(), f"Not sent: {err}"
+            return
+        for shown, done in answer(annotator, head, request.session_hash):
+            if done is None:
+                yield shown, gr.skip(), "Writing…"
+        yield shown, done, f"Answered your edited message: reply {reply_number(done, len(done) - 1)} saved."
+
+    def on_new():
+        return view([]), [], "New conversation."
+
+    send.click(on_send, [message, history], [chat, message, history, status], api_visibility="private")
+    # A thumb writes one row: every click is sent, none dropped while another is on its way.
+    chat.like(on_like, [history], status, trigger_mode="multiple", api_visibility="private")
+    chat.edit(on_edit, [history], [chat, history, status], api_visibility="private")
+    chat.clear(on_new, None, [chat, history, status], api_visibility="private")
+    new_chat.click(on_new, None, [chat, history, status], api_visibility="private")
 
 
 def add_feedback_api(session: LabelSession) -> None:
+    @label_errors
     def chat_reply(messages: list[dict], request: gr.Request = None) -> dict:
         """The chat model's reply to a conversation ending with the user's message; stored, with its id."""
-        annotator = session.annotator(request)
-        try:
-            for reply, reply_id in chat_answer(session, annotator, messages):
-                pass
-        except LabelError as err:
-            raise gr.Error(str(err)) from None
+        for reply, reply_id in chat_answer(session, session.annotator(request), messages):
+            pass
         return {"reply_id": reply_id, "reply": reply}
 
-    def rate_reply(reply_id: str, rating: int, request: gr.Request = None) -> dict:
-        """Rate one of your replies: 1 (good), -1 (bad)."""
-        try:
-            session.store.rate_reply(reply_id, session.annotator(request), rating)
-        except LabelError as err:
-            raise gr.Error(str(err)) from None
+    @label_errors
+    def rate_reply(reply_id: str, rating: int | None, request: gr.Request = None) -> dict:
+        """Rate one of your replies: 1 (good), -1 (bad), or null to take the rating back. A new rating replaces
+        the earlier one, which stays recorded with its time."""
+        session.store.rate_reply(reply_id, session.annotator(request), rating)
         return {"reply_id": reply_id, "rating": rating}
 
+    @label_errors
     def correct_reply(reply_id: str, correction: str, request: gr.Request = None) -> dict:
-        """The answer you wanted instead of one of your replies."""
-        try:
-            session.store.correct_reply(reply_id, session.annotator(request), correction)
-        except LabelError as err:
-            raise gr.Error(str(err)) from None
+        """The answer you wanted instead of one of your replies (empty takes it back)."""
+        session.store.correct_reply(reply_id, session.annotator(request), correction)
         return {"reply_id": reply_id}
 
     gr.api(chat_reply, api_name="chat_reply")
@@ -406,7 +490,7 @@ def build_admin_tab(session: LabelSession) -> None:
     refresh = gr.Button("Refresh statistics", elem_id="admin-refresh")
 
     def on_refresh(request: gr.Request) -> str:
-        if session.annotator(request) not in session.admins:
+        if not session.is_admin(request):  # the tab is hidden from others, but its event can still be called
             return "Only admins see the statistics (mark an account `:admin` in the users file)."
         counts = session.store.counts()
         head = (f"{counts['items']} pairs, {counts['arena_rounds']} arena rounds, {counts['judgments']} judgments "
@@ -439,11 +523,16 @@ def build_app(session: LabelSession, label_tab: bool = True) -> gr.Blocks:
             if session.chat_model is not None:
                 with gr.Tab("Chat", id="chat"):
                     build_feedback_tab(session)
-            with gr.Tab("Admin", id="admin"):
+            with gr.Tab("Admin", id="admin", visible=False) as admin_tab:  # shown to admins when the page loads
                 build_admin_tab(session)
         if on_load is not None:
             show, outputs = on_load
             app.load(show, None, outputs, api_visibility="private")
+
+        def show_admin_tab(request: gr.Request):
+            return gr.Tab(visible=session.is_admin(request))
+
+        app.load(show_admin_tab, None, admin_tab, api_visibility="private")
         add_api(session)
         if session.chat_model is not None:
             add_feedback_api(session)

@@ -3,6 +3,7 @@
 Responses are untrusted text. markdown-it with html=False prints any tag in them as visible text and refuses
 javascript:/vbscript:/data: links, so `<script>` or `<img onerror=...>` in an answer shows up as what it is.
 Markdown images are shown as their text for the same reason (no requests to addresses a model wrote).
+The chat tab's gr.Chatbot renders Markdown itself; chat_text gives it text that keeps these promises.
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ def conversation_html(messages: list[dict]) -> str:
         turns.append(f'<div class="turn turn-{html.escape(role)}"><div class="role">{ROLE_NAMES.get(role, "?")}</div>'
                      f'{markdown_html(message.get("content", ""))}</div>')
     return '<div class="conversation">' + "".join(turns) + "</div>"
+
+
+# gr.Chatbot renders a message as Markdown with HTML allowed: it strips scripts, but `<b>` turns bold and an
+# `<img src=...>` or `![](...)` makes the browser fetch that address. An invisible word joiner after every "<" and
+# inside every "![" shows those as the text they are, in code blocks too (an escape like &lt; would show there).
+WORD_JOINER = "\u2060"
+
+
+def chat_text(text: str) -> dict:
+    """A message as gr.Chatbot content. As a text part rather than a plain string, which Gradio would dedent."""
+    return {"type": "text", "text": text.replace("<", "<" + WORD_JOINER).replace("![", "!" + WORD_JOINER + "[")}
+
+
+def typed_text(shown: str) -> str:
+    """The text of a message edited in gr.Chatbot, without what chat_text added to show it."""
+    return shown.replace("<" + WORD_JOINER, "<").replace("!" + WORD_JOINER + "[", "![")
 
 
 def response_html(text: str | None, side: str) -> str:

@@ -1,4 +1,4 @@
-"""Start the labelling app: `align label ...` and `align arena ...` land here (see `align label --help`).
+"""Start the labelling app: `align label ...`, `align arena ...` and `align feedback ...` land here (see `--help`).
 
     align label --pairs pairs.jsonl --db labels.db --users users.txt
     align label --prompts bundled:prefs_test --models runs/quickstart/sft runs/quickstart/online_dpo --db labels.db
@@ -14,6 +14,7 @@ import contextvars
 import os
 import sys
 import threading
+from pathlib import Path
 
 from align.labelling.accounts import AccountError, LoginGuard, load_accounts
 from align.chat import ChatModels
@@ -38,7 +39,7 @@ def prefetch(session, stop: threading.Event, ahead: int = 4) -> None:
         stop.wait(1.0 if todo else 5.0)
 
 
-def checked_accounts(args) -> dict:
+def checked_accounts(args, command: str = "label") -> dict:
     accounts = load_accounts(args.users)
     if not accounts and not args.allow_anonymous:
         raise AccountError("no annotator accounts: give --users FILE (see `align labels add-user`) or set "
@@ -48,8 +49,8 @@ def checked_accounts(args) -> dict:
         raise AccountError(f"--allow-anonymous with accounts ({where}): Gradio's login would cover every page, so "
                            "choose one: accounts, or anonymous labelling without them")
     if args.allow_anonymous and (args.share or args.host not in ("127.0.0.1", "localhost")):
-        print("align label: warning: anonymous labelling open beyond this machine: anyone who can reach it can "
-              "write labels", file=sys.stderr)
+        print(f"align {command}: warning: anonymous labelling open beyond this machine: anyone who can reach it "
+              "can write labels", file=sys.stderr)
     return accounts
 
 
@@ -116,13 +117,32 @@ class RequestSizeLimit:
         await response(scope, receive, send)
 
 
+def resolved_model(spec: str, model) -> str:
+    """What a model name loaded (align.chat.load_chat_model's rules), stored beside the name with each chat reply:
+    the weights' directory or hub id (`embedded` is a directory in the cache), and for a run or one of its stages,
+    the LoRA adapter on them."""
+    from peft import PeftModel
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    weights = base.config.name_or_path or spec
+    weights = str(Path(weights).expanduser().resolve()) if Path(weights).expanduser().exists() else weights
+    if not isinstance(model, PeftModel):
+        return weights
+    from align.runs import load_run_recipe
+
+    path = Path(spec).expanduser()
+    stage = path if (path / "adapter").is_dir() else path / load_run_recipe(path).policy_stage()
+    return f"{(stage / 'adapter').resolve()} on {weights}"
+
+
 def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_specs: list[str],
-           chat_model: str | None = None) -> int:
+           chat_model: str | None = None, command: str = "label") -> int:
     from starlette.middleware import Middleware
 
     from align.ui.app import CSS, KEYBOARD_JS, LabelSession, build_app
 
-    accounts = checked_accounts(args)
+    log = f"align {command}:"  # the command that started this server, in every line it writes
+    accounts = checked_accounts(args, command)
     if args.lease_minutes <= 0:
         raise LabelError(f"--lease-minutes must be positive (got {args.lease_minutes})")
     store = LabelStore(args.db)
@@ -132,25 +152,28 @@ def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_sp
         models = ChatModels(model_specs, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed)
         for spec in models.specs:  # a typo fails now, not in front of the annotators
-            print(f"align label: loading {spec}", flush=True)
+            print(f"{log} loading {spec}", flush=True)
             models.load(spec)
+    resolved = resolved_model(chat_model, models.load(chat_model)[0]) if chat_model else None
+    if resolved is not None and resolved != chat_model:
+        print(f"{log} chat model {chat_model} is {resolved}", flush=True)
     session = LabelSession(store=store, overlap=args.overlap, lease_seconds=args.lease_minutes * 60, models=models,
-                           arena_models=arena_models, chat_model=chat_model, admins={n for n, a in accounts.items() if a["admin"]},
-                           allow_anonymous=args.allow_anonymous)
+                           arena_models=arena_models, chat_model=chat_model, chat_model_resolved=resolved,
+                           admins={n for n, a in accounts.items() if a["admin"]}, allow_anonymous=args.allow_anonymous)
     app = build_app(session, label_tab=label_tab)
     stop = threading.Event()
     if models is not None and label_tab:
         threading.Thread(target=prefetch, args=(session, stop), daemon=True, name="prefetch").start()
 
     guard = LoginGuard(accounts, max_failures=args.login_max_failures, lock_seconds=args.login_lock_minutes * 60,
-                       first_delay=args.login_delay_seconds, log=lambda line: print(f"align label: {line}",
-                                                                                    file=sys.stderr, flush=True))
+                       first_delay=args.login_delay_seconds, log=lambda line: print(f"{log} {line}", file=sys.stderr,
+                                                                                    flush=True))
 
     def check(name: str, password: str) -> bool:
         return guard.check(name, password, client_address.get())
 
     counts = store.counts()
-    print(f"align label: {args.db}: {counts['items']} pairs, {counts['judgments']} judgments, "
+    print(f"{log} {args.db}: {counts['items']} pairs, {counts['judgments']} judgments, "
           f"{counts['replies']} chat replies so far; "
           f"{len(accounts)} accounts{' + anonymous' if args.allow_anonymous else ''}; overlap {args.overlap}",
           flush=True)
@@ -192,8 +215,8 @@ def label(args) -> int:
 
 def arena(args) -> int:
     return launch(args, label_tab=False, arena_models=(args.model_a, args.model_b),
-                  model_specs=[args.model_a, args.model_b])
+                  model_specs=[args.model_a, args.model_b], command="arena")
 
 
 def feedback(args) -> int:
-    return launch(args, label_tab=False, arena_models=None, model_specs=[], chat_model=args.model)
+    return launch(args, label_tab=False, arena_models=None, model_specs=[], chat_model=args.model, command="feedback")

@@ -79,7 +79,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_live_judgment ON judgments(item_id, annota
 CREATE TABLE IF NOT EXISTS replies (
     reply_id     TEXT PRIMARY KEY,       -- made by the app before generating: a retried save is stored once
     annotator    TEXT NOT NULL,
-    model        TEXT NOT NULL,
+    model        TEXT NOT NULL,          -- the model as the person serving it named it (`embedded`, a run dir)
     conversation TEXT NOT NULL,          -- JSON: every message shown before this reply (system first if any)
     reply        TEXT NOT NULL,          -- the reply exactly as generated and shown
     settings     TEXT NOT NULL,          -- JSON: temperature, top_p, max_new_tokens, seed
@@ -87,10 +87,27 @@ CREATE TABLE IF NOT EXISTS replies (
     rating       INTEGER CHECK (rating IN (-1, 1)),   -- NULL: not rated
     rated_at     REAL,
     correction   TEXT,                   -- the answer the person wanted instead; NULL: none
-    corrected_at REAL
+    corrected_at REAL,
+    model_resolved TEXT                  -- what `model` loaded: weights directory or hub id, and adapter; NULL
+                                         -- in rows stored before align recorded it
 );
 CREATE INDEX IF NOT EXISTS replies_by_annotator ON replies(annotator, created_at);
 CREATE INDEX IF NOT EXISTS judgments_by_annotator ON judgments(annotator, submitted_at);
+"""
+
+
+# Every rating and correction as given, oldest first. `replies` holds the current one; a re-rating or a new
+# correction replaces it there, and this keeps the earlier ones with their times.
+FEEDBACK_HISTORY = """
+CREATE TABLE feedback_history (
+    event_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    reply_id   TEXT NOT NULL REFERENCES replies(reply_id),
+    annotator  TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('rating', 'correction')),
+    rating     INTEGER CHECK (rating IN (-1, 1)),   -- kind 'rating', NULL: the rating was taken back
+    correction TEXT,                                -- kind 'correction', NULL: the correction was taken back
+    at         REAL NOT NULL
+)
 """
 
 
@@ -132,6 +149,7 @@ class LabelStore:
         self.connection().executescript(SCHEMA)  # executescript commits by itself; every statement is idempotent
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            self._migrate(db)
         version = self.meta("schema_version")
         if version != SCHEMA_VERSION:
             raise LabelError(f"{path}: label database schema {version}, this align reads {SCHEMA_VERSION}")
@@ -149,6 +167,25 @@ class LabelStore:
                 probe.close()
         except sqlite3.Error as err:
             raise LabelError(f"{self.path}: not a label database ({err})") from None
+
+    @staticmethod
+    def _migrate(db) -> None:
+        """Bring a database made by an earlier align up to date. Only additions (a column, a table filled from
+        what is stored), so nothing stored changes and an earlier align still reads and writes the file; hence
+        no new schema_version. Inside the opening transaction: two servers starting at once migrate once."""
+        if "model_resolved" not in {row["name"] for row in db.execute("PRAGMA table_info(replies)")}:
+            db.execute("ALTER TABLE replies ADD COLUMN model_resolved TEXT")
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'feedback_history'").fetchone():
+            return
+        db.execute(FEEDBACK_HISTORY)
+        db.execute("CREATE INDEX feedback_history_by_reply ON feedback_history(reply_id, event_id)")
+        # The ratings and corrections given before the history was kept are its first entries.
+        db.execute("INSERT INTO feedback_history (reply_id, annotator, kind, rating, correction, at) "
+                   "SELECT reply_id, annotator, kind, rating, correction, at FROM ("
+                   "SELECT reply_id, annotator, 'rating' AS kind, rating, NULL AS correction, rated_at AS at "
+                   "FROM replies WHERE rated_at IS NOT NULL UNION ALL "
+                   "SELECT reply_id, annotator, 'correction', NULL, correction, corrected_at "
+                   "FROM replies WHERE corrected_at IS NOT NULL) ORDER BY at")
 
     # ------------------------------------------------------------------------------------------ connection
 
@@ -390,9 +427,10 @@ class LabelStore:
     # ------------------------------------------------------------------------------------------ chat feedback
 
     def add_reply(self, reply_id: str, annotator: str, model: str, conversation: list[dict], reply: str,
-                  settings: dict) -> bool:
+                  settings: dict, model_resolved: str | None = None) -> bool:
         """Store a reply as shown; True if new. The same id again with the same content is a retry (nothing
-        added); with other content it is an error, never an overwrite."""
+        added); with other content it is an error, never an overwrite. `model` is the name given to the server,
+        `model_resolved` what it loaded."""
         check_reply_id(reply_id)
         if not isinstance(reply, str) or not isinstance(conversation, list) or not conversation:
             raise LabelError("a reply needs its text and the conversation it answers")
@@ -404,19 +442,26 @@ class LabelStore:
                 if tuple(old) != (annotator, shown, reply):
                     raise LabelError(f"reply {reply_id}: already stored with other content")
                 return False
-            db.execute("INSERT INTO replies (reply_id, annotator, model, conversation, reply, settings, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (reply_id, annotator, model, shown, reply,
-                                                        json.dumps(settings, sort_keys=True), time.time()))
+            db.execute("INSERT INTO replies (reply_id, annotator, model, conversation, reply, settings, created_at, "
+                       "model_resolved) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (reply_id, annotator, model, shown, reply, json.dumps(settings, sort_keys=True), time.time(),
+                        model_resolved))
         return True
 
     def rate_reply(self, reply_id: str, annotator: str, rating: int | None) -> None:
-        """Thumbs up (1), down (-1), or take the rating back (None); only the person who chatted may rate."""
+        """Thumbs up (1), down (-1), or take the rating back (None); only the person who chatted may rate. A new
+        rating replaces the current one (the earlier stays in feedback_history); the same one again is a retry
+        and changes nothing, not even its time."""
         if rating not in (1, -1, None):
             raise LabelError(f"rating must be 1 (up), -1 (down) or none, got {str(rating)[:20]}")
         with self.transaction() as db:
-            self._own_reply(db, reply_id, annotator)
-            db.execute("UPDATE replies SET rating = ?, rated_at = ? WHERE reply_id = ?",
-                       (rating, time.time(), reply_id))
+            reply = self._own_reply(db, reply_id, annotator)
+            if reply["rating"] == rating:
+                return
+            now = time.time()
+            db.execute("UPDATE replies SET rating = ?, rated_at = ? WHERE reply_id = ?", (rating, now, reply_id))
+            db.execute("INSERT INTO feedback_history (reply_id, annotator, kind, rating, at) "
+                       "VALUES (?, ?, 'rating', ?, ?)", (reply_id, annotator, rating, now))
 
     def correct_reply(self, reply_id: str, annotator: str, correction: str | None) -> None:
         """The answer the person wanted instead (None or blank takes it back)."""
@@ -429,8 +474,12 @@ class LabelStore:
             reply = self._own_reply(db, reply_id, annotator)
             if text is not None and text == reply["reply"].strip():
                 raise LabelError("the correction is the reply unchanged; edit it into the answer you wanted")
-            db.execute("UPDATE replies SET correction = ?, corrected_at = ? WHERE reply_id = ?",
-                       (text, time.time(), reply_id))
+            if reply["correction"] == text:
+                return  # a retry
+            now = time.time()
+            db.execute("UPDATE replies SET correction = ?, corrected_at = ? WHERE reply_id = ?", (text, now, reply_id))
+            db.execute("INSERT INTO feedback_history (reply_id, annotator, kind, correction, at) "
+                       "VALUES (?, ?, 'correction', ?, ?)", (reply_id, annotator, text, now))
 
     def _own_reply(self, db, reply_id: str, annotator: str):
         row = db.execute("SELECT * FROM replies WHERE reply_id = ?", (str(reply_id)[:MAX_ITEM_ID_CHARS],)).fetchone()
@@ -445,6 +494,18 @@ class LabelStore:
                                          args).fetchall()
         return [{**dict(r), "conversation": json.loads(r["conversation"]), "settings": json.loads(r["settings"])}
                 for r in rows]
+
+    def ratings(self, reply_ids: list[str]) -> dict[str, int | None]:
+        """The current rating of each of these replies (a chat page shows them)."""
+        rows = self.connection().execute(
+            f"SELECT reply_id, rating FROM replies WHERE reply_id IN ({', '.join('?' * len(reply_ids))})", reply_ids)
+        return {r["reply_id"]: r["rating"] for r in rows}
+
+    def feedback_history(self, reply_id: str | None = None) -> list[dict]:
+        """Every rating and correction as given (of one reply, or all), oldest first; `replies` has the current."""
+        where, args = ("WHERE reply_id = ?", (reply_id,)) if reply_id else ("", ())
+        rows = self.connection().execute(f"SELECT * FROM feedback_history {where} ORDER BY event_id", args)
+        return [dict(r) for r in rows]
 
     # ------------------------------------------------------------------------------------------ reading
 
