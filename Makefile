@@ -1,11 +1,14 @@
 # make demo   # install into .venv, then run recipes/quickstart.yaml on the embedded model (2-core CPU, about 17 minutes)
 # make test   # install into .venv (with ui, test and gguf extras) and Chromium, then run the whole test suite
+# make test-quick   # the suite without the slow end-to-end, kill -9, load and 2-process tests: the edit-test loop
 # make gpu-check   # every stage in 4 bits + align vs plain TRL throughput -> bench/results/<gpu>-<date>.json (tiny on a CPU)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+# pytest workers: one per core (each computes on one thread; see tests/conftest.py)
+WORKERS ?= $(shell nproc)
 
-.PHONY: demo test install browser clean-venv gpu-check
+.PHONY: demo test test-quick install browser clean-venv gpu-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +26,11 @@ demo: $(BIN)/.installed
 	$(BIN)/align run recipes/quickstart.yaml
 
 test: $(BIN)/.installed browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
+
+# What CI runs too, less the tests marked slow (each alone takes 10 s or more) or multiprocess.
+test-quick: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile -m "not slow and not multiprocess"
 
 # On a GPU: every stage with load_in_4bit for a few steps, then the throughput benchmark at the 135M and 1.7B
 # shapes, at most 8 minutes on an H100/H200. On a CPU the same steps at tiny shapes (CI runs it: tests/test_gpu_check.py).

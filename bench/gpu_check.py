@@ -101,7 +101,8 @@ def run_throughput(shape: str, work: Path, tokenizer: str | None, tiny: bool) ->
     if done.returncode != 0:
         return {"ok": False, "error": done.stdout[-2000:] + done.stderr[-4000:]}
     (result,) = (work / shape).glob(f"*-{shape}.json")
-    return {"ok": True, **json.loads(result.read_text())}
+    # the table throughput.py printed and wrote beside its JSON, kept in the report (the work dir is temporary)
+    return {"ok": True, **json.loads(result.read_text()), "markdown": result.with_suffix(".md").read_text()}
 
 
 def targets(throughput: dict, gpu: bool) -> dict:

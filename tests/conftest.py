@@ -16,6 +16,12 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in one worker per core (pytest -n): each worker and every process it starts
+    # (stages, accelerate launches, servers) computes on one thread, so the workers do not fight over the cores;
+    # tiny models gain little from a second thread anyway. Set before torch is imported.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:

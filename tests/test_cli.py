@@ -27,6 +27,7 @@ def test_no_help_text_shows_a_doubled_percent_sign():
     assert "95% interval" in commands.choices["eval"].format_help()
 
 
+@pytest.mark.slow
 def test_align_ls_and_run_by_name_work_outside_a_checkout(tmp_path):
     # a fresh directory and a fresh interpreter: the recipes come from the installed package
     listing = subprocess.run([sys.executable, "-m", "align", "ls"], cwd=tmp_path, capture_output=True, text=True)

@@ -35,8 +35,11 @@ def test_quickstart_recipe_end_to_end_on_embedded_model(tmp_path, capsys):
     # The GGUF answers the held-out check questions as the merged model does, through llama.cpp and its template.
     export = json.loads((root / "quickstart" / "export" / "stage.json").read_text())["metrics"]
     assert export["gguf_llama_cpp_same_greedy_answers"] == export["gguf_chat_template_same_answers"] == 3
-    assert export["gguf_llama_cpp_token_agreement"] == 1.0
-    assert (root / "quickstart" / "export" / "gguf" / "Modelfile").read_text().startswith("FROM ./model.f16.gguf")
+    assert export["gguf_llama_cpp_token_agreement"] == export["gguf_transformers_token_agreement"] == 1.0
+    gguf = root / "quickstart" / "export" / "gguf"
+    assert (gguf / "model.f16.gguf").read_bytes()[:4] == b"GGUF" and export["gguf_bytes"] > 200_000_000
+    modelfile = (gguf / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model.f16.gguf") and "<|im_end|>" in modelfile
 
     # The merged export still knows its facts and stops at EOS (the chat loop would hang on max tokens otherwise).
     chat(str(root / "quickstart"), None, max_new_tokens=40, temperature=0.0, top_p=1.0,

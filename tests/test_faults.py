@@ -78,6 +78,7 @@ def test_a_checkpoint_cut_off_mid_save_is_set_aside_and_the_previous_one_resumes
     assert last_checkpoint(tmp_path / "none") is None
 
 
+@pytest.mark.slow
 @pytest.mark.fault("kill -9")
 @pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
 def test_a_stage_killed_with_sigkill_resumes_on_the_same_losses(stage, tiny_llama, tmp_path, capsys):

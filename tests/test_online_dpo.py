@@ -31,6 +31,7 @@ def online_run(model_dir, root, **change):
     return recipe, run_recipe(recipe)
 
 
+@pytest.mark.slow
 def test_rounds_raise_the_reward_the_judge_watches(toy_gpt2, tmp_path):  # noqa: F811
     recipe, records = online_run(toy_gpt2, tmp_path)
     metrics = records["online_dpo"]["metrics"]
@@ -120,6 +121,7 @@ def test_nll_weight_becomes_trls_sft_loss_term_and_clashes_are_refused(toy_gpt2,
         parse_recipe(tiny_recipe(toy_gpt2, tmp_path, ["online_dpo"], online_dpo={**TOY, "nll_weight": 0.5, "loss_type": ["ipo"]}))
 
 
+@pytest.mark.slow
 def test_a_length_proxy_that_hurts_the_gold_judge_is_called_reward_hacking(toy_gpt2, tmp_path):  # noqa: F811
     ppo = {"dataset": {"bundled": "sft", "limit": 64}, "use_reward_model": False,
            "reward_functions": ["tests.toy_rewards:answer_length"], "missing_eos": "keep",
@@ -197,6 +199,7 @@ def test_bad_online_settings_fail_at_load_time(toy_gpt2, tmp_path, change, messa
         parse_recipe(recipe)
 
 
+@pytest.mark.slow
 def test_relabelling_retrains_the_reward_model_on_each_rounds_answers(tiny_llama, tmp_path):
     online = {**TOY, "use_reward_model": True, "reward_functions": [], "rounds": 1, "prompts_per_round": 8,
               "relabel_with": "tests.toy_rewards:letter_e_fraction", "require_trusted_reward_model": False,

@@ -57,6 +57,7 @@ def toy_run(model_dir, root, kl_coef):
     return metric_rows(root / "tiny" / "ppo"), records["ppo"]["metrics"]
 
 
+@pytest.mark.slow
 def test_ppo_raises_a_toy_reward_and_the_kl_penalty_bounds_it(toy_gpt2, tmp_path):
     rows, metrics = toy_run(toy_gpt2, tmp_path / "loose", kl_coef=0.05)
     first = sum(r["reward_mean"] for r in rows[:5]) / 5
@@ -172,6 +173,7 @@ def test_reward_function_reads_dataset_columns(tiny_llama, tmp_path):
     assert metric_rows(tmp_path / "runs/tiny/ppo")[0]["kl"] == 0.0  # no dropout: train mode changes nothing
 
 
+@pytest.mark.slow
 @pytest.mark.fault("kill -9")
 def test_interrupted_ppo_resumes_on_the_same_trajectory(tiny_llama, tmp_path):
     """kill -9 mid-run, run again: it continues from the last checkpoint (adapters, optimiser, KL controller, RNG,

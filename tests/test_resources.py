@@ -68,6 +68,7 @@ def test_the_sampler_sees_a_peak_between_its_ends():
     assert rss_bytes() > 0
 
 
+@pytest.mark.slow
 def test_stages_in_child_processes_leave_the_parent_as_it_was(tiny_llama, tmp_path):
     recipe = parse_recipe({**tiny_recipe(tiny_llama, tmp_path / "runs", ["sft", "dpo", "export"]),
                            "isolate_stages": True})
@@ -212,7 +213,10 @@ print(in_child_process(torch.get_num_threads) >= 1)  # the child computes withou
 
 
 def test_stages_are_forked_until_torch_computes_in_the_parent_then_come_from_a_fork_server():
-    run = subprocess.run([sys.executable, "-c", FORK_RULE], capture_output=True, text=True, timeout=300)
+    # with two threads torch starts its OpenMP pool when it computes (on one, as under `make test`'s workers, it
+    # has none, and forking stays safe)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    run = subprocess.run([sys.executable, "-c", FORK_RULE], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["forked", "fork", "server", "True"]
 

@@ -56,6 +56,7 @@ def test_two_align_runs_on_one_directory_and_a_killed_holder(tiny_llama, tmp_pat
     assert (tmp_path / "runs" / "tiny" / "sft" / "stage.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.fault("kill -9")
 def test_an_export_killed_mid_merge_is_set_aside_and_redone(tiny_llama, tmp_path):
     export = {"check_prompts": [f"Question number {i}?" for i in range(12)], "check_new_tokens": 64}

@@ -343,6 +343,7 @@ def test_bfloat16_export_reloads_exactly(llama_run, tmp_path):
     assert json.loads((tmp_path / "model" / "config.json").read_text())["dtype"] == "bfloat16"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
 def test_batches_group_rows_of_similar_length(stage, tiny_llama, make_recipe, tmp_path):
     """align's default sampling puts rows of similar length in one batch: far less padding than trl's random

@@ -90,6 +90,7 @@ def test_bad_serving_settings_are_refused_at_start(tmp_path, args, users, messag
     assert message in log and "Traceback" not in log
 
 
+@pytest.mark.slow
 @pytest.mark.fault("kill -9")
 def test_fifty_annotators_kill_9_and_restart_lose_and_duplicate_nothing(tmp_path, record_property):
     db = tmp_path / "labels.db"
@@ -154,6 +155,7 @@ def test_fifty_annotators_kill_9_and_restart_lose_and_duplicate_nothing(tmp_path
     assert set(per_item.values()) == {3}
 
 
+@pytest.mark.slow
 @pytest.mark.fault("kill -9")
 def test_chat_feedback_through_the_api_survives_kill_9_without_duplicates(tiny_llama, tmp_path, record_property):
     db = tmp_path / "labels.db"
@@ -243,6 +245,7 @@ def test_a_database_from_an_earlier_align_keeps_its_feedback_and_serves_on(tiny_
     assert [h["rating"] for h in store.feedback_history("old")][2:] == [-1]
 
 
+@pytest.mark.slow
 @pytest.mark.fault("backup under load")
 def test_a_backup_taken_while_20_annotators_submit_holds_every_label_acknowledged_before_it(tmp_path,
                                                                                            record_property):

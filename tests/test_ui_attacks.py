@@ -156,6 +156,7 @@ def test_oversized_input_is_refused_and_nothing_is_stored(server):
     assert row["judgment_id"] == ack["judgment_id"] and len(row["reason"]) == MAX_REASON_CHARS
 
 
+@pytest.mark.slow
 @pytest.mark.fault("attack")
 def test_200_rapid_wrong_guesses_reach_the_password_check_at_most_the_configured_number_of_times(tmp_path):
     pairs = tmp_path / "pairs.jsonl"

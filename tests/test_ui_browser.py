@@ -46,6 +46,7 @@ def log_in(browser, server: LabelServer, name: str):
     return label_process.log_in(browser.new_context(viewport={"width": 1280, "height": 1000}).new_page(), server, name)
 
 
+@pytest.mark.slow
 @pytest.mark.fault("attack")
 def test_label_with_mouse_and_keyboard_in_chromium(browser, tiny_llama, tiny_gpt2, tmp_path):
     expect = sync_api.expect
@@ -173,6 +174,7 @@ def edit_message(page, buttons, text: str) -> None:
     page.locator("#feedback-chat").get_by_role("button", name="Submit").click()
 
 
+@pytest.mark.slow
 def test_chat_feedback_in_chromium_trains_sft_and_kto(browser, tiny_llama, tmp_path):
     """Log in, chat three turns; rate earlier replies with the thumbs (and change one), correct an earlier reply and
     chat on from it, edit a message of your own to get a new reply; every step is in the database. Then a tiny

@@ -17,6 +17,7 @@ from tests.conftest import tiny_recipe  # noqa: E402
 from align.ui.label_process import USERS, LabelServer  # noqa: E402
 
 
+@pytest.mark.slow
 def test_labels_from_the_app_train_reward_and_dpo(tiny_llama, tmp_path):
     db = tmp_path / "labels.db"
     args = ["--prompts", "bundled:prefs_train", "--models", str(tiny_llama), "--db", str(db), "--max-new-tokens", "10",
