@@ -50,12 +50,9 @@ def chat(target: str, system: str | None, max_new_tokens: int, temperature: floa
         history.append({"role": "assistant", "content": answer})
 
 
-def load_chat_model(spec: str):
-    """(model, tokenizer) ready to generate, for any model name in the module docstring."""
-    from align.config import ModelSection, QuantizationSection
-    from align.models import (
-        load_causal_lm, load_kwargs, load_policy, load_tokenizer, on_this_process_device, resolve_model_path, sync_special_tokens,
-    )
+def chat_model_source(spec: str):
+    """What a model name in the module docstring means: (recipe, adapter directory) for a run or one of its stages,
+    else (None, weights) with weights a model directory or hub id."""
     from align.runs import load_run_recipe
 
     path = Path(spec).expanduser()
@@ -68,15 +65,39 @@ def load_chat_model(spec: str):
             path, run = path / "export" / "model", None
     elif (path / "adapter").is_dir() and (path.parent / "recipe.yaml").is_file():
         run, stage = path.parent, path.name
-    if run is not None:
-        recipe = load_run_recipe(run)
-        stage = stage or recipe.policy_stage()
-        if not (run / stage / "adapter").is_dir():
-            raise FileNotFoundError(f"{spec}: stage '{stage}' has no adapter yet (run the recipe first)")
-        model = load_policy(recipe, run / stage / "adapter", trainable=False)
+    if run is None:
+        return None, str(path) if path.exists() else spec
+    recipe = load_run_recipe(run)
+    stage = stage or recipe.policy_stage()
+    if not (run / stage / "adapter").is_dir():
+        raise FileNotFoundError(f"{spec}: stage '{stage}' has no adapter yet (run the recipe first)")
+    return recipe, run / stage / "adapter"
+
+
+def resolved_chat_model(spec: str) -> str:
+    """What a model name loads, as stored beside the name with each chat reply: the weights' directory or hub id
+    (`embedded` is a directory in the cache), and for a run or one of its stages, its LoRA adapter on them."""
+    from align.models import resolve_model_path
+
+    recipe, source = chat_model_source(spec)
+    weights = resolve_model_path(recipe.model.name_or_path if recipe is not None else str(source))
+    weights = str(Path(weights).resolve()) if Path(weights).exists() else weights
+    return weights if recipe is None else f"{Path(source).resolve()} on {weights}"
+
+
+def load_chat_model(spec: str):
+    """(model, tokenizer) ready to generate, for any model name in the module docstring."""
+    from align.config import ModelSection, QuantizationSection
+    from align.models import (
+        load_causal_lm, load_kwargs, load_policy, load_tokenizer, on_this_process_device, resolve_model_path, sync_special_tokens,
+    )
+
+    recipe, source = chat_model_source(spec)
+    if recipe is not None:
+        model = load_policy(recipe, source, trainable=False)
         tokenizer = load_tokenizer(recipe.model)
     else:
-        section = ModelSection(name_or_path=str(path) if path.exists() else spec)
+        section = ModelSection(name_or_path=source)
         tokenizer = load_tokenizer(section)
         model = load_causal_lm(resolve_model_path(section.name_or_path), **load_kwargs(section, QuantizationSection()))
     sync_special_tokens(model, tokenizer)

@@ -260,11 +260,10 @@ def test_chat_feedback_in_chromium_trains_sft_and_kto(browser, tiny_llama, tmp_p
     assert (records["kto"]["metrics"]["desirable_rows"], records["kto"]["metrics"]["undesirable_rows"]) == (2, 2)
 
     # Served from this run, replies would be stored with the run's name and its final adapter on the base.
-    from align.chat import load_chat_model
-    from align.ui.serve import resolved_model
+    from align.chat import resolved_chat_model
 
     run = tmp_path / "runs" / "tiny"
     on_base = f" on {tiny_llama.resolve()}"
-    assert resolved_model(str(run), load_chat_model(str(run))[0]) == f"{(run / 'kto' / 'adapter').resolve()}{on_base}"
-    sft = resolved_model(str(run / "sft"), load_chat_model(str(run / "sft"))[0])
+    assert resolved_chat_model(str(run)) == f"{(run / 'kto' / 'adapter').resolve()}{on_base}"
+    sft = resolved_chat_model(str(run / "sft"))
     assert sft == f"{(run / 'sft' / 'adapter').resolve()}{on_base}"

@@ -14,10 +14,9 @@ import contextvars
 import os
 import sys
 import threading
-from pathlib import Path
 
 from align.labelling.accounts import AccountError, LoginGuard, load_accounts
-from align.chat import ChatModels
+from align.chat import ChatModels, resolved_chat_model
 from align.labelling.sources import pair_items, prompt_items
 from align.labelling.store import LabelError, LabelStore
 
@@ -117,24 +116,6 @@ class RequestSizeLimit:
         await response(scope, receive, send)
 
 
-def resolved_model(spec: str, model) -> str:
-    """What a model name loaded (align.chat.load_chat_model's rules), stored beside the name with each chat reply:
-    the weights' directory or hub id (`embedded` is a directory in the cache), and for a run or one of its stages,
-    the LoRA adapter on them."""
-    from peft import PeftModel
-
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    weights = base.config.name_or_path or spec
-    weights = str(Path(weights).expanduser().resolve()) if Path(weights).expanduser().exists() else weights
-    if not isinstance(model, PeftModel):
-        return weights
-    from align.runs import load_run_recipe
-
-    path = Path(spec).expanduser()
-    stage = path if (path / "adapter").is_dir() else path / load_run_recipe(path).policy_stage()
-    return f"{(stage / 'adapter').resolve()} on {weights}"
-
-
 def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_specs: list[str],
            chat_model: str | None = None, command: str = "label") -> int:
     from starlette.middleware import Middleware
@@ -154,7 +135,7 @@ def launch(args, label_tab: bool, arena_models: tuple[str, str] | None, model_sp
         for spec in models.specs:  # a typo fails now, not in front of the annotators
             print(f"{log} loading {spec}", flush=True)
             models.load(spec)
-    resolved = resolved_model(chat_model, models.load(chat_model)[0]) if chat_model else None
+    resolved = resolved_chat_model(chat_model) if chat_model else None
     if resolved is not None and resolved != chat_model:
         print(f"{log} chat model {chat_model} is {resolved}", flush=True)
     session = LabelSession(store=store, overlap=args.overlap, lease_seconds=args.lease_minutes * 60, models=models,
