@@ -87,8 +87,7 @@ def bundled_counts(recipe: dict) -> dict:
     """Rows per kind of request in each bundled file the recipe names (the README's dataset sizes)."""
     from collections import Counter
 
-    names = set(re.findall(r"bundled:\s*'?(\w+)", json.dumps(recipe))) | set(
-        re.findall(r'"bundled": "(\w+)"', json.dumps(recipe)))
+    names = set(re.findall(r'"bundled": "(\w+)"', json.dumps(recipe)))  # a resolved recipe's data sources
     counts = {}
     for name in sorted(names):
         path = REPO / "align" / "bundled" / f"{name}.jsonl"
