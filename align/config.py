@@ -14,10 +14,10 @@ import functools
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from align.stages import ONLINE_STAGES, POLICY_STAGES, STAGES
 
@@ -198,6 +198,17 @@ class JudgeLabelledPairs(Section):
         return value
 
 
+def _openings_not_blank(value: list[str]) -> list[str]:
+    blank = [i for i, text in enumerate(value, start=1) if not text.strip()]
+    if blank:
+        raise ValueError(f"opening {blank[0]} is blank: give the words a reply starts with, e.g. \"I'm sorry, but\"")
+    return value
+
+
+# Words a reply is made to start with, so that a model shows answers it seldom gives unprompted.
+Openings = Annotated[list[str], AfterValidator(_openings_not_blank)]
+
+
 class LabelledSamples(Section):
     """The SFT model's own answers on training prompts, queued as pairs in a label database (the web app's store)
     and labelled there by a labeller standing in for people; the reward model trains on every preference pair
@@ -213,6 +224,10 @@ class LabelledSamples(Section):
     max_prompts: int | None = Field(None, gt=0, description="Use at most this many prompts; None = all.")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature of the SFT answers.")
     max_new_tokens: int = Field(32, gt=0, description="Answer length limit in tokens.")
+    openings: Openings = Field(
+        [], description="Reply openings the SFT model also continues from, one answer per opening and prompt beside "
+        "its free samples, so replies it seldom gives unprompted (a decline, 'I don't know') are labelled on every "
+        "kind of prompt; [] = free samples only.")
 
     @field_validator("labeller")
     @classmethod
@@ -310,6 +325,10 @@ class OnlineDPOStage(TrlStage, VLLMSampling):
     include_greedy: bool = Field(
         True, description="One candidate is the policy's greedy answer, so a pair can keep what it already does well."
     )
+    openings: Openings = Field(
+        [], description="Reply openings the policy also continues from, one more candidate per opening and prompt, "
+        "so the reward model can pick a reply the policy seldom gives unprompted (a decline, 'I don't know') "
+        "where it is right; [] = the policy's own answers only.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0 = off.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
@@ -359,6 +378,8 @@ class OnlineDPOStage(TrlStage, VLLMSampling):
         if self.reward_weights is not None and len(self.reward_weights) != sources:
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {sources} reward sources "
                              "(the reward model if used, then each reward function)")
+        if self.openings and self.use_vllm:
+            raise ValueError("openings are continued by align's own decode loop: set use_vllm: false or openings: []")
         if self.relabel_with and not self.use_reward_model:
             raise ValueError("relabel_with trains this run's reward model each round: set use_reward_model: true")
         if self.relabel_with:

@@ -173,15 +173,17 @@ def mask_after_eos(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 
 def sample_answers(model, tokenizer, prompts: list[list[dict]], samples_per_prompt: int, max_new_tokens: int,
                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, batch_size: int = 64,
-                   progress: bool = False) -> list[list[dict]]:
+                   progress: bool = False, opening: str = "") -> list[list[dict]]:
     """`samples_per_prompt` sampled answers to each conversational prompt, through align's own decode loop (the
     rollout sampler): per prompt a list of {"text", "tokens", "ended_with_eos", "token_ids"} like
-    generate_answers'. A prompt's samples are drawn in the same batch, so similar lengths pad little."""
+    generate_answers'. A prompt's samples are drawn in the same batch, so similar lengths pad little. With an
+    `opening` the model continues a reply that starts with it; the text and counts include the opening."""
     from tqdm.auto import tqdm
 
     from align.data import token_ids
 
-    ids = [token_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    opening_ids = tokenizer.encode(opening, add_special_tokens=False) if opening else []
+    ids = [token_ids(tokenizer, p, add_generation_prompt=True) + opening_ids for p in prompts]
     flat = [i for i in longest_first([len(x) for x in ids]) for _ in range(samples_per_prompt)]
     out: list[list[dict]] = [[] for _ in prompts]
     eos = tokenizer.eos_token_id
@@ -190,8 +192,8 @@ def sample_answers(model, tokenizer, prompts: list[list[dict]], samples_per_prom
         _, _, responses, mask = sample_responses(model, [ids[i] for i in chunk], tokenizer.pad_token_id, eos,
                                                  max_new_tokens, temperature, top_k, top_p)
         for i, row, row_mask in zip(chunk, responses.tolist(), mask.tolist()):
-            tokens = [t for t, m in zip(row, row_mask) if m]
-            ended = bool(tokens) and tokens[-1] == eos
+            tokens = opening_ids + [t for t, m in zip(row, row_mask) if m]
+            ended = len(tokens) > len(opening_ids) and tokens[-1] == eos
             text_tokens = tokens[:-1] if ended else tokens
             out[i].append({"text": tokenizer.decode(text_tokens, skip_special_tokens=True).strip(),
                            "tokens": len(text_tokens), "ended_with_eos": ended, "token_ids": tokens})

@@ -144,3 +144,10 @@ def test_longest_first_batches_answer_and_score_each_prompt_in_its_own_place(tin
     one_by_one = [score_conversations(scorer, tokenizer, [c], batch_size=1)[0] for c in conversations]
     assert scores == pytest.approx(one_by_one, abs=1e-4)
     assert len(set(round(s, 4) for s in scores)) == len(scores)  # distinct, so a mix-up could not pass
+
+    # (after the scorer, whose random head this sampling would change)
+    opened = sample_answers(model, tokenizer, prompts, 1, 3, top_k=1, opening="Sure, here")
+    opening_ids = tokenizer.encode("Sure, here", add_special_tokens=False)
+    for (answer,) in opened:  # the reply starts with the opening, and the model went on from it
+        assert answer["token_ids"][: len(opening_ids)] == opening_ids and len(answer["token_ids"]) > len(opening_ids)
+        assert answer["text"].startswith("Sure, here") and answer["tokens"] >= len(opening_ids)

@@ -114,6 +114,32 @@ def test_the_reward_stage_trains_on_the_labellers_labels_from_the_database(tiny_
     assert metrics["labelled_by"].startswith("simulated-labeller (align.labeller:simulated")
 
 
+def test_openings_add_answers_that_start_with_them_to_the_labelled_pairs(tiny_llama, make_recipe):
+    """Each opening adds one answer per prompt that starts with it, paired with the free samples in the
+    label database; a blank opening is refused when the recipe loads."""
+    from pydantic import ValidationError
+
+    from align.config import LabelledSamples
+    from align.labelling.store import LabelStore
+    from align.pipeline import run_recipe
+    from align.runs import run_dir
+
+    with pytest.raises(ValidationError, match="opening 2 is blank"):
+        LabelledSamples(prompts="bundled:prefs_train", openings=["I'm sorry, but", "  "])
+    recipe = make_recipe(tiny_llama, ["sft", "reward"], reward={
+        "labelled_samples": {"prompts": {"bundled": "prefs_train", "limit": 6}, "samples_per_prompt": 2,
+                             "max_new_tokens": 4, "noise": 0.0, "openings": ["I don't know"]}})
+    metrics = run_recipe(recipe)["reward"]["metrics"]
+    store = LabelStore(run_dir(recipe) / "labels.db", create=False)
+    try:
+        responses = store.connection().execute("SELECT response_1, response_2 FROM items").fetchall()
+    finally:
+        store.close()
+    assert len(responses) == metrics["labelled_samples_items"]
+    opened = [r for pair in responses for r in pair if r.startswith("I don't know")]
+    assert opened and all(len(r) > len("I don't know") for r in opened)  # the model went on from the opening
+
+
 def test_judge_labelled_pairs_still_sample_the_sft_model_on_training_prompts(tiny_llama, make_recipe):
     """The other way to label the SFT model's samples (a judge orders them directly) shares the sampling."""
     from align.pipeline import run_recipe

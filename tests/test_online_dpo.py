@@ -190,6 +190,9 @@ def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(t
     ({"stages": ["sft", "reward"], "reward": {"dataset": "bundled:prefs_train",
                                               "judge_labelled_pairs": {"judge": "align.judges:gold"}}},
      "judge_labelled_pairs.prompts"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure", ""]}}, "opening 2 is blank"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "use_vllm": True}},
+     "openings are continued by align's own decode loop"),
 ])
 def test_bad_online_settings_fail_at_load_time(toy_gpt2, tmp_path, change, message):  # noqa: F811
     recipe = tiny_recipe(toy_gpt2, tmp_path, change.pop("stages"))
@@ -215,3 +218,15 @@ def test_relabelling_retrains_the_reward_model_on_each_rounds_answers(tiny_llama
     before = load_file(tmp_path / "tiny" / "reward" / "adapter" / "adapter_model.safetensors")
     after = load_file(stage / "round-1" / "reward_adapter" / "adapter_model.safetensors")
     assert any(not (before[k] == after[k]).all() for k in before), "the reward model learned this round's pairs"
+
+
+def test_openings_add_candidates_that_start_with_them(toy_gpt2, tmp_path):  # noqa: F811
+    """Each opening adds one candidate per prompt continuing it, scored and paired with the policy's own."""
+    recipe, records = online_run(toy_gpt2, tmp_path, rounds=1, prompts_per_round=8, samples_per_prompt=2,
+                                 openings=["eee"], num_train_epochs=1)
+    rows = [json.loads(line) for line in (tmp_path / "tiny" / "online_dpo" / "round-1" / "samples.jsonl").open()]
+    assert len(rows) == 8
+    for row in rows:
+        texts = row["answers"]  # the greedy answer, a sample, then the opened one
+        assert len(texts) == 3 and texts[-1].startswith("eee") and len(texts[-1]) > len("eee")
+    assert records["online_dpo"]["metrics"]["pairs"] > 0

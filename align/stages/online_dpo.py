@@ -1,8 +1,10 @@
 """On-policy preference rounds (iterative / online DPO, Guo et al. 2024; Pang et al. 2024).
 
 Round r: the current policy writes `samples_per_prompt` candidate answers to `prompts_per_round` training
-prompts (its greedy answer and samples from align's own decode loop); the reward model and/or reward functions score them; each prompt's best and worst
-answers become a pair (ties and near-identical texts dropped); trl's DPOTrainer trains on the pairs, with an NLL
+prompts (its greedy answer and samples from align's own decode loop), plus one continuing each of `openings` (a
+reply it seldom gives unprompted, such as a decline, so the reward model can pick it where it is right and reject
+it where it is not); the reward model and/or reward functions score them; each prompt's best and worst answers
+become a pair (ties and near-identical texts dropped); trl's DPOTrainer trains on the pairs, with an NLL
 term on the chosen answer (RPO: loss_type [sigmoid, sft]) so the chosen answers' likelihood does not sink. The
 reference of round r is the policy at its start (trl's frozen copy of the adapter); KL is measured against the
 policy the stage started from (the SFT model in the quickstart).
@@ -69,8 +71,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         if long:
             raise RecipeError(f"online_dpo: rows {long[:5]} of {where} ({len(long)} in all) leave no room for "
                               f"max_new_tokens={cfg.max_new_tokens} within max_length={max_length}")
+    opened = f" + {len(cfg.openings)} opened" if cfg.openings else ""
     print(f"[online_dpo] {len(rows)} prompts from {where}; {cfg.rounds} rounds of {cfg.prompts_per_round} prompts "
-          f"x {cfg.samples_per_prompt} samples" + (f"; gold judge (logged only): {judges[0]}" if judges else ""))
+          f"x {cfg.samples_per_prompt} samples{opened}" + (f"; gold judge (logged only): {judges[0]}" if judges else ""))
 
     # --- models: policy and reward model reloaded each round from the adapters the last round saved
     path = resolve_model_path(recipe.model.name_or_path)
@@ -119,6 +122,10 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                 if cfg.include_greedy:
                     greedy = generate_answers(sampler, tokenizer, prompts, cfg.max_new_tokens, 64)
                     samples = [[first, *rest] for first, rest in zip(greedy, samples)]
+                for opening in cfg.openings:
+                    opened = sample_answers(sampler, tokenizer, prompts, 1, cfg.max_new_tokens, cfg.temperature,
+                                            cfg.top_k, cfg.top_p, opening=opening)
+                    samples = [answers + extra for answers, extra in zip(samples, opened)]
                 del sampler
                 release_memory()  # the sampler's weights and decode buffers, before the policy loads
             seconds = {"sample": time.time() - started}

@@ -123,12 +123,18 @@ def starting_policy(recipe: Recipe, inputs: dict):
 
 def training_prompt_samples(recipe: Recipe, inputs: dict, tokenizer, spec) -> tuple[list[dict], str, list]:
     """The SFT model's samples on the training prompts a labelling section names (its prompts, max_prompts,
-    samples_per_prompt, max_new_tokens, temperature): (rows, where, samples)."""
+    samples_per_prompt, max_new_tokens, temperature), then one continuing each of its openings, if it has any:
+    (rows, where, samples)."""
     rows, where = load_prompts(spec.prompts)
     rows = rows[: spec.max_prompts]
+    prompts = [r["prompt"] for r in rows]
     policy = starting_policy(recipe, inputs)
-    samples = sample_answers(policy, tokenizer, [r["prompt"] for r in rows], spec.samples_per_prompt,
-                             spec.max_new_tokens, spec.temperature, progress=True)
+    samples = sample_answers(policy, tokenizer, prompts, spec.samples_per_prompt, spec.max_new_tokens,
+                             spec.temperature, progress=True)
+    for opening in getattr(spec, "openings", []):
+        opened = sample_answers(policy, tokenizer, prompts, 1, spec.max_new_tokens, spec.temperature,
+                                opening=opening)
+        samples = [answers + extra for answers, extra in zip(samples, opened)]
     del policy
     release_memory()  # the sampler's weights and decode buffers, before the reward model loads
     return rows, where, samples
@@ -174,7 +180,8 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     counts = label_through_store(db, items, load_labeller(spec.labeller), spec.annotator, source=f"{where} ({model})",
                                  seed=recipe.seed, noise=spec.noise)
     pairs = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in read_label_rows(db)]
-    print(f"[reward] {len(items)} pairs of {spec.samples_per_prompt} SFT samples on {len(rows)} prompts of {where} "
+    openings = f" and {len(spec.openings)} opened ones" if spec.openings else ""
+    print(f"[reward] {len(items)} pairs of {spec.samples_per_prompt} SFT samples{openings} on {len(rows)} prompts of {where} "
           f"queued in {db} ({counts['queued']} new); {spec.annotator} ({spec.labeller}, noise {spec.noise:g}) "
           f"labelled {counts['labelled']}: A {counts['A']}, B {counts['B']}, tie {counts['tie']}, both bad "
           f"{counts['both_bad']} ({counts['flipped']} flipped); the database gives {len(pairs)} preference pairs")
