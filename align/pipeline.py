@@ -9,7 +9,8 @@ from pathlib import Path
 
 from align.config import Recipe, RecipeError, recipe_to_yaml
 from align.runs import (
-    finish_stage, is_finished, read_stage, run_dir, stage_dir, stage_fingerprint, versions, write_json_atomic,
+    finish_stage, finished_with_recipe, is_finished, read_stage, run_dir, stage_dir, versions,
+    write_json_atomic,
     write_text_atomic,
 )
 from align.child_processes import StageProcessDied, in_child_process, start_child_processes, stop_child_processes
@@ -52,7 +53,7 @@ def plan(recipe: Recipe, only: str | None = None, start: str | None = None) -> l
             steps.append((stage, "skip"))
             continue
         if finished and start is None and only is None:
-            if read_stage(directory).get("fingerprint") != stage_fingerprint(recipe, stage):
+            if not finished_with_recipe(directory, recipe, stage):
                 raise RecipeError(
                     f"stage '{stage}' in {directory} finished with a different recipe (its section, model, lora, "
                     f"quantization or seed changed). Redo it and the stages after it with --from {stage}, or give "

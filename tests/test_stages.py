@@ -246,6 +246,33 @@ def test_rerun_skips_finished_stages(llama_run):
     assert again["eval"]["metrics"] == records["eval"]["metrics"]
 
 
+def test_a_knob_added_since_a_stage_finished_is_no_change_at_its_default(llama_run):
+    """A stage finished by an older align, which lacked a knob the section now has: left at its default, the
+    stage still counts as finished; given another value, it is refused as a changed recipe."""
+    import yaml
+
+    recipe, _, run = llama_run
+    stage, knob = next((stage, name) for stage in recipe.stages
+                       for name, field in type(getattr(recipe, stage)).model_fields.items()
+                       if name not in getattr(recipe, stage).model_fields_set
+                       and isinstance(field.default, (bool, int, float)) and field.default is not None
+                       and getattr(getattr(recipe, stage), name) == field.default)
+    record = json.loads((run / stage / "stage.json").read_text())
+    del record["fingerprint"][stage][knob]
+    (run / stage / "stage.json").write_text(json.dumps(record))
+    stored = yaml.safe_load((run / stage / "recipe.yaml").read_text())
+    del stored[stage][knob]
+    (run / stage / "recipe.yaml").write_text(yaml.safe_dump(stored))
+    before = (run / stage / "stage.json").stat().st_mtime_ns
+    run_recipe(recipe)
+    assert (run / stage / "stage.json").stat().st_mtime_ns == before, f"{stage} redone over the new knob {knob}"
+    changed = recipe.model_copy(deep=True)
+    default = type(getattr(recipe, stage)).model_fields[knob].default
+    setattr(getattr(changed, stage), knob, (not default) if isinstance(default, bool) else default + 1)
+    with pytest.raises(RecipeError, match=f"--from {stage}"):
+        run_recipe(changed)
+
+
 def test_changed_recipe_is_refused_then_redone_with_from(llama_run):
     recipe, _, run = llama_run
     changed = recipe.model_copy(deep=True)
