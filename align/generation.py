@@ -173,30 +173,32 @@ def mask_after_eos(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 
 def sample_answers(model, tokenizer, prompts: list[list[dict]], samples_per_prompt: int, max_new_tokens: int,
                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, batch_size: int = 64,
-                   progress: bool = False, opening: str = "") -> list[list[dict]]:
+                   progress: bool = False, openings: list[str] = ()) -> list[list[dict]]:
     """`samples_per_prompt` sampled answers to each conversational prompt, through align's own decode loop (the
     rollout sampler): per prompt a list of {"text", "tokens", "ended_with_eos", "token_ids"} like
-    generate_answers'. A prompt's samples are drawn in the same batch, so similar lengths pad little. With an
-    `opening` the model continues a reply that starts with it; the text and counts include the opening."""
+    generate_answers'. A prompt's samples are drawn in the same batch, so similar lengths pad little. Then one
+    more answer per opening, the model continuing a reply that starts with it (text and counts include it)."""
     from tqdm.auto import tqdm
 
     from align.data import token_ids
 
-    opening_ids = tokenizer.encode(opening, add_special_tokens=False) if opening else []
-    ids = [token_ids(tokenizer, p, add_generation_prompt=True) + opening_ids for p in prompts]
-    flat = [i for i in longest_first([len(x) for x in ids]) for _ in range(samples_per_prompt)]
+    prompt_ids = [token_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
     out: list[list[dict]] = [[] for _ in prompts]
     eos = tokenizer.eos_token_id
-    for start in tqdm(range(0, len(flat), batch_size), desc="sampling", disable=not progress, leave=False):
-        chunk = flat[start : start + batch_size]
-        _, _, responses, mask = sample_responses(model, [ids[i] for i in chunk], tokenizer.pad_token_id, eos,
-                                                 max_new_tokens, temperature, top_k, top_p)
-        for i, row, row_mask in zip(chunk, responses.tolist(), mask.tolist()):
-            tokens = opening_ids + [t for t, m in zip(row, row_mask) if m]
-            ended = len(tokens) > len(opening_ids) and tokens[-1] == eos
-            text_tokens = tokens[:-1] if ended else tokens
-            out[i].append({"text": tokenizer.decode(text_tokens, skip_special_tokens=True).strip(),
-                           "tokens": len(text_tokens), "ended_with_eos": ended, "token_ids": tokens})
-        del responses, mask
-        trim_allocator()
+    passes = [([], samples_per_prompt)] + [(tokenizer.encode(o, add_special_tokens=False), 1) for o in openings]
+    for opening_ids, count in passes:
+        ids = [p + opening_ids for p in prompt_ids]
+        flat = [i for i in longest_first([len(x) for x in ids]) for _ in range(count)]
+        for start in tqdm(range(0, len(flat), batch_size), desc="sampling", disable=not progress, leave=False):
+            chunk = flat[start : start + batch_size]
+            _, _, responses, mask = sample_responses(model, [ids[i] for i in chunk], tokenizer.pad_token_id, eos,
+                                                     max_new_tokens, temperature, top_k, top_p)
+            for i, row, row_mask in zip(chunk, responses.tolist(), mask.tolist()):
+                tokens = opening_ids + [t for t, m in zip(row, row_mask) if m]
+                ended = len(tokens) > len(opening_ids) and tokens[-1] == eos
+                text_tokens = tokens[:-1] if ended else tokens
+                out[i].append({"text": tokenizer.decode(text_tokens, skip_special_tokens=True).strip(),
+                               "tokens": len(text_tokens), "ended_with_eos": ended, "token_ids": tokens})
+            del responses, mask
+            trim_allocator()
     return out

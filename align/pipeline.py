@@ -9,8 +9,7 @@ from pathlib import Path
 
 from align.config import Recipe, RecipeError, recipe_to_yaml
 from align.runs import (
-    finish_stage, finished_with_recipe, is_finished, read_stage, run_dir, stage_dir, versions,
-    write_json_atomic,
+    finish_stage, finished_with_recipe, is_finished, read_stage, run_dir, stage_dir, versions, write_json_atomic,
     write_text_atomic,
 )
 from align.child_processes import StageProcessDied, in_child_process, start_child_processes, stop_child_processes

@@ -99,7 +99,7 @@ def finished_with_recipe(directory: Path, recipe: Recipe, stage: str) -> bool:
     if read_stage(directory).get("fingerprint") == current:
         return True
     try:
-        then = parse_recipe(yaml.safe_load((directory / "recipe.yaml").read_text()), str(directory / "recipe.yaml"))
+        then = load_run_recipe(directory)
     except (OSError, yaml.YAMLError, RecipeError):
         return False
     return stage_fingerprint(then, stage) == current

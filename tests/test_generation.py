@@ -146,8 +146,9 @@ def test_longest_first_batches_answer_and_score_each_prompt_in_its_own_place(tin
     assert len(set(round(s, 4) for s in scores)) == len(scores)  # distinct, so a mix-up could not pass
 
     # (after the scorer, whose random head this sampling would change)
-    opened = sample_answers(model, tokenizer, prompts, 1, 3, top_k=1, opening="Sure, here")
+    opened = sample_answers(model, tokenizer, prompts, 1, 3, top_k=1, openings=["Sure, here"])
     opening_ids = tokenizer.encode("Sure, here", add_special_tokens=False)
-    for (answer,) in opened:  # the reply starts with the opening, and the model went on from it
+    assert [group[0]["token_ids"] for group in opened] == [a["token_ids"][:3] for a in alone]  # free sample first
+    for (_, answer) in opened:  # then one that starts with the opening, the model going on from it
         assert answer["token_ids"][: len(opening_ids)] == opening_ids and len(answer["token_ids"]) > len(opening_ids)
         assert answer["text"].startswith("Sure, here") and answer["tokens"] >= len(opening_ids)

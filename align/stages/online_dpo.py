@@ -118,14 +118,11 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             else:
                 sampler = load_sampler(recipe, adapter)
                 samples = sample_answers(sampler, tokenizer, prompts, cfg.samples_per_prompt - cfg.include_greedy,
-                                         cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, progress=True)
+                                         cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, progress=True,
+                                         openings=cfg.openings)
                 if cfg.include_greedy:
                     greedy = generate_answers(sampler, tokenizer, prompts, cfg.max_new_tokens, 64)
                     samples = [[first, *rest] for first, rest in zip(greedy, samples)]
-                for opening in cfg.openings:
-                    opened = sample_answers(sampler, tokenizer, prompts, 1, cfg.max_new_tokens, cfg.temperature,
-                                            cfg.top_k, cfg.top_p, opening=opening)
-                    samples = [answers + extra for answers, extra in zip(samples, opened)]
                 del sampler
                 release_memory()  # the sampler's weights and decode buffers, before the policy loads
             seconds = {"sample": time.time() - started}

@@ -130,11 +130,7 @@ def training_prompt_samples(recipe: Recipe, inputs: dict, tokenizer, spec) -> tu
     prompts = [r["prompt"] for r in rows]
     policy = starting_policy(recipe, inputs)
     samples = sample_answers(policy, tokenizer, prompts, spec.samples_per_prompt, spec.max_new_tokens,
-                             spec.temperature, progress=True)
-    for opening in getattr(spec, "openings", []):
-        opened = sample_answers(policy, tokenizer, prompts, 1, spec.max_new_tokens, spec.temperature,
-                                opening=opening)
-        samples = [answers + extra for answers, extra in zip(samples, opened)]
+                             spec.temperature, progress=True, openings=getattr(spec, "openings", []))
     del policy
     release_memory()  # the sampler's weights and decode buffers, before the reward model loads
     return rows, where, samples
