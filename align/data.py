@@ -20,7 +20,6 @@ from pathlib import Path
 from align.config import DataSource
 from align.formats import ACCEPTED_LAYOUTS, CHAT_ROLES, LayoutError, rename_columns, to_align_row
 
-ROLES = CHAT_ROLES
 ROW_NUMBER = "__row_number__"  # set by the JSONL reader: the file line of the row
 MAX_ERRORS_SHOWN = 5
 
@@ -131,8 +130,8 @@ def _messages(value, where: str, field: str) -> list[dict]:
     for i, msg in enumerate(value, start=1):  # counted from 1, as rows and a person count them
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
             raise DataError(f"{where}: field '{field}' message {i}: expected {{'role': ..., 'content': ...}}")
-        if msg["role"] not in ROLES:
-            raise DataError(f"{where}: field '{field}' message {i}: role '{msg['role']}' is not one of {ROLES}")
+        if msg["role"] not in CHAT_ROLES:
+            raise DataError(f"{where}: field '{field}' message {i}: role '{msg['role']}' is not one of {CHAT_ROLES}")
         if not isinstance(msg["content"], str):
             raise DataError(f"{where}: field '{field}' message {i}: content must be a string")
         if not msg["content"].strip():
