@@ -127,16 +127,28 @@ def _die_with(caller: int) -> None:
     def watch() -> None:
         if handle is not None:
             select.select([handle], [], [])
-        else:
-            while True:
-                time.sleep(1)
-                try:
-                    os.kill(caller, 0)
-                except ProcessLookupError:
-                    break
+        # A sandboxing kernel (gVisor) may offer pidfd_open yet report the handle readable while the caller lives:
+        # trusting it would kill every stage at its start. Only a caller seen gone ends this process.
+        while _is_alive(caller):
+            time.sleep(1)
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True, name="align-watch-caller").start()
+
+
+def _is_alive(pid: int) -> bool:
+    """pid runs (a zombie, exited but not yet reaped by its parent, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def _child_main(send, caller: int, function, args) -> None:

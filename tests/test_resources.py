@@ -24,6 +24,8 @@ from align.resources import StageResources, rss_bytes
 from align.run_lock import LOCK_FILE
 from tests.conftest import tiny_recipe
 
+REPO = Path(__file__).resolve().parent.parent
+
 # The first stage pays for importing trl, datasets and their kernels; later stages may add caches of a few MB
 # (measured on this recipe: at most 0.04 GiB above the second stage's start with memory released between stages).
 BASELINE_MARGIN_GIB = 0.1
@@ -164,6 +166,35 @@ def test_killing_the_run_kills_its_stage_process_and_frees_the_run(tiny_llama, t
     time.sleep(3)
     assert metrics.stat().st_size == logged, "the stage's process outlived the run and is still training"
 
+
+
+WATCHER = """
+import os, select, sys, time
+from align import child_processes
+if sys.argv[1] == "sandbox":  # what a sandboxing kernel may answer: the caller's pidfd readable at once
+    select.select = lambda readers, *rest: (readers, [], [])
+child_processes._die_with(int(sys.argv[2]))
+time.sleep(3)
+print("outlived", flush=True)
+"""
+
+
+@pytest.mark.fault("a sandbox's pidfd")
+def test_a_stage_process_lives_while_its_caller_does_even_where_pidfd_says_otherwise():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for kernel in ("linux", "sandbox"):
+            done = subprocess.run([sys.executable, "-c", WATCHER, kernel, str(sleeper.pid)], cwd=REPO,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0 and "outlived" in done.stdout, (kernel, done.returncode, done.stderr[-2000:])
+        watcher = subprocess.Popen([sys.executable, "-c", WATCHER, "sandbox", str(sleeper.pid)], cwd=REPO,
+                                   stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        sleeper.kill()  # its caller gone: it dies within about a second, without finishing
+        sleeper.wait()
+        assert watcher.wait(timeout=30) == -signal.SIGKILL and watcher.stdout.read() == ""
+    finally:
+        sleeper.kill()
 
 
 def children(pid: int) -> list[int]:
