@@ -1,21 +1,27 @@
 # python bench/throughput.py --shape tiny                 # CPU smoke run (seconds)
 # python bench/throughput.py --shape 135m --rows 64       # the embedded model's shape on CPU
 # python bench/throughput.py --shape 1.7b                 # on a GPU: both sides QLoRA (nf4 base)
-"""Plain TRL against align on the same work, in one process: SFT tokens/s, DPO pairs/s and rollout tokens/s,
-peak memory, and MFU, with the ratio align / TRL. Results go to bench/results/<machine>-<shape>.json and .md.
+"""Plain TRL against align on the same work: SFT tokens/s, DPO pairs/s and rollout tokens/s at steady state,
+peak memory, and MFU, with the ratio align / best plain TRL. Results go to bench/results/<machine>-<shape>.json and
+.md, rewritten after each arm, so a run stopped part-way keeps every arm it finished.
 
 Both sides start from the same random-init Llama-shaped model (with the embedded SmolLM2 tokenizer), the same
-rows and the same LoRA (r=16, all linear layers), and run one epoch; each is timed from model load to the end of
-training, so work that a side does before training (DPO's precomputed reference log-probs) is counted.
+rows and the same LoRA (r=16, all linear layers), QLoRA (nf4 base) on a GPU.
 
-- TRL: SFTTrainer / DPOTrainer with trl's defaults, except gradient checkpointing off (trl turns it on; off is
-  the faster plain setting), batch 8, max_length 1024, bf16: the "TRL default" column; and trl's best plain
-  setting of each (SFT: packing with bfd; DPO: precompute_ref_log_probs). align is compared with the faster of
-  the two.
-- align: the `sft` and `dpo` stages of align itself (align/stages/*.py), run on a recipe with the same settings.
+- Steady state: each trainer gets the same clock (a TrainerCallback) that starts after the warm-up steps and stops
+  training once the window has lasted --window-seconds (15 on a GPU); tokens are the trainer's own count of the
+  non-padding input tokens in that window. Loading, tokenising, DPO's precomputed reference log-probs and the
+  warm-up are reported apart, as start-up seconds (time to the first step).
+- TRL: SFTTrainer / DPOTrainer with gradient checkpointing off (trl turns it on; off is the faster plain
+  setting), batch 8, max_length 1024, bf16: the "default" setting; and trl's best plain setting of each (SFT:
+  packing with bfd; DPO: precompute_ref_log_probs). align is compared with the faster one measured. On a GPU only
+  the best setting runs unless --trl-settings all (time: both shapes must fit in a few minutes).
+- align: the `sft` and `dpo` stages of align itself (align/stages/*.py), on a recipe with the same settings.
 - Rollouts: `model.generate` with the model's default generation settings vs align's rollout path
-  (`align.generation.sample_responses`), batch 64. On a GPU each side runs once untimed first (compiling, kernel
-  warm-up), since PPO samples with the same shapes at every step.
+  (`align.generation.sample_responses`), batch 64, each side once untimed first (compiling, kernel warm-up, as PPO
+  samples with the same shapes at every step), then repeated for the window.
+- On a GPU the arms run one after another in one process (peak memory is torch's, reset per arm); on a CPU each
+  in a fresh process (peak memory is the process's peak RSS).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, no sp
 BATCH, MAX_LENGTH, LORA_R = 8, 1024, 16
 TRL_SETTINGS = {"sft": {"default": {}, "packing": {"packing": True, "packing_strategy": "bfd"}},
                 "dpo": {"default": {}, "precompute": {"precompute_ref_log_probs": True}}}
+TRL_BEST = {"sft": "packing", "dpo": "precompute"}  # the faster plain setting in every measurement so far
+EPOCHS = 1000  # as many as the window needs: the clock stops training when the window is over
+ROWS_ON_GPU = {"135m": 2048, "1.7b": 1024, "8b": 512}  # rows tokenised (and DPO reference log-probs precomputed) per arm
 
 
 def machine() -> str:
@@ -62,7 +71,7 @@ def peak_tflops() -> float | None:
 
 class Meter:
     """Wall time and peak memory (GPU: allocated by torch; CPU: the process's peak RSS). Every arm runs in a fresh
-    process (see in_fresh_process), so one arm's peak is not another's."""
+    process on a CPU (see run_arm), so one arm's peak is not another's."""
 
     def __enter__(self):
         if torch.cuda.is_available():
@@ -78,6 +87,59 @@ class Meter:
         else:
             self.peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         self.seconds = time.perf_counter() - self.start
+
+
+class SteadyClock:
+    """Steady-state throughput of whatever trains while it is installed: every transformers Trainer built meanwhile
+    counts its non-padding input tokens and gets a callback that notes the time after `warmup_steps` steps and stops
+    training once `window_seconds` have passed since (at least one step); tokens and seconds of that window."""
+
+    def __init__(self, warmup_steps: int, window_seconds: float):
+        self.warmup_steps, self.window_seconds = warmup_steps, window_seconds
+        self.begin = self.first_step = self.start = self.end = None
+
+    def __enter__(self):
+        from transformers import Trainer, TrainerCallback
+
+        clock, self.original_init = self, Trainer.__init__
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if clock.first_step is None:
+                    clock.first_step = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                now = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
+                if state.global_step == clock.warmup_steps:
+                    clock.start = now
+                elif clock.start is not None and state.global_step > clock.warmup_steps:
+                    clock.end = now
+                    if now[0] - clock.start[0] >= clock.window_seconds:
+                        control.should_training_stop = True
+
+        def init(trainer, *args, **kwargs):
+            clock.original_init(trainer, *args, **kwargs)
+            trainer.args.include_num_input_tokens_seen = "non_padding"
+            trainer.add_callback(Callback())
+
+        Trainer.__init__ = init
+        self.begin = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        from transformers import Trainer
+
+        Trainer.__init__ = self.original_init
+
+    def result(self) -> dict:
+        if self.start is None or self.end is None:
+            raise RuntimeError(f"training ended before the window: fewer than {self.warmup_steps + 1} steps")
+        seconds = self.end[0] - self.start[0]
+        return {"window_seconds": round(seconds, 2), "window_tokens": self.end[1] - self.start[1],
+                "window_steps": self.end[2] - self.start[2], "startup_seconds": round(self.first_step - self.begin, 2),
+                "short_window": seconds < self.window_seconds}
 
 
 def build_model(shape: str, out: Path, dtype: str) -> tuple[Path, int]:
@@ -119,7 +181,7 @@ def trl_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu: b
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     common = {"output_dir": str(out), "per_device_train_batch_size": BATCH, "max_length": MAX_LENGTH,
-              "num_train_epochs": 1, "gradient_checkpointing": False, "report_to": "none", "save_strategy": "no",
+              "num_train_epochs": EPOCHS, "gradient_checkpointing": False, "report_to": "none", "save_strategy": "no",
               "logging_steps": 1, "bf16": True, "use_cpu": not gpu, "seed": 0, **TRL_SETTINGS[stage][setting]}
     with Meter() as meter:
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -147,7 +209,7 @@ def align_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu:
         "quantization": {"load_in_4bit": gpu},
         "lora": {"r": LORA_R, "alpha": 2 * LORA_R, "target_modules": "all-linear"},
         stage: {"dataset": str(data), "per_device_train_batch_size": BATCH, "max_length": MAX_LENGTH,
-                "num_train_epochs": 1, "save_strategy": "no", "logging_steps": 1},
+                "num_train_epochs": EPOCHS, "save_strategy": "no", "logging_steps": 1},
     })
     stage_out = out / stage
     stage_out.mkdir(parents=True, exist_ok=True)
@@ -156,23 +218,35 @@ def align_arm(stage: str, model_dir: Path, examples: list[dict], out: Path, gpu:
     return meter, metrics["train_loss"]
 
 
-def timed_arm(arm, *args) -> dict:
-    meter, loss = arm(*args)
-    return {"seconds": meter.seconds, "peak_gib": meter.peak_gib, "train_loss": loss}
+def timed_arm(warmup_steps: int, window_seconds: float, arm, *args) -> dict:
+    with SteadyClock(warmup_steps, window_seconds) as clock:
+        meter, loss = arm(*args)
+    return {"seconds": meter.seconds, "peak_gib": meter.peak_gib, "train_loss": loss, **clock.result()}
 
 
-def in_fresh_process(function, *args):
+def run_arm(function, *args):
+    """function(*args) in a fresh process on a CPU (its own peak RSS); in this one on a GPU, whose peak memory
+    torch counts per arm, memory given back after."""
+    if torch.cuda.is_available():
+        import gc
+
+        try:
+            return function(*args)
+        finally:
+            gc.collect()
+            torch.cuda.empty_cache()
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(function, args)
 
 
-def rollout_arm(name: str, model_dir: Path, gpu: bool, batch: int, new_tokens: int) -> dict:
+def rollout_arm(name: str, model_dir: Path, gpu: bool, batch: int, new_tokens: int, window_seconds: float) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from align.generation import mask_after_eos, sample_responses
 
+    begin = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
     model.to("cuda" if gpu else "cpu").eval()
@@ -190,84 +264,118 @@ def rollout_arm(name: str, model_dir: Path, gpu: bool, batch: int, new_tokens: i
         _, _, responses, mask = sample_responses(model, prompts, tokenizer.pad_token_id, eos, new_tokens, cache="auto")
         return int(mask.sum())
 
-    if gpu:  # PPO samples every step with the same shapes: compiling and CUDA kernel warm-up are paid once
-        rollout()
+    rollout()  # PPO samples every step with the same shapes: compiling and kernel warm-up are paid once
+    startup = time.perf_counter() - begin
     torch.manual_seed(0)
+    made, rounds = 0, 0
     with Meter() as meter:
-        made = rollout()
-    return {"tokens_per_second": made / meter.seconds, "seconds": meter.seconds, "peak_gib": meter.peak_gib}
+        while rounds == 0 or time.perf_counter() - meter.start < window_seconds:
+            made += rollout()
+            rounds += 1
+    return {"tokens_per_second": made / meter.seconds, "window_seconds": round(meter.seconds, 2),
+            "window_tokens": made, "rollouts": rounds, "startup_seconds": round(startup, 2),
+            "peak_gib": meter.peak_gib, "short_window": meter.seconds < window_seconds}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# {report['machine']}, {report['shape']} shape ({report['parameters'] / 1e6:.1f}M parameters), "
+             f"{report['quantization']}, torch {report['torch']}; steady state over >= {report['window_seconds']} s "
+             f"after {report['warmup_steps']} warm-up steps", "",
+             "| part | best plain TRL | align | align / best TRL | start-up s TRL / align | peak memory TRL / align "
+             "(GiB) | MFU TRL / align | train loss TRL / align |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, part in report["parts"].items():
+        if "speedup" not in part:
+            continue
+        unit = {"sft": "tokens/s", "dpo": "pairs/s", "rollout": "tokens/s"}[name]
+        key = "rows_per_second" if name == "dpo" else "tokens_per_second"
+        setting = part["trl"].get("setting", "HF generate")
+        pair = lambda field, fmt: " / ".join(format(part[s][field], fmt) for s in ("trl", "align")) \
+            if field in part["trl"] and field in part["align"] else "n/a"
+        short = " (window short)" if part["trl"].get("short_window") or part["align"].get("short_window") else ""
+        lines.append(f"| {name} | {part['trl'][key]:.1f} {unit} ({setting}) | {part['align'][key]:.1f} {unit} | "
+                     f"{part['speedup']:.2f}x{short} | {pair('startup_seconds', '.1f')} | {pair('peak_gib', '.2f')} | "
+                     f"{pair('mfu', '.1%')} | {pair('train_loss', '.4f')} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=list(SHAPES), default="tiny")
-    parser.add_argument("--rows", type=int, default=32, help="SFT demonstrations and DPO pairs per side")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="SFT demonstrations and DPO pairs per arm (default: enough for the window on a GPU, 32 on a CPU)")
     parser.add_argument("--rollout-batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=None, help="rollout length (default 256 GPU, 32 CPU)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="steps left out of the window (default 5 GPU, 1 CPU)")
+    parser.add_argument("--window-seconds", type=float, default=None,
+                        help="steady-state window per arm (default 15 on a GPU, 0 on a CPU: every step after warm-up)")
+    parser.add_argument("--trl-settings", choices=["best", "all"], default=None,
+                        help="plain-TRL settings to run: the best known one, or all (default: best on a GPU, all on a CPU)")
     parser.add_argument("--only", choices=["sft", "dpo", "rollout"], action="append", help="run only these parts")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
     parts = args.only or ["sft", "dpo", "rollout"]
     new_tokens = args.new_tokens or (256 if gpu else 32)
+    warmup = args.warmup_steps if args.warmup_steps is not None else (5 if gpu else 1)
+    window = args.window_seconds if args.window_seconds is not None else (15.0 if gpu else 0.0)
+    row_count = args.rows or (ROWS_ON_GPU.get(args.shape, 256) if gpu else 32)
+    settings = args.trl_settings or ("best" if gpu else "all")
 
     from transformers import AutoTokenizer
 
-    report = {"machine": machine(), "shape": args.shape, "rows": args.rows, "torch": torch.__version__,
-              "quantization": "nf4 (QLoRA)" if gpu else "none (bf16 base on CPU)", "parts": {}}
+    report = {"machine": machine(), "shape": args.shape, "rows": row_count, "torch": torch.__version__,
+              "quantization": "nf4 (QLoRA)" if gpu else "none (bf16 base on CPU)", "warmup_steps": warmup,
+              "window_seconds": window, "trl_settings": settings, "parts": {}}
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = args.results / f"{report['machine'].split()[0].lower().replace('/', '-')}-{args.shape}"
+
+    def save() -> None:  # after every arm: a run stopped part-way keeps what it measured
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(markdown(report) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, parameters = build_model(args.shape, Path(tmp) / "model", "bfloat16")
         report["parameters"] = parameters
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         for stage in [p for p in parts if p in ("sft", "dpo")]:
-            examples = rows(stage, args.rows)
+            examples = rows(stage, row_count)
             answers = ("completion",) if stage == "sft" else ("chosen", "rejected")
-            tokens = count_tokens(tokenizer, examples, answers)
-            part = {"tokens": tokens, "rows": len(examples)}
-            arms = [(f"trl {setting}", trl_arm, [setting]) for setting in TRL_SETTINGS[stage]] + [("align", align_arm, [])]
+            tokens_per_row = count_tokens(tokenizer, examples, answers) / len(examples)
+            part = report["parts"][stage] = {"rows": len(examples), "tokens_per_row": round(tokens_per_row, 1)}
+            chosen = TRL_SETTINGS[stage] if settings == "all" else [TRL_BEST[stage]]
+            arms = [(f"trl {setting}", trl_arm, [setting]) for setting in chosen] + [("align", align_arm, [])]
             for name, arm, setting in arms:
-                run = in_fresh_process(timed_arm, arm, stage, model_dir, examples, Path(tmp) / name.replace(" ", "-"),
-                                       gpu, *setting)
-                # 6 N per trained token (forward + backward); DPO also runs the reference forward (2 N).
-                flops = (6 + (2 if stage == "dpo" else 0)) * parameters * tokens
-                part[name] = {"seconds": round(run["seconds"], 2), "tokens_per_second": tokens / run["seconds"],
-                              "rows_per_second": len(examples) / run["seconds"], "peak_gib": round(run["peak_gib"], 2),
-                              "train_loss": run["train_loss"], "tflops": flops / run["seconds"] / 1e12}
+                print(f"[throughput] {args.shape} {stage} {name} ...", flush=True)
+                run = run_arm(timed_arm, warmup, window, arm, stage, model_dir, examples,
+                              Path(tmp) / name.replace(" ", "-"), gpu, *setting)
+                per_second = run["window_tokens"] / run["window_seconds"]
+                # 6 N per trained token (forward + backward); DPO also runs the reference forward (2 N), unless
+                # precomputed before the window
+                reference = stage == "dpo" and not (name == "align" or setting == ["precompute"])
+                flops = (6 + (2 if reference else 0)) * parameters * per_second
+                part[name] = {**{k: v for k, v in run.items() if k != "peak_gib"}, "seconds": round(run["seconds"], 2),
+                              "peak_gib": round(run["peak_gib"], 2), "tokens_per_second": per_second,
+                              "rows_per_second": per_second / tokens_per_row, "tflops": flops / 1e12}
                 if peak_tflops():
                     part[name]["mfu"] = part[name]["tflops"] / peak_tflops()
+                print(f"[throughput] {args.shape} {stage} {name}: {per_second:,.0f} tokens/s over "
+                      f"{run['window_seconds']} s, start-up {run['startup_seconds']} s", flush=True)
+                save()
             best = max((k for k in part if k.startswith("trl ")), key=lambda k: part[k]["tokens_per_second"])
             part["trl"] = {**part[best], "setting": best.removeprefix("trl ")}  # the best plain TRL setting
             part["speedup"] = part["align"]["tokens_per_second"] / part["trl"]["tokens_per_second"]
-            report["parts"][stage] = part
+            save()
         if "rollout" in parts:
-            part = {name: in_fresh_process(rollout_arm, name, model_dir, gpu, args.rollout_batch, new_tokens)
-                    for name in ("trl", "align")}
+            part = report["parts"]["rollout"] = {"batch": args.rollout_batch, "new_tokens": new_tokens}
+            for name in ("trl", "align"):
+                print(f"[throughput] {args.shape} rollout {name} ...", flush=True)
+                part[name] = run_arm(rollout_arm, name, model_dir, gpu, args.rollout_batch, new_tokens, window)
+                save()
             part["speedup"] = part["align"]["tokens_per_second"] / part["trl"]["tokens_per_second"]
-            part.update(batch=args.rollout_batch, new_tokens=new_tokens)
-            report["parts"]["rollout"] = part
-
-    lines = [f"# {report['machine']}, {args.shape} shape ({parameters / 1e6:.1f}M parameters), "
-             f"{report['quantization']}, torch {torch.__version__}", "",
-             "| part | TRL default | best plain TRL | align | align / best TRL | peak memory best TRL / align (GiB) "
-             "| MFU best TRL / align | train loss best TRL / align |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, part in report["parts"].items():
-        unit = {"sft": "tokens/s", "dpo": "pairs/s", "rollout": "tokens/s"}[name]
-        key = "rows_per_second" if name == "dpo" else "tokens_per_second"
-        default = part.get("trl default", part["trl"])
-        setting = part["trl"].get("setting", "HF generate")
-        mfu = " / ".join(f"{part[s]['mfu']:.1%}" for s in ("trl", "align")) if "mfu" in part["trl"] else "n/a"
-        loss = " / ".join(f"{part[s]['train_loss']:.4f}" for s in ("trl", "align")) if "train_loss" in part["trl"] else "n/a"
-        lines.append(f"| {name} | {default[key]:.1f} {unit} | {part['trl'][key]:.1f} {unit} ({setting}) | "
-                     f"{part['align'][key]:.1f} {unit} | {part['speedup']:.2f}x | "
-                     f"{part['trl']['peak_gib']:.2f} / {part['align']['peak_gib']:.2f} | {mfu} | {loss} |")
-    text = "\n".join(lines)
-    print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    stem = f"{report['machine'].split()[0].lower().replace('/', '-')}-{args.shape}"
-    (args.results / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.results / f"{stem}.md").write_text(text + "\n")
-    print(f"written: {args.results / stem}.json, .md")
+            save()
+    print(markdown(report))
+    print(f"written: {stem}.json, .md")
 
 
 if __name__ == "__main__":

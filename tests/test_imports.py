@@ -166,3 +166,16 @@ def test_the_installed_names_are_the_folders():
     assert Path(align.reward.__file__).parent == REPO / "reward"
     assert Path(align.ui.__file__).parent == REPO / "ui"
     assert Path(align.recipes.__file__).parent == REPO / "recipes"
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """pyproject.toml lists the packages by hand (reward/, ui/ and recipes/ install under align.): a folder left off
+    the list is missing from a user's install, while an editable one still finds it."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join((package, *init.parent.relative_to(REPO / folder).parts))
+             for folder, package in {**INSTALLED_AS, "recipes": "align.recipes"}.items()
+             for init in (REPO / folder).rglob("__init__.py")}
+    assert found == listed, f"in the tree, not in pyproject.toml: {sorted(found - listed)}; " \
+                            f"listed, not in the tree: {sorted(listed - found)}"
