@@ -17,7 +17,7 @@ from pathlib import Path
 
 # `align labels export --kind`: what each writes, and the stages that train on it
 EXPORT_KINDS = {"pairs": ("preference pairs", "reward and dpo"), "ratings": ("rated answers", "kto"),
-                "corrections": ("corrected answers", "sft")}
+                "corrections": ("corrected answers", "sft"), "winners": ("best answers per prompt", "sft")}
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -160,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
                              "Write a label database's labels as rows a recipe's stage reads: --kind pairs (A/B "
                              "judgments as prompt/chosen/rejected, for reward and dpo), ratings (chat ratings as "
                              "prompt/completion/label, for kto; a correction is a wanted answer), corrections (chat "
-                             "corrections as messages, for sft).")
+                             "corrections as messages, for sft), winners (each prompt's answer with the most A/B wins "
+                             "net of losses, as messages, for sft: best-of-n distillation).")
     export_labels.add_argument("db", help="label database")
     export_labels.add_argument("out", help="out.jsonl, or a directory for --format hf (datasets.save_to_disk)")
     export_labels.add_argument("--kind", choices=EXPORT_KINDS, default="pairs", help="which labels to write")
@@ -576,7 +577,8 @@ def cmd_labels(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     noun, stages = EXPORT_KINDS[args.kind]
-    print(f"wrote {len(rows)} {noun} to {out}: a dataset for {stages} (give its path, or use labels: {args.db})")
+    direct = "" if args.kind == "winners" else f", or use labels: {args.db}"  # labels: gives sft the corrections
+    print(f"wrote {len(rows)} {noun} to {out}: a dataset for {stages} (give its path{direct})")
     return 0
 
 
@@ -584,9 +586,12 @@ def export_rows(store, kind: str, keep_ties: bool = False, majority: bool = Fals
     """A label database's labels in the layout of the stages that train on them: pairs are the A/B judgments as
     prompt/chosen/rejected (`labels: DB` adds a correction-over-reply pair per correction); ratings are the KTO rows
     prompt/completion/label that `labels: DB` gives kto (a correction is a wanted answer too); corrections are SFT
-    rows, the conversation with the corrected answer as `messages`."""
-    from align.labelling.store import LabelError, feedback_training_rows, preference_rows
+    rows, the conversation with the corrected answer as `messages`; winners are SFT rows too, each prompt's best
+    judged answer (best-of-n distillation)."""
+    from align.labelling.store import LabelError, feedback_training_rows, preference_rows, winner_rows
 
+    if kind == "winners" and not (keep_ties or majority):
+        return winner_rows(store.judgments())
     if kind != "pairs":
         if keep_ties or majority:
             raise LabelError("--keep-ties and --majority choose among A/B judgments: they go with --kind pairs")

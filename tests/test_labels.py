@@ -410,3 +410,31 @@ def test_a_backup_never_replaces_an_existing_file_unless_forced(store, tmp_path,
     assert copy.read_bytes() == first  # the earlier backup is untouched
     assert main(["labels", "backup", db, str(copy), "--force"]) == 0
     assert len(LabelStore(copy, create=False).judgments()) == 1
+
+
+def test_winners_export_each_prompt_s_best_judged_answer_for_sft(tmp_path, capsys):
+    """Best-of-n distillation: every two of a prompt's three samples judged; the sample with the most wins net
+    of losses goes out as a demonstration, and a prompt whose best did not win more than it lost gives none."""
+    db = tmp_path / "labels.db"
+    store = LabelStore(db)
+    ask = lambda q: [{"role": "user", "content": q}]
+    answers = {"q1": ["best", "middle", "worst"], "q2": ["x", "y", "z"]}
+    items = [{"id": f"{q}-{a}-{b}", "prompt": ask(q), "response_1": a, "response_2": b}
+             for q, texts in answers.items() for i, a in enumerate(texts) for b in texts[i + 1:]]
+    store.add_items(items, "samples")
+    rank = {"best": 0, "middle": 1, "worst": 2}
+    while (shown := store.next_assignment("labeller")) is not None:
+        if shown["prompt"] == ask("q2"):  # q2: every comparison a tie, so no winner
+            store.submit("labeller", shown["item_id"], "tie")
+            continue
+        a_wins = rank[shown["text_a"]] < rank[shown["text_b"]]
+        store.submit("labeller", shown["item_id"], "A" if a_wins else "B")
+    assert main(["labels", "export", str(db), str(tmp_path / "winners.jsonl"), "--kind", "winners"]) == 0
+    assert "wrote 1 best answers per prompt" in capsys.readouterr().out
+    (row,) = [json.loads(line) for line in (tmp_path / "winners.jsonl").read_text().splitlines()]
+    assert row["messages"] == ask("q1") + [{"role": "assistant", "content": "best"}]
+    assert (row["wins"], row["losses"], row["answers_compared"]) == (2, 0, 3)
+    rows, _ = load_demonstrations(DataSource.model_validate(str(tmp_path / "winners.jsonl")))
+    assert len(rows) == 1  # SFT reads it as it is
+    assert main(["labels", "export", str(db), str(tmp_path / "w2.jsonl"), "--kind", "winners", "--majority"]) == 2
+    assert "go with --kind pairs" in capsys.readouterr().err

@@ -680,6 +680,28 @@ def _majority_rows(judgments: list[dict]) -> list[dict]:
     return rows
 
 
+def winner_rows(judgments: list[dict]) -> list[dict]:
+    """Best-of-n distillation (rejection-sampling fine-tuning): for each prompt, the answer with the most A/B wins
+    net of losses over every decisive judgment of it, as an SFT row; a prompt whose best answer did not win more
+    than it lost gives none. Ties for best go to the answer judged first."""
+    scores: dict[str, dict[str, list]] = {}
+    prompts = {}
+    for row in preference_rows(judgments):
+        key = json.dumps(row["prompt"], sort_keys=True)
+        prompts[key] = row["prompt"]
+        answers = scores.setdefault(key, {})
+        for text, won in ((row["chosen"][0]["content"], True), (row["rejected"][0]["content"], False)):
+            wins, losses = answers.setdefault(text, [0, 0])
+            answers[text] = [wins + won, losses + (not won)]
+    rows = []
+    for key, answers in scores.items():
+        text, (wins, losses) = max(answers.items(), key=lambda answer: answer[1][0] - answer[1][1])
+        if wins > losses:
+            rows.append({"messages": prompts[key] + [{"role": "assistant", "content": text}], "wins": wins,
+                         "losses": losses, "answers_compared": len(answers)})
+    return rows
+
+
 def feedback_training_rows(replies: list[dict], kind: str) -> list[dict]:
     """What chat feedback teaches each kind of stage: a correction is a demonstration, and with the reply it
     corrects a preference pair (correction over reply); a rating is unpaired feedback for KTO, and a correction
