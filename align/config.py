@@ -248,6 +248,10 @@ class RewardStage(TrlStage):
     labelled_samples: LabelledSamples | None = Field(
         None, description="Add pairs of the SFT model's samples labelled through a label database; None = off."
     )
+    init_from_sft: bool = Field(
+        False, description="Start the reward model's LoRA from the SFT adapter (InstructGPT starts its reward model "
+        "from the SFT model), with a new score head; needs an sft stage. False = from the base model."
+    )
     policy_check_prompts: int = Field(
         128, ge=0, description="Held-out eval prompts on which the reward model ranks the SFT model's own samples "
         "(needs eval.judges and an sft stage); 0 = off."
@@ -642,6 +646,9 @@ class Recipe(Section):
                         f"stage '{stage}' scores with this run's reward model: add 'reward' to stages, or set "
                         f"{stage}.use_reward_model: false and list reward_functions"
                     )
+        if "reward" in stages and self.reward.init_from_sft and "sft" not in stages:
+            raise ValueError("reward.init_from_sft starts the reward model from this run's SFT adapter: add 'sft' to "
+                             "stages, or set reward.init_from_sft: false")
         if "eval" in stages:
             if "reward" not in stages:
                 raise ValueError("stage 'eval' scores answers with the reward model: add 'reward' to stages")

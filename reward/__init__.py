@@ -5,9 +5,10 @@ the stages; they pass in the resolved model path, load kwargs and tokenizer, so 
 is the one used in training.
 """
 
-from align.reward.model import AdapterHead, attach_reward_adapter, load_reward_model
+from align.reward.model import AdapterHead, attach_reward_adapter, load_reward_model, start_from_adapter
 from align.reward.scoring import pairwise_accuracy, score_conversations, win_rate
 
 __all__ = [
-    "AdapterHead", "attach_reward_adapter", "load_reward_model", "pairwise_accuracy", "score_conversations", "win_rate",
+    "AdapterHead", "attach_reward_adapter", "load_reward_model", "pairwise_accuracy", "score_conversations",
+    "start_from_adapter", "win_rate",
 ]

@@ -51,6 +51,36 @@ def load_reward_model(
     return model
 
 
+def start_from_adapter(model, adapter_dir: str | Path) -> int:
+    """Give a fresh LoRA reward model (load_reward_model with lora_config) the weights of a trained causal-LM LoRA
+    adapter, the SFT model's: the reward model then starts as the SFT model's backbone, as InstructGPT's reward
+    models start from the SFT model, and only its score head is new. It stays one base plus one adapter, so every
+    place that loads a reward model (PPO's shared base too) loads it as before. Returns the tensors copied."""
+    import json
+
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    saved = json.loads((adapter_dir / "adapter_config.json").read_text())
+    ours = model.peft_config["default"]
+    for field in ("r", "lora_alpha", "target_modules"):
+        theirs, mine = saved.get(field), getattr(ours, field)
+        if field == "target_modules":
+            theirs, mine = sorted(theirs or []), sorted(mine or [])
+        if theirs != mine:
+            raise ValueError(f"{adapter_dir}: its LoRA {field} is {theirs}, the reward model's is {mine}: starting "
+                             "from it needs the same lora settings")
+    weights = {k: v for k, v in load_file(adapter_dir / "adapter_model.safetensors").items() if ".lora_" in k}
+    own = get_peft_model_state_dict(model)  # the fresh LoRA and score head, in the same naming
+    strays = sorted(weights.keys() - own.keys())
+    if strays or not weights:
+        raise ValueError(f"{adapter_dir}: {len(strays)} of its {len(weights)} LoRA weights have no place in the "
+                         f"reward model{', e.g. ' + strays[0] if strays else ''}")
+    set_peft_model_state_dict(model, {**own, **weights})  # the head stays the fresh one
+    return len(weights)
+
+
 # ------------------------------------------------------------------------------------------------ shared base
 # PPO keeps one frozen base and switches LoRA adapters on it. A reward model trained as a sequence classifier
 # (backbone + LoRA + score head) runs on the causal LM's backbone with its LoRA loaded as one more adapter; the

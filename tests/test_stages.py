@@ -84,6 +84,40 @@ def test_reward_adapter_reloads_to_same_scores(llama_run, tiny_llama):
     assert again["mean_margin"] == pytest.approx(records["reward"]["metrics"]["heldout_mean_margin"], abs=1e-4)
 
 
+def test_a_reward_model_can_start_from_the_sft_adapter(llama_run, tiny_llama, tmp_path):
+    """reward.init_from_sft: the fresh reward model's LoRA takes the SFT adapter's weights (its score head stays
+    new), so it starts as the SFT model's backbone; the stage trains from there and says so."""
+    from align.config import RecipeError, parse_recipe
+    from align.models import load_kwargs, load_tokenizer, lora_config
+    from align.reward import load_reward_model, start_from_adapter
+    from tests.conftest import tiny_recipe
+
+    recipe, _, run = llama_run
+    sft = adapter_tensors(run / "sft")
+    tokenizer = load_tokenizer(recipe.model)
+    model = load_reward_model(str(tiny_llama), load_kwargs(recipe.model, recipe.quantization), tokenizer.pad_token_id,
+                              lora_config=lora_config(recipe.lora, "SEQ_CLS"))
+    state = {k.replace(".default", ""): v for k, v in model.state_dict().items()}
+    assert not torch.equal(state[next(k for k in sft if "lora_B" in k)], sft[next(k for k in sft if "lora_B" in k)])
+    assert start_from_adapter(model, run / "sft" / "adapter") == len(sft)
+    state = {k.replace(".default", ""): v for k, v in model.state_dict().items()}
+    assert all(torch.equal(state[name], tensor) for name, tensor in sft.items())
+
+    wider = parse_recipe(tiny_recipe(tiny_llama, tmp_path, ["reward"], lora={"r": 8, "alpha": 16})).lora
+    other = load_reward_model(str(tiny_llama), load_kwargs(recipe.model, recipe.quantization), tokenizer.pad_token_id,
+                              lora_config=lora_config(wider, "SEQ_CLS"))
+    with pytest.raises(ValueError, match="its LoRA r is 4, the reward model's is 8"):
+        start_from_adapter(other, run / "sft" / "adapter")
+    with pytest.raises(RecipeError, match="reward.init_from_sft starts the reward model from this run's SFT adapter"):
+        parse_recipe(tiny_recipe(tiny_llama, tmp_path, ["reward"], reward={"init_from_sft": True}))
+
+    started = parse_recipe(tiny_recipe(tiny_llama, tmp_path, ["sft", "reward"], reward={"init_from_sft": True}))
+    metrics = run_recipe(started)["reward"]["metrics"]
+    assert metrics["initialised_from"].endswith("sft/adapter") and math.isfinite(metrics["train_loss"])
+    trained = adapter_tensors(tmp_path / "tiny" / "reward")
+    assert any("score" in name for name in trained)
+
+
 def test_policy_check_samples_before_the_reward_model_and_leaves_its_training_alone(llama_run, tiny_llama,
                                                                                    tmp_path, monkeypatch):
     """The check on the SFT model's own answers samples them before the reward model loads (the sampler and the

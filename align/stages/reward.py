@@ -30,7 +30,7 @@ from align.sharding import launched_sharding
 from align.resources import release_memory
 from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trainer_args
-from align.reward import load_reward_model, pairwise_accuracy
+from align.reward import load_reward_model, pairwise_accuracy, start_from_adapter
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -79,6 +79,10 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         gradient_checkpointing=args.gradient_checkpointing,
         sharded=launched_sharding() is not None,
     )
+    if cfg.init_from_sft:
+        copied = start_from_adapter(model, inputs["sft"] / "adapter")
+        metrics["initialised_from"] = str(inputs["sft"] / "adapter")
+        print(f"[reward] starts from the SFT adapter ({copied} LoRA tensors), with a new score head")
 
     # --- trainer
     trainer = RewardTrainer(
