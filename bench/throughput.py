@@ -153,10 +153,15 @@ def build_model(shape: str, out: Path, dtype: str) -> tuple[Path, int]:
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # a 1.7B init takes a minute on CPU cores
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return out, sum(p.numel() for p in model.parameters())
+    parameters = sum(p.numel() for p in model.parameters())
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out, parameters
 
 
 def rows(name: str, count: int) -> list[dict]:

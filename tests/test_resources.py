@@ -261,3 +261,20 @@ def test_align_run_called_from_a_program_that_has_computed_does_not_fork_from_it
                                     "isolate_stages": True}))
     assert main(["run", str(path)]) == 0  # a child forked from here would hang in its first parallel region
     assert (tmp_path / "runs" / "tiny" / "sft" / "stage.json").is_file()
+
+
+def test_the_heap_is_trimmed_during_training_on_a_cpu_only(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    import align.resources as resources
+
+    trims = []
+    monkeypatch.setattr(resources, "trim_allocator", lambda: trims.append(1))
+    callback = resources.trim_callback()
+    for device in ("cpu", "cuda"):
+        args = SimpleNamespace(device=torch.device(device))
+        for step in range(1, 3 * resources.TRIM_EVERY_STEPS + 1):
+            callback.on_step_end(args, SimpleNamespace(global_step=step), None)
+        assert len(trims) == 3, device  # three times on the CPU, never more on the GPU
