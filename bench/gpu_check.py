@@ -126,17 +126,21 @@ class Check:
 
 
 def wait(process: subprocess.Popen, deadline: float, poll=None) -> int | None:
-    """The process's exit code, or None when it was stopped at the deadline; poll() runs every second meanwhile."""
-    while True:
-        if poll:
-            poll()
-        try:
-            return process.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            if time.time() > deadline:
-                process.kill()
-                process.wait()
-                return None
+    """The process's exit code, or None when it was stopped at the deadline; poll() runs every second meanwhile.
+    However this ends (Ctrl-C, an error of the check's own), the process does not outlive it."""
+    try:
+        while True:
+            if poll:
+                poll()
+            try:
+                return process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                if time.time() > deadline:
+                    return None
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def run_every_stage(check: Check, model: str, work: Path, steps: int, deadline: float, overrides: list[str]) -> None:
@@ -166,6 +170,7 @@ def run_every_stage(check: Check, model: str, work: Path, steps: int, deadline: 
     if code != 0:
         stuck = next((s for s in EVERY_STAGE if s not in result["stages"]), None)
         result["failed_stage"] = stuck
+        result["stopped"] = code is None
         result["error"] = check.tail(offset)
         if code is None:
             result["error"] += "\n(stopped: the check's time was up)"
@@ -181,21 +186,25 @@ def run_throughput(check: Check, shape: str, work: Path, tiny: bool, deadline: f
     process, offset = check.start(args, work, {**os.environ, "PYTHONUNBUFFERED": "1"})
     entry = check.report["throughput"][shape] = {"ok": False}
 
-    def collect() -> None:  # throughput.py rewrites its JSON after every arm
+    def collect() -> None:  # throughput.py replaces its JSON after every arm
         found = list(out.glob(f"*-{shape}.json"))
         if found:
-            measured = json.loads(found[0].read_text())
-            if measured != {k: v for k, v in entry.items() if k not in ("ok", "error", "markdown")}:
+            try:
+                measured = json.loads(found[0].read_text())
+            except (OSError, ValueError):  # replaced while read: the next second's read gets it
+                return
+            if measured != {k: v for k, v in entry.items() if k not in ("ok", "error", "markdown", "stopped")}:
                 entry.update(measured)
                 check.save()
 
     code = wait(process, deadline, collect)
     collect()
     entry["ok"] = code == 0
-    if code == 0:
-        # the table throughput.py printed and wrote beside its JSON, kept in the report (the work dir is temporary)
-        entry["markdown"] = next(out.glob(f"*-{shape}.md")).read_text()
-    else:
+    table = list(out.glob(f"*-{shape}.md"))
+    if table:  # the table throughput.py printed and wrote beside its JSON (the work dir is temporary)
+        entry["markdown"] = table[0].read_text()
+    if code != 0:
+        entry["stopped"] = code is None
         entry["error"] = check.tail(offset) + ("\n(stopped: the check's time was up)" if code is None else "")
         check.failed(f"throughput at the {shape} shape", entry["error"])
     check.save()
@@ -240,9 +249,12 @@ def verdict(report: dict) -> str:
         if record:
             lines.append(f"  {stage:<11} ok      {line_for(record)}")
         elif stages.get("failed_stage") == stage:
-            lines.append(f"  {stage:<11} FAILED  {error_line(stages.get('error'))}")
+            state = "STOPPED (time limit)" if stages.get("stopped") else f"FAILED  {error_line(stages.get('error'))}"
+            lines.append(f"  {stage:<11} {state}")
         else:
             lines.append(f"  {stage:<11} not reached")
+    if stages.get("error") and stages.get("failed_stage") is None:
+        lines.append(f"  align run FAILED after its stages: {error_line(stages['error'])}")
     lines.append("throughput, align / best plain TRL at steady state:" if report["throughput"] else "throughput: not run")
     for shape, entry in report["throughput"].items():
         for part, measured in entry.get("parts", {}).items():
@@ -252,11 +264,17 @@ def verdict(report: dict) -> str:
             key = "rows_per_second" if part == "dpo" else "tokens_per_second"
             unit = "pairs/s" if part == "dpo" else unit
             setting = measured["trl"].get("setting", "generate")
-            short = ", window short" if measured["align"].get("short_window") else ""
+            short = ", window short" if measured["align"].get("short_window") or measured["trl"].get("short_window") \
+                else ""
             lines.append(f"  {shape:<5} {part:<8} align {measured['align'][key]:>10,.1f} {unit:<8} TRL "
                          f"({setting}) {measured['trl'][key]:>10,.1f}  {measured['speedup']:.2f}x{short}")
+        for part, measured in entry.get("parts", {}).items():
+            for side, figures in measured.items():
+                if isinstance(figures, dict) and "error" in figures:
+                    lines.append(f"  {shape:<5} {part:<8} {side} FAILED: {figures['error'][:90]}")
         if not entry.get("ok"):
-            lines.append(f"  {shape:<5} FAILED or stopped: {error_line(entry.get('error'))}")
+            state = "STOPPED (time limit)" if entry.get("stopped") else f"FAILED: {error_line(entry.get('error'))}"
+            lines.append(f"  {shape:<5} {state}")
     for name, target in report.get("targets", {}).items():
         state = ("not measured (no GPU)" if target["measured"] is None and not report["gpu"] else
                  "not measured" if target["measured"] is None else
@@ -277,7 +295,7 @@ def main() -> int:
                              "says what it reached")
     parser.add_argument("--stage-override", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for the every-stage recipe, as `align run` takes them")
-    parser.add_argument("--shapes", nargs="*", help="throughput shapes (default: 135m 1.7b on a GPU, tiny on a CPU; "
+    parser.add_argument("--shapes", nargs="*", help="throughput shapes (default: 1.7b 135m on a GPU, tiny on a CPU; "
                                                    "none: the stages alone)")
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
@@ -309,7 +327,8 @@ def main() -> int:
         check.say(f"align from {report['align']}; every stage in 4 bits on the {report['stage_model']} ...")
         run_every_stage(check, model, work, args.steps, deadline, args.stage_override)
         # 2. throughput against plain TRL
-        for shape in args.shapes if args.shapes is not None else (["tiny"] if tiny else ["135m", "1.7b"]):
+        # 1.7B first on a GPU: its figures carry the 2x goal, and the time limit stops the last shape first
+        for shape in args.shapes if args.shapes is not None else (["tiny"] if tiny else ["1.7b", "135m"]):
             if time.time() > deadline:
                 check.say(f"throughput at the {shape} shape: not started, the check's time was up")
                 continue

@@ -25,4 +25,4 @@ cd "$(dirname "$site")"   # not the checkout: there `import align` would find th
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 tokenizer=()
 [ -d "$repo/.gpu-check/tokenizer" ] && tokenizer=(--tokenizer "$repo/.gpu-check/tokenizer")
-exec "$python" "$repo/bench/gpu_check.py" "${tokenizer[@]}" --results "${OUT:-$repo/bench/results}" "$@"
+exec "$python" "$repo/bench/gpu_check.py" ${tokenizer[@]+"${tokenizer[@]}"} --results "${OUT:-$repo/bench/results}" "$@"

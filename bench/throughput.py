@@ -104,6 +104,10 @@ class SteadyClock:
         clock, self.original_init = self, Trainer.__init__
 
         class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                if clock.warmup_steps == 0:
+                    clock.start = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
+
             def on_step_begin(self, args, state, control, **kwargs):
                 if clock.first_step is None:
                     clock.first_step = time.perf_counter()
@@ -121,7 +125,16 @@ class SteadyClock:
 
         def init(trainer, *args, **kwargs):
             clock.original_init(trainer, *args, **kwargs)
-            trainer.args.include_num_input_tokens_seen = "non_padding"
+            trainer.args.include_num_input_tokens_seen = "all"  # on, and counted by count_tokens below
+
+            def count_tokens(inputs):
+                # A padded batch's attention mask marks its real tokens. A packed one has no mask and no padding,
+                # and counting tokens other than the pad id (transformers' "non_padding") would drop SmolLM2's
+                # <|im_end|>, which is also its pad token.
+                mask = inputs.get("attention_mask")
+                trainer.state.num_input_tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+
+            trainer._track_num_input_tokens = count_tokens
             trainer.add_callback(Callback())
 
         Trainer.__init__ = init
@@ -137,7 +150,7 @@ class SteadyClock:
         if self.start is None or self.end is None:
             raise RuntimeError(f"training ended before the window: fewer than {self.warmup_steps + 1} steps")
         seconds = self.end[0] - self.start[0]
-        return {"window_seconds": round(seconds, 2), "window_tokens": self.end[1] - self.start[1],
+        return {"window_seconds": seconds, "window_tokens": self.end[1] - self.start[1],
                 "window_steps": self.end[2] - self.start[2], "startup_seconds": round(self.first_step - self.begin, 2),
                 "short_window": seconds < self.window_seconds}
 
@@ -290,6 +303,9 @@ def markdown(report: dict) -> str:
              "(GiB) | MFU TRL / align | train loss TRL / align |",
              "|---|---|---|---|---|---|---|---|"]
     for name, part in report["parts"].items():
+        failed = [f"{side}: {part[side]['error']}" for side in part if isinstance(part[side], dict) and "error" in part[side]]
+        if failed:
+            lines.append(f"| {name} | FAILED: {'; '.join(failed)[:300]} |||||||")
         if "speedup" not in part:
             continue
         unit = {"sft": "tokens/s", "dpo": "pairs/s", "rollout": "tokens/s"}[name]
@@ -313,7 +329,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=None, help="rollout length (default 256 GPU, 32 CPU)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="steps left out of the window (default 5 GPU, 1 CPU)")
     parser.add_argument("--window-seconds", type=float, default=None,
-                        help="steady-state window per arm (default 15 on a GPU, 0 on a CPU: every step after warm-up)")
+                        help="steady-state window per arm (default 15 on a GPU; 0 on a CPU: one step after the warm-up)")
     parser.add_argument("--trl-settings", choices=["best", "all"], default=None,
                         help="plain-TRL settings to run: the best known one, or all (default: best on a GPU, all on a CPU)")
     parser.add_argument("--only", choices=["sft", "dpo", "rollout"], action="append", help="run only these parts")
@@ -335,9 +351,13 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / f"{report['machine'].split()[0].lower().replace('/', '-')}-{args.shape}"
 
-    def save() -> None:  # after every arm: a run stopped part-way keeps what it measured
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(markdown(report) + "\n")
+    def save() -> None:
+        """After every arm, so that a run stopped part-way keeps what it measured; each file replaced whole, since
+        make gpu-check reads them while this runs. (Not with_suffix: "x-1.7b" would lose its ".7b".)"""
+        for path, text in ((Path(f"{stem}.json"), json.dumps(report, indent=2)), (Path(f"{stem}.md"), markdown(report))):
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_text(text + "\n")
+            temporary.replace(path)
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, parameters = build_model(args.shape, Path(tmp) / "model", "bfloat16")
@@ -352,8 +372,14 @@ def main() -> None:
             arms = [(f"trl {setting}", trl_arm, [setting]) for setting in chosen] + [("align", align_arm, [])]
             for name, arm, setting in arms:
                 print(f"[throughput] {args.shape} {stage} {name} ...", flush=True)
-                run = run_arm(timed_arm, warmup, window, arm, stage, model_dir, examples,
-                              Path(tmp) / name.replace(" ", "-"), gpu, *setting)
+                try:
+                    run = run_arm(timed_arm, warmup, window, arm, stage, model_dir, examples,
+                                  Path(tmp) / name.replace(" ", "-"), gpu, *setting)
+                except Exception as err:  # noqa: BLE001 - one arm's failure (out of memory, say) is a result too
+                    part[name] = {"error": f"{type(err).__name__}: {err}"[:2000]}
+                    print(f"[throughput] {args.shape} {stage} {name} FAILED: {part[name]['error']}", flush=True)
+                    save()
+                    continue
                 per_second = run["window_tokens"] / run["window_seconds"]
                 # 6 N per trained token (forward + backward); DPO also runs the reference forward (2 N), unless
                 # precomputed before the window
@@ -361,23 +387,34 @@ def main() -> None:
                 flops = (6 + (2 if reference else 0)) * parameters * per_second
                 part[name] = {**{k: v for k, v in run.items() if k != "peak_gib"}, "seconds": round(run["seconds"], 2),
                               "peak_gib": round(run["peak_gib"], 2), "tokens_per_second": per_second,
-                              "rows_per_second": per_second / tokens_per_row, "tflops": flops / 1e12}
+                              # every arm takes BATCH rows per step (SFT packing: BATCH packed sequences)
+                              "rows_per_second": run["window_steps"] * BATCH / run["window_seconds"],
+                              "tflops": flops / 1e12}
                 if peak_tflops():
                     part[name]["mfu"] = part[name]["tflops"] / peak_tflops()
                 print(f"[throughput] {args.shape} {stage} {name}: {per_second:,.0f} tokens/s over "
-                      f"{run['window_seconds']} s, start-up {run['startup_seconds']} s", flush=True)
+                      f"{run['window_seconds']:.1f} s, start-up {run['startup_seconds']} s", flush=True)
                 save()
-            best = max((k for k in part if k.startswith("trl ")), key=lambda k: part[k]["tokens_per_second"])
-            part["trl"] = {**part[best], "setting": best.removeprefix("trl ")}  # the best plain TRL setting
-            part["speedup"] = part["align"]["tokens_per_second"] / part["trl"]["tokens_per_second"]
+            # DPO's target is pairs/s (its rows); SFT's tokens/s (packing changes how many rows a step holds)
+            key = "rows_per_second" if stage == "dpo" else "tokens_per_second"
+            measured = [k for k in part if k.startswith("trl ") and "error" not in part[k]]
+            if measured and "error" not in part["align"]:
+                best = max(measured, key=lambda k: part[k][key])
+                part["trl"] = {**part[best], "setting": best.removeprefix("trl ")}  # the best plain TRL setting
+                part["speedup"] = part["align"][key] / part["trl"][key]
             save()
         if "rollout" in parts:
             part = report["parts"]["rollout"] = {"batch": args.rollout_batch, "new_tokens": new_tokens}
             for name in ("trl", "align"):
                 print(f"[throughput] {args.shape} rollout {name} ...", flush=True)
-                part[name] = run_arm(rollout_arm, name, model_dir, gpu, args.rollout_batch, new_tokens, window)
+                try:
+                    part[name] = run_arm(rollout_arm, name, model_dir, gpu, args.rollout_batch, new_tokens, window)
+                except Exception as err:  # noqa: BLE001 - as for the training arms
+                    part[name] = {"error": f"{type(err).__name__}: {err}"[:2000]}
+                    print(f"[throughput] {args.shape} rollout {name} FAILED: {part[name]['error']}", flush=True)
                 save()
-            part["speedup"] = part["align"]["tokens_per_second"] / part["trl"]["tokens_per_second"]
+            if "error" not in part["trl"] and "error" not in part["align"]:
+                part["speedup"] = part["align"]["tokens_per_second"] / part["trl"]["tokens_per_second"]
             save()
     print(markdown(report))
     print(f"written: {stem}.json, .md")

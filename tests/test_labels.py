@@ -414,7 +414,8 @@ def test_a_backup_never_replaces_an_existing_file_unless_forced(store, tmp_path,
 
 def test_winners_export_each_prompt_s_best_judged_answer_for_sft(tmp_path, capsys):
     """Best-of-n distillation: every two of a prompt's three samples judged; the sample with the most wins net
-    of losses goes out as a demonstration, and a prompt whose best did not win more than it lost gives none."""
+    of losses goes out as a demonstration ("both bad" a loss for both), and a prompt whose best did not win more
+    than it lost gives none."""
     db = tmp_path / "labels.db"
     store = LabelStore(db)
     ask = lambda q: [{"role": "user", "content": q}]
@@ -424,8 +425,11 @@ def test_winners_export_each_prompt_s_best_judged_answer_for_sft(tmp_path, capsy
     store.add_items(items, "samples")
     rank = {"best": 0, "middle": 1, "worst": 2}
     while (shown := store.next_assignment("labeller")) is not None:
-        if shown["prompt"] == ask("q2"):  # q2: every comparison a tie, so no winner
-            store.submit("labeller", shown["item_id"], "tie")
+        if shown["prompt"] == ask("q2"):  # q2: x beats y, but x and z are both bad: x won 1, lost 1, no winner
+            texts = {shown["text_a"], shown["text_b"]}
+            choice = ("A" if shown["text_a"] == "x" else "B") if texts == {"x", "y"} else \
+                "both_bad" if texts == {"x", "z"} else "tie"
+            store.submit("labeller", shown["item_id"], choice)
             continue
         a_wins = rank[shown["text_a"]] < rank[shown["text_b"]]
         store.submit("labeller", shown["item_id"], "A" if a_wins else "B")

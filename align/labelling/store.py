@@ -681,16 +681,22 @@ def _majority_rows(judgments: list[dict]) -> list[dict]:
 
 
 def winner_rows(judgments: list[dict]) -> list[dict]:
-    """Best-of-n distillation (rejection-sampling fine-tuning): for each prompt, the answer with the most A/B wins
-    net of losses over every decisive judgment of it, as an SFT row; a prompt whose best answer did not win more
-    than it lost gives none. Ties for best go to the answer judged first."""
-    scores: dict[str, dict[str, list]] = {}
+    """Best-of-n distillation (rejection-sampling fine-tuning): for each prompt, the answer with the most wins net of
+    losses over its judgments, as an SFT row. An A/B choice is a win and a loss; "both bad" is a loss for both (an
+    answer called bad is no demonstration); a tie counts for neither. A prompt whose best answer did not win more
+    than it lost gives none; ties for best go to the answer judged first. Answers are told apart by their text
+    without surrounding whitespace."""
+    scores: dict[str, dict[str, list[int]]] = {}
     prompts = {}
-    for row in preference_rows(judgments):
-        key = json.dumps(row["prompt"], sort_keys=True)
-        prompts[key] = row["prompt"]
+    for j in judgments:
+        texts = (j["text_a"] or "").strip(), (j["text_b"] or "").strip()
+        if j["choice"] not in ("A", "B", "both_bad") or not all(texts):
+            continue
+        key = json.dumps(j["prompt"], sort_keys=True)
+        prompts[key] = j["prompt"]
         answers = scores.setdefault(key, {})
-        for text, won in ((row["chosen"][0]["content"], True), (row["rejected"][0]["content"], False)):
+        for side, text in zip("AB", texts):
+            won = j["choice"] == side
             wins, losses = answers.setdefault(text, [0, 0])
             answers[text] = [wins + won, losses + (not won)]
     rows = []
