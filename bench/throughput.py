@@ -295,6 +295,12 @@ def rollout_arm(name: str, model_dir: Path, gpu: bool, batch: int, new_tokens: i
             "peak_gib": meter.peak_gib, "short_window": meter.seconds < window_seconds}
 
 
+def result_paths(results: Path, machine_name: str, shape: str) -> tuple[Path, Path]:
+    """<results>/<machine>-<shape>.json and .md (built whole: with_suffix would make "x-1.7b" into "x-1.json")."""
+    stem = f"{machine_name.split()[0].lower().replace('/', '-')}-{shape}"
+    return results / f"{stem}.json", results / f"{stem}.md"
+
+
 def markdown(report: dict) -> str:
     lines = [f"# {report['machine']}, {report['shape']} shape ({report['parameters'] / 1e6:.1f}M parameters), "
              f"{report['quantization']}, torch {report['torch']}; steady state over >= {report['window_seconds']} s "
@@ -349,12 +355,12 @@ def main() -> None:
               "quantization": "nf4 (QLoRA)" if gpu else "none (bf16 base on CPU)", "warmup_steps": warmup,
               "window_seconds": window, "trl_settings": settings, "parts": {}}
     args.results.mkdir(parents=True, exist_ok=True)
-    stem = args.results / f"{report['machine'].split()[0].lower().replace('/', '-')}-{args.shape}"
+    json_path, table_path = result_paths(args.results, report["machine"], args.shape)
 
     def save() -> None:
         """After every arm, so that a run stopped part-way keeps what it measured; each file replaced whole, since
-        make gpu-check reads them while this runs. (Not with_suffix: "x-1.7b" would lose its ".7b".)"""
-        for path, text in ((Path(f"{stem}.json"), json.dumps(report, indent=2)), (Path(f"{stem}.md"), markdown(report))):
+        make gpu-check reads them while this runs."""
+        for path, text in ((json_path, json.dumps(report, indent=2)), (table_path, markdown(report))):
             temporary = path.with_name(path.name + ".tmp")
             temporary.write_text(text + "\n")
             temporary.replace(path)
@@ -417,7 +423,7 @@ def main() -> None:
                 part["speedup"] = part["align"]["tokens_per_second"] / part["trl"]["tokens_per_second"]
             save()
     print(markdown(report))
-    print(f"written: {stem}.json, .md")
+    print(f"written: {json_path}, {table_path.name}")
 
 
 if __name__ == "__main__":

@@ -118,3 +118,56 @@ def test_a_failing_stage_leaves_its_error_in_the_results_at_once(bare_machine, t
     verdict = (results / "verdict.txt").read_text()
     assert "  sft         FAILED" in verdict and "  export      not reached" in verdict
     assert "broken.jsonl" in (results / "gpu-check.log").read_text()
+
+
+def bench_module(name: str):
+    import importlib
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def test_the_verdict_of_a_gpu_report_names_each_result_and_each_failure(tmp_path):
+    """What only a GPU run produces (both shapes, targets met or not, an arm out of memory, a shape stopped by the
+    time limit), read by the same verdict code; and the 1.7b shape's result files keep their name."""
+    gpu_check, throughput = bench_module("gpu_check"), bench_module("throughput")
+    assert [p.name for p in throughput.result_paths(tmp_path, "NVIDIA H200", "1.7b")] == ["nvidia-1.7b.json",
+                                                                                         "nvidia-1.7b.md"]
+    arm = lambda tokens, rows, **more: {"tokens_per_second": tokens, "rows_per_second": rows, **more}
+    report = {
+        "machine": "NVIDIA H200", "date": "2027-01-01", "seconds": 431.0, "gpu": True,
+        "versions": {"torch": "2.11.0"}, "stage_model": "135m shape, random weights",
+        "stages": {"ok": False, "failed_stage": "ppo", "stopped": False,
+                   "error": "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA error: an illegal memory access",
+                   "stages": {s: {"ok": True, "seconds": 9.5, "resources": {"gpu_peak_allocated_gib": 1.25}}
+                              for s in ["sft", "reward", "dpo", "kto", "online_dpo"]}},
+        "throughput": {
+            "1.7b": {"ok": True, "parts": {
+                "sft": {"trl": arm(9000.0, 40.0, setting="packing"), "align": arm(19000.0, 80.0), "speedup": 2.11},
+                "dpo": {"trl": arm(5000.0, 10.0, setting="precompute"), "align": arm(6000.0, 12.0), "speedup": 1.2},
+                "rollout": {"trl": arm(2000.0, 0.0), "align": arm(25000.0, 0.0, short_window=True), "speedup": 12.5}}},
+            "135m": {"ok": False, "stopped": True, "error": "[throughput] 135m dpo align ...",
+                     "parts": {"sft": {"trl packing": arm(50000.0, 200.0),
+                                       "align": {"error": "OutOfMemoryError: CUDA out of memory"}}}},
+        },
+    }
+    report["targets"] = gpu_check.targets(report["throughput"], gpu=True)
+    assert report["targets"]["sft 1.7b"] == {"needed": 2.0, "measured": 2.11, "met": True}
+    assert report["targets"]["dpo 1.7b"] == {"needed": 2.0, "measured": 1.2, "met": False}
+    assert report["targets"]["sft 135m"] == {"needed": 1.0, "measured": None, "met": None}
+    text = gpu_check.verdict(report)
+    assert text.startswith("== gpu-check verdict: NVIDIA H200, 2027-01-01, 431 s, torch 2.11.0 ==")
+    assert "  sft         ok          9.5 s  GPU peak 1.25 GiB" in text
+    assert "  ppo         FAILED  RuntimeError: CUDA error: an illegal memory access" in text
+    assert "  rloo        not reached" in text
+    assert "1.7b  sft      align   19,000.0 tokens/s TRL (packing)    9,000.0  2.11x" in text
+    assert "1.7b  dpo      align       12.0 pairs/s  TRL (precompute)       10.0  1.20x" in text
+    assert "12.50x, window short" in text
+    assert "135m  sft      align FAILED: OutOfMemoryError: CUDA out of memory" in text
+    assert "135m  STOPPED (time limit)" in text
+    assert "target dpo 1.7b     >= 2.0x -> 1.2x: NOT met" in text
+    assert "target sft 135m     >= 1.0x -> not measured" in text and "(no GPU)" not in text
+    assert len(text.splitlines()) <= 40, text  # one screen
