@@ -163,6 +163,8 @@ def documented_commands() -> list[tuple[str, list[str]]]:
             for match in re.finditer(r"align (?:run|validate) ([^`\n]*)", line):
                 if line[: match.start()].strip() == "#":
                     continue  # the opening comment of a recipe the page shows: the reader's own file
+                if "&&" in line[: match.start()]:
+                    continue  # it reads what the step before it on the line writes (a data file), not there yet
                 try:
                     words = shlex.split(match[1], comments=True)
                 except ValueError:
