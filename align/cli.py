@@ -590,11 +590,11 @@ def export_rows(store, kind: str, keep_ties: bool = False, majority: bool = Fals
     judged answer (best-of-n distillation)."""
     from align.labelling.store import LabelError, feedback_training_rows, preference_rows, winner_rows
 
-    if kind == "winners" and not (keep_ties or majority):
-        return winner_rows(store.judgments())
     if kind != "pairs":
         if keep_ties or majority:
             raise LabelError("--keep-ties and --majority choose among A/B judgments: they go with --kind pairs")
+        if kind == "winners":
+            return winner_rows(store.judgments())
         rows = feedback_training_rows(store.replies(), "feedback" if kind == "ratings" else "demonstrations")
         if kind == "corrections":
             return [{"messages": r.pop("prompt") + r.pop("completion"), **r} for r in rows]

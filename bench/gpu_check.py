@@ -260,9 +260,7 @@ def verdict(report: dict) -> str:
         for part, measured in entry.get("parts", {}).items():
             if "speedup" not in measured:
                 continue
-            unit = "tokens/s"
-            key = "rows_per_second" if part == "dpo" else "tokens_per_second"
-            unit = "pairs/s" if part == "dpo" else unit
+            key, unit = ("rows_per_second", "pairs/s") if part == "dpo" else ("tokens_per_second", "tokens/s")
             setting = measured["trl"].get("setting", "generate")
             short = ", window short" if measured["align"].get("short_window") or measured["trl"].get("short_window") \
                 else ""
