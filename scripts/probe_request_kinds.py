@@ -25,13 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def prompt_features(model, tokenizer, prompts: list[str | list[dict]], layers: list[int]) -> torch.Tensor:
     """(prompts, layers, hidden) hidden states at each prompt's last token; a prompt is a text or chat messages."""
+    from align.data import token_ids
+
     out = []
     with torch.no_grad():
         for prompt in prompts:
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                tokenize=True, return_dict=True, return_tensors="pt")
-            hidden = model(input_ids=ids["input_ids"], output_hidden_states=True).hidden_states
+            ids = torch.tensor([token_ids(tokenizer, messages, add_generation_prompt=True)])
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
             out.append(torch.stack([hidden[layer][0, -1].float() for layer in layers]))
     return torch.stack(out)
 
@@ -101,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    train_rows, _ = load_prompts(DataSource(**expand_data_shorthand(args.train)))
-    test_rows, _ = load_prompts(DataSource(**expand_data_shorthand(args.test)))
+    train_rows, _ = load_prompts(DataSource.model_validate(expand_data_shorthand(args.train)))
+    test_rows, _ = load_prompts(DataSource.model_validate(expand_data_shorthand(args.test)))
     for rows, where in ((train_rows, args.train), (test_rows, args.test)):
         if any(r.get("category") is None for r in rows):
             raise SystemExit(f"{where}: every row needs a `category` (the kind of request) to probe for")
