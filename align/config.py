@@ -314,7 +314,21 @@ class VLLMSampling(Section):
     )
 
 
-class OnlineDPOStage(TrlStage, VLLMSampling):
+class RewardModelGate(Section):
+    """What an online stage does with a reward model that the reward stage's on-policy check did not trust (it
+    ranked the SFT model's own answers no better than chance, or its best-of-n was no better than greedy)."""
+
+    require_trusted_reward_model: bool = Field(
+        True, description="Refuse to run when the reward stage found the reward model no better than chance or "
+        "than greedy at ranking the SFT model's own answers."
+    )
+    keep_start_if_untrusted: bool = Field(
+        False, description="With such a reward model, stop at once and keep the starting policy as the stage's "
+        "result (the run goes on to eval and export) instead of failing the run."
+    )
+
+
+class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
     """On-policy preference rounds (iterative / online DPO): each round the current policy samples answers to
     training prompts, the reward model and/or reward functions score them, best vs worst become pairs, and DPO
     (trl DPOTrainer, reference = the policy at the round's start) trains on them with an NLL term on the chosen
@@ -360,14 +374,6 @@ class OnlineDPOStage(TrlStage, VLLMSampling):
     )
     missing_eos_penalty: float = Field(1.0, ge=0, description="Subtracted from the scores of cut-off answers.")
     kl_samples: int = Field(64, ge=0, description="Answers per round on which KL to the starting policy is measured.")
-    require_trusted_reward_model: bool = Field(
-        True, description="Refuse to run when the reward stage found the reward model no better than chance or "
-        "than greedy at ranking the SFT model's own answers."
-    )
-    keep_start_if_untrusted: bool = Field(
-        False, description="With such a reward model, stop at once and keep the starting policy as the stage's "
-        "result (the run goes on to eval and export) instead of failing the run."
-    )
     label_db: str | None = Field(
         None, description="People judge each round: its pairs go to this label database (align label --db) and "
         "the run stops until they are labelled; the next align run trains on the labels. None = the rewards judge."
@@ -409,9 +415,11 @@ class OnlineDPOStage(TrlStage, VLLMSampling):
         return extra
 
 
-class OnlineTrlStage(TrlStage):
+class OnlineTrlStage(TrlStage, RewardModelGate):
     """RLOO / GRPO through trl: the policy samples several answers per prompt and learns from their relative
     rewards; the reward is this run's reward model and/or Python functions (weights: trl's reward_weights)."""
+
+    model_config = TrlStage.model_config  # other keys go to the trl config (the gate mixin alone forbids them)
 
     use_reward_model: bool = Field(True, description="Score answers with this run's reward model.")
     reward_functions: list[str] = Field(
@@ -437,7 +445,7 @@ class GRPOStage(OnlineTrlStage):
     trl_config_name: typing.ClassVar[str] = STAGES["grpo"].trl_config
 
 
-class PPOStage(VLLMSampling):
+class PPOStage(VLLMSampling, RewardModelGate):
     """Online RL against the reward model: sample answers, score them, clipped PPO updates with a value function,
     GAE and a per-token KL penalty to the reference (the model the stage starts from)."""
 

@@ -209,9 +209,15 @@ def summary(recipe: Recipe, records: dict) -> str:
             + (f"; on training prompts pass@1 {reward['train_prompts_pass_at_1']:.3f}, "
                f"pass@{reward['train_prompts_n']} {reward['train_prompts_pass_at_n']:.3f}"
                if "train_prompts_pass_at_1" in reward else ""))
+    for stage in ONLINE_STAGES:
+        stopped = records.get(stage, {}).get("metrics", {})
+        if stopped.get("stopped"):
+            first = "round" if stage == "online_dpo" else "step"
+            kept = stopped.get("kept_policy", "sft")
+            kept = kept.upper() if kept in ("sft", "dpo", "kto") else kept
+            lines.append(f"  {stage} stopped before its first {first}: {stopped['stopped']}; the final policy is "
+                         f"{kept}'s")
     online = records.get("online_dpo", {}).get("metrics", {})
-    if online.get("stopped"):
-        lines.append(f"  online_dpo stopped before its first round: {online['stopped']}; the final policy is SFT's")
     if "log" in online:
         for row in online["log"]:
             lines.append(

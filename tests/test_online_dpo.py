@@ -1,6 +1,5 @@
 """The online_dpo stage on tiny models: rounds of sample -> score -> pair -> DPO raise a toy reward that a toy
-judge watches; finished rounds are skipped on re-run; a reward model that cannot rank the policy's own answers is
-refused; and a proxy that rewards length, watched by a judge that wants brevity, is flagged as reward hacking."""
+judge watches; finished rounds are skipped on re-run; and a proxy that rewards length, watched by a judge that wants brevity, is flagged as reward hacking."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import pytest
 
 from align.config import RecipeError, parse_recipe
 from align.pipeline import run_recipe, summary
-from align.runs import write_json_atomic
 from tests.conftest import tiny_recipe
 from tests.test_ppo import toy_gpt2  # noqa: F401  (a module fixture: a model with preferences RL can shift)
 
@@ -67,48 +65,6 @@ def test_rounds_raise_the_reward_the_judge_watches(toy_gpt2, tmp_path):  # noqa:
 
     assert main(["export", str(tmp_path / "tiny")]) == 0
     assert read_stage(tmp_path / "tiny" / "export")["metrics"]["merged_from"].endswith("online_dpo/adapter")
-
-
-def test_a_reward_model_that_cannot_rank_the_policys_answers_is_refused(toy_gpt2, tmp_path):  # noqa: F811
-    from align.stages.online_dpo import check_reward_model_trusted
-
-    recipe = parse_recipe(tiny_recipe(toy_gpt2, tmp_path, ["reward", "online_dpo"],
-                                      online_dpo={**TOY, "use_reward_model": True, "reward_functions": []}))
-    reward = tmp_path / "reward"
-    write_json_atomic(reward / "stage.json", {"metrics": {
-        "policy_check_trusted": False, "policy_check_accuracy": 0.48, "policy_check_pairs": 50,
-        "policy_check_n": 4, "policy_check_best_of_n": 0.40, "policy_check_greedy": 0.55,
-        "policy_check_judge": "align.judges:gold"}})
-    with pytest.raises(RecipeError, match="cannot rank the SFT model's own answers.*require_trusted_reward_model"):
-        check_reward_model_trusted(recipe, {"reward": reward})
-    trusting = recipe.model_copy(update={"online_dpo": recipe.online_dpo.model_copy(
-        update={"require_trusted_reward_model": False})})
-    check_reward_model_trusted(trusting, {"reward": reward})  # told to go on anyway
-
-
-def test_an_untrusted_reward_model_can_stop_the_stage_with_the_sft_policy(tiny_llama, tmp_path):
-    """keep_start_if_untrusted: the stage says why and stops before sampling; its adapter is SFT's, and the run goes
-    on (the summary says so)."""
-    recipe = parse_recipe(tiny_recipe(tiny_llama, tmp_path, ["sft", "reward", "online_dpo"], online_dpo={
-        **TOY, "use_reward_model": True, "reward_functions": [], "keep_start_if_untrusted": True}))
-    run_recipe(recipe, only="sft")
-    reward = tmp_path / "tiny" / "reward"
-    reward.mkdir(parents=True)
-    (reward / "adapter").mkdir()
-    write_json_atomic(reward / "stage.json", {"metrics": {
-        "policy_check_trusted": False, "policy_check_accuracy": 0.48, "policy_check_pairs": 50,
-        "policy_check_n": 4, "policy_check_best_of_n": 0.40, "policy_check_greedy": 0.55,
-        "policy_check_judge": "align.judges:gold"}})
-    from align.stages import online_dpo
-
-    metrics = online_dpo.run(recipe, tmp_path / "tiny" / "online_dpo", {"sft": tmp_path / "tiny" / "sft",
-                                                                         "reward": reward})
-    assert metrics["rounds"] == 0 and "best-of-4 scores 0.400 against greedy 0.550" in metrics["stopped"]
-    sft, kept = tmp_path / "tiny" / "sft" / "adapter", tmp_path / "tiny" / "online_dpo" / "adapter"
-    assert (kept / "adapter_model.safetensors").read_bytes() == (sft / "adapter_model.safetensors").read_bytes()
-    assert not list((tmp_path / "tiny" / "online_dpo").glob("round-*")), "nothing was sampled"
-    text = summary(recipe, {"online_dpo": {"seconds": 1.0, "metrics": metrics}})
-    assert "online_dpo stopped before its first round: the reward model is not trusted" in text
 
 
 def test_nll_weight_becomes_trls_sft_loss_term_and_clashes_are_refused(toy_gpt2, tmp_path):  # noqa: F811

@@ -21,6 +21,7 @@ from align.reward_functions import call_reward_function, load_reward_function
 from align.trainers import last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trainer_args
 from align.reward import load_reward_model, score_conversations
+from align.stages.reward import keep_starting_policy, untrusted_reward_model
 
 
 def run_rloo(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -40,6 +41,9 @@ def run(recipe: Recipe, out: Path, inputs: dict, stage: str, trainer_class) -> d
 
     # --- config
     cfg = getattr(recipe, stage)
+    untrusted = untrusted_reward_model(recipe, stage, inputs)
+    if untrusted:  # keep_start_if_untrusted: say so and stop, with the starting policy as the result
+        return keep_starting_policy(recipe, stage, out, inputs, untrusted)
     args = trainer_args(recipe, stage, out)
     record_trl_config(args, out)
     set_seed(recipe.seed)

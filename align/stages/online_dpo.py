@@ -36,6 +36,7 @@ from align.runs import read_jsonl, read_stage, write_json_atomic, write_text_ato
 from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trainer_args, trl_args
 from align.reward import load_reward_model
+from align.stages.reward import keep_starting_policy, untrusted_reward_model
 
 # A chosen answer's mean log-prob falling by more than this over a round is likelihood displacement (Razin et al.
 # 2024): DPO widens the margin by pushing both answers down, and mass leaks to answers it never saw.
@@ -51,15 +52,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     state = PartialState()
     set_seed(recipe.seed)
     judges = recipe.eval.judges  # watch only, whether or not an eval stage runs
-    untrusted = check_reward_model_trusted(recipe, inputs)
+    untrusted = untrusted_reward_model(recipe, "online_dpo", inputs)
     if untrusted:  # keep_start_if_untrusted: say so and stop, with the starting policy as the result
-        start = recipe.starting_policy("online_dpo")
-        if state.is_main_process:
-            shutil.rmtree(out / "adapter", ignore_errors=True)
-            shutil.copytree(inputs[start] / "adapter", out / "adapter")
-        state.wait_for_everyone()
-        print(f"[online_dpo] stopped before the first round: {untrusted}; the stage's policy is {start}'s")
-        return {"rounds": 0, "pairs": 0, "stopped": untrusted}
+        return {"rounds": 0, "pairs": 0, **keep_starting_policy(recipe, "online_dpo", out, inputs, untrusted)}
 
     # --- data: prompts (and the columns reward functions and judges read), checked before any model loads
     tokenizer = load_tokenizer(recipe.model)
@@ -371,37 +366,6 @@ def kl_to_start(policy, start_adapter: Path | None, tokenizer, rows: list[dict],
         policy.set_adapter(current)
         if start_adapter is not None:
             policy.delete_adapter("start")
-
-
-def check_reward_model_trusted(recipe: Recipe, inputs: dict) -> str | None:
-    """Refuse to optimise against a reward model that the reward stage found unable to rank the SFT model's own
-    answers (no better than chance, or its best-of-n no better than greedy). With keep_start_if_untrusted, return
-    why instead (None when there is nothing to say)."""
-    cfg = recipe.online_dpo
-    if not (cfg.use_reward_model and cfg.require_trusted_reward_model and "reward" in inputs):
-        return None
-    figures = read_stage(inputs["reward"])["metrics"]
-    if figures.get("policy_check_trusted", True):
-        return None
-    if cfg.relabel_with:  # the model that judges each round is first retrained on that round's own answers
-        print(f"[online_dpo] the reward stage's model ranks the SFT model's answers no better than greedy "
-              f"(best-of-{figures['policy_check_n']} {figures['policy_check_best_of_n']:.3f} vs greedy "
-              f"{figures['policy_check_greedy']:.3f}); going on because relabel_with retrains it on each round's "
-              f"answers before it judges them")
-        return None
-    if cfg.keep_start_if_untrusted and "sft" in inputs:
-        return (f"the reward model is not trusted: on the SFT model's own answers its best-of-"
-                f"{figures['policy_check_n']} scores {figures['policy_check_best_of_n']:.3f} against greedy "
-                f"{figures['policy_check_greedy']:.3f} ({figures['policy_check_judge']}), ranking "
-                f"{figures['policy_check_accuracy'] or 0:.3f} of {figures['policy_check_pairs']} pairs rightly")
-    raise RecipeError(
-        f"online_dpo: the reward model cannot rank the SFT model's own answers: it orders "
-        f"{figures['policy_check_accuracy'] or 0:.3f} of {figures['policy_check_pairs']} judge-separated pairs "
-        f"rightly, and "
-        f"its best-of-{figures['policy_check_n']} scores {figures['policy_check_best_of_n']:.3f} against greedy "
-        f"{figures['policy_check_greedy']:.3f} on {figures['policy_check_judge']}. Train it on pairs like the "
-        f"policy's (reward.judge_labelled_pairs, or labels from people), or set "
-        f"online_dpo.require_trusted_reward_model: false to go on anyway.")
 
 
 def summarise(log: list[dict], judges: list[str]) -> dict:

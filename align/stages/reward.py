@@ -245,3 +245,58 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
             "policy_check_pass_at_n": room["pass_at_n"], "policy_check_n": room["n"],
             "policy_check_temperature": cfg.policy_check_temperature,
             "policy_check_trusted": trusted}
+
+
+# ------------------------------------------------------------------------- the check's verdict, as online stages read it
+
+
+def untrusted_reward_model(recipe: Recipe, stage: str, inputs: dict) -> str | None:
+    """Refuse to optimise against a reward model that the reward stage found unable to rank the SFT model's own
+    answers (no better than chance, or its best-of-n no better than greedy): online_dpo, ppo, rloo and grpo all ask
+    this before they sample. With keep_start_if_untrusted, return why instead (None when there is nothing to say)."""
+    from align.config import RecipeError
+    from align.runs import read_stage
+
+    cfg = getattr(recipe, stage)
+    scores_with_this_runs_model = cfg.use_reward_model and getattr(cfg, "reward_model_path", None) is None
+    if not (scores_with_this_runs_model and cfg.require_trusted_reward_model and "reward" in inputs):
+        return None
+    figures = read_stage(inputs["reward"])["metrics"]
+    if figures.get("policy_check_trusted", True):
+        return None
+    if getattr(cfg, "relabel_with", None):  # online_dpo retrains the judge on each round's answers before it judges
+        print(f"[{stage}] the reward stage's model ranks the SFT model's answers no better than greedy "
+              f"(best-of-{figures['policy_check_n']} {figures['policy_check_best_of_n']:.3f} vs greedy "
+              f"{figures['policy_check_greedy']:.3f}); going on because relabel_with retrains it on each round's "
+              f"answers before it judges them")
+        return None
+    if cfg.keep_start_if_untrusted and recipe.starting_policy(stage) in inputs:
+        return (f"the reward model is not trusted: on the SFT model's own answers its best-of-"
+                f"{figures['policy_check_n']} scores {figures['policy_check_best_of_n']:.3f} against greedy "
+                f"{figures['policy_check_greedy']:.3f} ({figures['policy_check_judge']}), ranking "
+                f"{figures['policy_check_accuracy'] or 0:.3f} of {figures['policy_check_pairs']} pairs rightly")
+    raise RecipeError(
+        f"{stage}: the reward model cannot rank the SFT model's own answers: it orders "
+        f"{figures['policy_check_accuracy'] or 0:.3f} of {figures['policy_check_pairs']} judge-separated pairs "
+        f"rightly, and "
+        f"its best-of-{figures['policy_check_n']} scores {figures['policy_check_best_of_n']:.3f} against greedy "
+        f"{figures['policy_check_greedy']:.3f} on {figures['policy_check_judge']}. Train it on pairs like the "
+        f"policy's (reward.labelled_samples, reward.judge_labelled_pairs, or labels from people), set "
+        f"{stage}.keep_start_if_untrusted: true to keep the starting policy, or "
+        f"{stage}.require_trusted_reward_model: false to go on anyway.")
+
+
+def keep_starting_policy(recipe: Recipe, stage: str, out: Path, inputs: dict, why: str) -> dict:
+    """Stop an online stage before it samples: its adapter is a copy of the policy it would have started from, so
+    eval and export see that policy as the stage's result. Returns the stage's metrics, which say why."""
+    import shutil
+
+    from accelerate import PartialState
+
+    state, start = PartialState(), recipe.starting_policy(stage)
+    if state.is_main_process:
+        shutil.rmtree(out / "adapter", ignore_errors=True)
+        shutil.copytree(inputs[start] / "adapter", out / "adapter")
+    state.wait_for_everyone()
+    print(f"[{stage}] stopped before training: {why}; the stage's policy is {start}'s")
+    return {"stopped": why, "kept_policy": start}

@@ -47,6 +47,7 @@ from align.runs import replace_dir, temp_dir_for, trim_log
 from align.trainers import TrainingDiverged
 from align.reward import AdapterHead, attach_reward_adapter, score_conversations
 from align.reward.model import add_lora_adapter, reward_lora_on_causal_lm
+from align.stages.reward import keep_starting_policy, untrusted_reward_model
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -60,6 +61,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     set_seed(recipe.seed)
     bf16 = torch_dtype(recipe.model.dtype) == torch.bfloat16
     autocast = lambda: torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    untrusted = untrusted_reward_model(recipe, "ppo", inputs)
+    if untrusted:  # keep_start_if_untrusted: say so and stop, with the starting policy as the result
+        return {"steps": 0, "stopped_early": None, **keep_starting_policy(recipe, "ppo", out, inputs, untrusted)}
 
     # --- data: prompts, checked before any model loads
     tokenizer = load_tokenizer(recipe.model)
