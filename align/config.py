@@ -477,6 +477,11 @@ class PPOStage(VLLMSampling, RewardModelGate):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts (log-probs use it too).")
     top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0 = off.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
+    openings: Openings = Field(
+        [], description="Reply openings some rollouts start from, the policy continuing them, so the reward model "
+        "can reward a reply the policy seldom samples (a decline, 'I don't know') where it is right; [] = off.")
+    opening_fraction: float = Field(
+        0.25, gt=0, le=1, description="Share of each rollout batch that starts from an opening (they take turns).")
     missing_eos: Literal["penalty", "zero", "keep"] = Field(
         "penalty", description="Score of responses cut off before EOS: minus missing_eos_penalty, zero, or as is."
     )
@@ -514,6 +519,8 @@ class PPOStage(VLLMSampling, RewardModelGate):
             raise ValueError("no reward: set use_reward_model: true or list reward_functions")
         if self.reward_model_path and not self.use_reward_model:
             raise ValueError("reward_model_path is set but use_reward_model is false")
+        if self.openings and self.use_vllm:
+            raise ValueError("openings are continued by align's own decode loop: set use_vllm: false or openings: []")
         sources = int(self.use_reward_model) + len(self.reward_functions)
         if self.reward_weights is not None and len(self.reward_weights) != sources:
             raise ValueError(

@@ -80,10 +80,11 @@ def test_ppo_raises_a_toy_reward_and_the_kl_penalty_bounds_it(toy_gpt2, tmp_path
 
 @pytest.fixture(scope="module")
 def chatgpt_run(tiny_llama, tmp_path_factory):
-    """SFT -> reward -> PPO -> eval -> export on tiny-llama."""
+    """SFT -> reward -> PPO (some rollouts continuing an opening) -> eval -> export on tiny-llama."""
     root = tmp_path_factory.mktemp("runs")
     ppo = {"dataset": {"bundled": "prefs_train", "limit": 16}, "steps": 4, "rollout_batch_size": 8,
-           "mini_batch_size": 4, "max_new_tokens": 8, "save_steps": 2, "learning_rate": 1e-3, "sample_every": 2}
+           "mini_batch_size": 4, "max_new_tokens": 8, "save_steps": 2, "learning_rate": 1e-3, "sample_every": 2,
+           "openings": ["Sorry"]}
     recipe = parse_recipe(tiny_recipe(tiny_llama, root, ["sft", "reward", "ppo", "eval", "export"], ppo=ppo))
     return recipe, run_recipe(recipe), root / "tiny"
 
@@ -100,6 +101,7 @@ def test_ppo_continues_sft_and_reports_every_step(chatgpt_run):
     assert sorted(p.name for p in (run / "ppo/checkpoints").glob("step-*")) == ["step-2", "step-4"]
     samples = [json.loads(line) for line in (run / "ppo/samples.jsonl").read_text().splitlines()]
     assert {s["step"] for s in samples} == {1, 3, 4} and all("response" in s for s in samples)
+    assert samples[0]["response"].startswith("Sorry"), "a quarter of each batch continues the opening"
     evaluation = records["eval"]["metrics"]
     assert evaluation["policy"] == "ppo" and evaluation["baseline"] == "sft"
     assert 0.0 <= evaluation["win_rate"] <= 1.0 and evaluation["kl_to_baseline"] >= 0.0

@@ -14,8 +14,8 @@ import torch
 from align.stages.ppo.checkpoints import load_checkpoint, newest_checkpoint, save_checkpoint
 from align.models import load_tokenizer
 from align.stages.ppo.steps import (
-    RewardSources, Rollout, estimate_advantages, load_checked_prompts, load_roles, old_logprobs_and_values, rollout,
-    score, start_training, stop_check, update,
+    RewardSources, Rollout, estimate_advantages, load_checked_prompts, load_roles, old_logprobs_and_values,
+    opening_per_row, rollout, score, start_training, stop_check, update,
 )
 
 NO_AUTOCAST = contextlib.nullcontext  # float32 on CPU; run() passes a bf16 autocast on GPU
@@ -69,6 +69,49 @@ def test_rollout_masks_each_response_up_to_its_first_eos(ppo):
         assert (tokens[length:] == tokenizer.pad_token_id).all()
         assert bool(ended) == bool(hits)
         assert text == ppo.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip()
+
+
+def test_opening_per_row_opens_a_share_of_each_batch_with_the_openings_taking_turns():
+    assert opening_per_row(0, 8, 0, 0.25) == [None] * 8
+    assert opening_per_row(0, 8, 2, 0.25) == [0, 1, None, None, None, None, None, None]
+    assert opening_per_row(1, 8, 3, 0.25) == [2, 0, None, None, None, None, None, None]  # turns go on across steps
+    assert opening_per_row(5, 4, 2, 0.01) == [1, None, None, None]  # at least one row
+    assert opening_per_row(0, 3, 2, 1.0) == [0, 1, 0]
+
+
+def test_rollout_continues_openings_as_the_start_of_the_response(ppo):
+    """An opened row's response starts with the opening, which is scored, masked in and trained on as the policy's
+    own tokens; its query is the prompt alone, as an unopened row's."""
+    opening = ppo.tokenizer.encode(" Sorry, I can not", add_special_tokens=False)
+    openings = [opening, [], opening, []]
+    torch.manual_seed(0)
+    plain = rollout(ppo.training.model, ppo.tokenizer, ppo.prompt_ids, ppo.cfg, NO_AUTOCAST)
+    torch.manual_seed(0)
+    answers = rollout(ppo.training.model, ppo.tokenizer, ppo.prompt_ids, ppo.cfg, NO_AUTOCAST, openings=openings)
+    assert torch.equal(answers.query, plain.query) and torch.equal(answers.query_mask, plain.query_mask)
+    for row in (0, 2):
+        assert answers.responses[row, : len(opening)].tolist() == opening
+        assert answers.response_mask[row, : len(opening)].tolist() == [1] * len(opening)
+        assert answers.response_mask[row].sum() > len(opening), "the policy continued it"
+        assert answers.texts[row].startswith(ppo.tokenizer.decode(opening, skip_special_tokens=True).strip())
+    for row in (1, 3):
+        assert answers.responses[row, : len(opening)].tolist() != opening
+    scores = score(ppo.rows, answers, letter_e_sources(), ppo.training.moments, ppo.cfg, ppo.state, NO_AUTOCAST)
+    experience = old_logprobs_and_values(ppo.training, answers, ppo.cfg, NO_AUTOCAST)
+    kl, advantages, returns = estimate_advantages(experience, scores.trained, ppo.training.kl_controller.value,
+                                                  ppo.cfg)
+    stats = update(ppo.training, experience, advantages, returns, ppo.cfg, ppo.state, NO_AUTOCAST)
+    assert stats and all(np.isfinite(v) for row in stats for v in row.values() if isinstance(v, float))
+
+
+def test_openings_need_aligns_own_decode_loop(tiny_llama, make_recipe):
+    from align.config import RecipeError
+
+    section = {"dataset": {"bundled": "prefs_train", "limit": 8}, "use_reward_model": False,
+               "reward_functions": ["tests.toy_rewards:letter_e_fraction"], "openings": ["I'm sorry, but"]}
+    assert make_recipe(tiny_llama, ["ppo"], ppo=section).ppo.opening_fraction == 0.25
+    with pytest.raises(RecipeError, match="openings are continued by align's own decode loop"):
+        make_recipe(tiny_llama, ["ppo"], ppo={**section, "use_vllm": True})
 
 
 def test_score_weights_the_reward_functions_then_penalises_cut_off_answers(ppo):

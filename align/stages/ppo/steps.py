@@ -68,6 +68,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     # --- data: prompts, checked before any model loads
     tokenizer = load_tokenizer(recipe.model)
     rows, prompt_ids = load_checked_prompts(cfg, tokenizer)
+    opening_ids = [tokenizer.encode(opening, add_special_tokens=False) for opening in cfg.openings]
 
     # --- model: one base, the roles as adapters on it; what trains, and what scores
     model, value_model, reward_model, reward_tokenizer = load_roles(recipe, inputs, tokenizer)
@@ -110,9 +111,12 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                                  state.num_processes)
         batch = [rows[i] for i in indices]
 
-        # 1. rollout: the policy answers this step's prompts
+        # 1. rollout: the policy answers this step's prompts, some continuing an opening
+        openings = [opening_ids[k] if k is not None else [] for k in
+                    opening_per_row(step, len(indices), len(opening_ids), cfg.opening_fraction)]
         try:
-            answers = rollout(training.model, tokenizer, [prompt_ids[i] for i in indices], cfg, autocast, engine)
+            answers = rollout(training.model, tokenizer, [prompt_ids[i] for i in indices], cfg, autocast, engine,
+                              openings)
         except NonFiniteLogits:  # the policy has blown up
             stopped, diverged = f"the policy's next-token probabilities are not finite at step {step + 1}", True
             print(f"[ppo] stopping early: {stopped}")
@@ -248,24 +252,34 @@ class Rollout:
 
 
 def rollout(model, tokenizer, prompt_ids: list[list[int]], cfg: PPOStage, autocast: Callable,
-            engine=None) -> Rollout:
-    """1. Sample with the policy adapter, in align's decode loop or with vLLM (`engine`). Raises NonFiniteLogits
-    when the policy has blown up."""
+            engine=None, openings: list[list[int]] | None = None) -> Rollout:
+    """1. Sample with the policy adapter, in align's decode loop or with vLLM (`engine`). A row with opening ids
+    continues them, and they are the start of its response: scored, trained on and logged as the policy's own
+    tokens. Raises NonFiniteLogits when the policy has blown up."""
+    from align.vllm_sampling import as_rollout
+
     started = time.time()
     model.set_adapter("default")
+    device = next(model.parameters()).device
     if engine is not None:
-        from align.vllm_sampling import as_rollout, sample_with_vllm
+        from align.vllm_sampling import sample_with_vllm
 
         completions = sample_with_vllm(engine, model, "default", prompt_ids)
-        device = next(model.parameters()).device
         query, query_mask, responses, response_mask = as_rollout(
             prompt_ids, completions, tokenizer.pad_token_id, tokenizer.eos_token_id, device)
     else:
+        openings = openings or [[] for _ in prompt_ids]
         with autocast():
             query, query_mask, responses, response_mask = sample_responses(
-                model, prompt_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.max_new_tokens,
-                cfg.temperature, cfg.top_k, cfg.top_p, cfg.rollout_cache,
+                model, [p + o for p, o in zip(prompt_ids, openings)], tokenizer.pad_token_id, tokenizer.eos_token_id,
+                cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.rollout_cache,
             )
+        if any(openings):  # the opening moves from the prompt to the front of the response
+            continuations = [[t for t, m in zip(row, row_mask) if m]
+                             for row, row_mask in zip(responses.tolist(), response_mask.tolist())]
+            query, query_mask, responses, response_mask = as_rollout(
+                prompt_ids, [o + c for o, c in zip(openings, continuations)], tokenizer.pad_token_id,
+                tokenizer.eos_token_id, device)
     seconds = time.time() - started
     ended = (responses == tokenizer.eos_token_id).any(1) & (response_mask.sum(1) > 0)
     texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
@@ -551,6 +565,17 @@ def response_values(value_model: AdapterHead, sequences, attention, context: int
 
 def chunks(size: int, chunk: int):
     return [slice(i, i + chunk) for i in range(0, size, chunk)]
+
+
+def opening_per_row(step: int, batch: int, openings: int, fraction: float) -> list[int | None]:
+    """Which opening each of a step's rollouts starts from (None: the policy's own answer): the first
+    round(fraction * batch) rows, at least one, the openings taking turns across steps. The rows' prompts are a
+    seeded shuffle (prompt_indices), so which prompts are opened varies; a pure function of the step, so a resumed
+    run opens the same ones."""
+    if not openings:
+        return [None] * batch
+    count = min(batch, max(1, round(fraction * batch)))
+    return [(step * count + row) % openings if row < count else None for row in range(batch)]
 
 
 def prompt_indices(step: int, rows: int, batch: int, seed: int, rank: int, world: int) -> list[int]:
