@@ -32,7 +32,7 @@ from align.models import (
 )
 from align.onpolicy import build_pairs, flatten, judge_scores, proxy_scores, regroup
 from align.resources import release_memory
-from align.runs import read_jsonl, read_stage, write_json_atomic, write_text_atomic
+from align.runs import read_jsonl, write_json_atomic, write_text_atomic
 from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
 from align.trainer_settings import record_trl_config, trainer_args, trl_args
 from align.reward import load_reward_model
