@@ -202,3 +202,22 @@ def sample_answers(model, tokenizer, prompts: list[list[dict]], samples_per_prom
             del responses, mask
             trim_allocator()
     return out
+
+
+def as_rollout(prompt_ids: list[list[int]], completions: list[list[int]], pad_token_id: int, eos_token_id: int,
+               device) -> tuple:
+    """Token-id answers (vLLM's, or continuations of an opening) in the layout of sample_responses: (prompt_ids,
+    prompt_mask, response_ids, response_mask), prompts left-padded, responses right-padded, everything after the
+    first EOS masked out."""
+    input_ids, attention = left_pad(prompt_ids, pad_token_id, device)
+    width = max(1, max(len(c) for c in completions))
+    responses = torch.full((len(completions), width), pad_token_id, dtype=torch.long)
+    for row, ids in enumerate(completions):
+        if ids:
+            responses[row, : len(ids)] = torch.tensor(ids)
+    responses = responses.to(device)
+    response_mask = mask_after_eos(responses, eos_token_id)
+    # a row vLLM cut at max_new_tokens is real tokens up to its length, not padding
+    lengths = torch.tensor([len(c) for c in completions], device=device)
+    response_mask = response_mask * (torch.arange(width, device=device)[None] < lengths[:, None])
+    return input_ids, attention, responses.masked_fill(response_mask == 0, pad_token_id), response_mask

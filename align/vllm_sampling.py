@@ -74,28 +74,6 @@ def sample_with_vllm(engine, model, adapter: str, prompt_ids: list[list[int]], p
     return [list(c) for c in completions]
 
 
-def as_rollout(prompt_ids: list[list[int]], completions: list[list[int]], pad_token_id: int, eos_token_id: int,
-               device) -> tuple:
-    """vLLM's answers in the layout of align.generation.sample_responses: (prompt_ids, prompt_mask, response_ids,
-    response_mask), prompts left-padded, responses right-padded, everything after the first EOS masked out."""
-    import torch
-
-    from align.generation import left_pad, mask_after_eos
-
-    input_ids, attention = left_pad(prompt_ids, pad_token_id, device)
-    width = max(1, max(len(c) for c in completions))
-    responses = torch.full((len(completions), width), pad_token_id, dtype=torch.long)
-    for row, ids in enumerate(completions):
-        if ids:
-            responses[row, : len(ids)] = torch.tensor(ids)
-    responses = responses.to(device)
-    response_mask = mask_after_eos(responses, eos_token_id)
-    # a row vLLM cut at max_new_tokens is real tokens up to its length, not padding
-    lengths = torch.tensor([len(c) for c in completions], device=device)
-    response_mask = response_mask * (torch.arange(width, device=device)[None] < lengths[:, None])
-    return input_ids, attention, responses.masked_fill(response_mask == 0, pad_token_id), response_mask
-
-
 def vllm_answers(engine, model, tokenizer, prompts: list[list[dict]], per_prompt: int, greedy: bool = False
                  ) -> list[list[dict]]:
     """Answers to conversational prompts, per prompt a list of {"text", "tokens", "ended_with_eos", "token_ids"}

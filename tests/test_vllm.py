@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from align.config import RecipeError, parse_recipe
-from align.vllm_sampling import answer, as_rollout, engine_settings, vllm_problems, wants_vllm
+from align.generation import as_rollout
+from align.vllm_sampling import answer, engine_settings, vllm_problems, wants_vllm
 from tests.conftest import tiny_recipe
 
 

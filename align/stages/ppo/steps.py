@@ -31,7 +31,7 @@ import torch
 from align.stages.ppo.checkpoints import load_checkpoint, newest_checkpoint, save_checkpoint
 from align.config import ModelSection, PPOStage, Recipe
 from align.data import DataError, load_prompts, token_ids
-from align.generation import NonFiniteLogits, sample_responses
+from align.generation import NonFiniteLogits, as_rollout, sample_responses
 from align.models import (
     load_causal_lm, load_kwargs, load_tokenizer, lora_config, on_this_process_device, resolve_model_path, sync_special_tokens,
     torch_dtype,
@@ -256,8 +256,6 @@ def rollout(model, tokenizer, prompt_ids: list[list[int]], cfg: PPOStage, autoca
     """1. Sample with the policy adapter, in align's decode loop or with vLLM (`engine`). A row with opening ids
     continues them, and they are the start of its response: scored, trained on and logged as the policy's own
     tokens. Raises NonFiniteLogits when the policy has blown up."""
-    from align.vllm_sampling import as_rollout
-
     started = time.time()
     model.set_adapter("default")
     device = next(model.parameters()).device
