@@ -223,6 +223,18 @@ def _serving_options(parser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _run_command(argv)
+        sys.stdout.flush()  # a reader that has gone shows up here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped early (`align ls | head`): end quietly, as other command-line tools do. Python would
+        # flush stdout once more at exit and fail again, so point it at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run_command(argv: list[str] | None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may also come after --from/--only (argparse stops collecting them at the first flag)

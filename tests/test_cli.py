@@ -4,6 +4,7 @@ that resolve the same in every command, a hub that cannot be reached, and a READ
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import subprocess
@@ -17,6 +18,19 @@ import align.cli
 from align.models import ModelError
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`align ls | head -1`: the pipe closes before align has written everything; no traceback, no noise."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already gone: every write to the pipe fails
+    try:
+        listing = subprocess.run([sys.executable, "-m", "align", "ls"], cwd=tmp_path, stdout=write_end,
+                                 stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert listing.returncode == 1
+    assert listing.stderr == "", listing.stderr
 
 
 def test_no_help_text_shows_a_doubled_percent_sign():
