@@ -228,10 +228,24 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a reader that has gone shows up here, not as a traceback at exit
         return code
     except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise  # some other pipe broke: that is an error to see
         # The reader stopped early (`align ls | head`): end quietly, as other command-line tools do. Python would
         # flush stdout once more at exit and fail again, so point it at nothing first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end has closed (poll reports an error on its writing end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real file behind stdout, or no poll on this platform
+        return False
 
 
 def _run_command(argv: list[str] | None) -> int:

@@ -33,6 +33,15 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     assert listing.stderr == "", listing.stderr
 
 
+def test_a_broken_pipe_elsewhere_is_not_swallowed(monkeypatch):
+    """Only a closed stdout ends quietly; any other broken pipe is an error the user must see."""
+    def breaks(args):
+        raise BrokenPipeError("a child process's pipe")
+    monkeypatch.setitem(align.cli.COMMANDS, "ls", breaks)
+    with pytest.raises(BrokenPipeError, match="child process"):
+        align.cli.main(["ls"])
+
+
 def test_no_help_text_shows_a_doubled_percent_sign():
     parser = align.cli._parser()
     commands = next(action for action in parser._actions if action.choices)
