@@ -349,6 +349,9 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
         [], description="Reply openings the policy also continues from, one more candidate per opening and prompt, "
         "so the reward model can pick a reply the policy seldom gives unprompted (a decline, 'I don't know') "
         "where it is right; [] = the policy's own answers only.")
+    balance_openings: bool = Field(
+        False, description="Per opening, keep as many pairs choosing a reply that begins with it as rejecting one "
+        "(the surplus dropped at random), so a round teaches where a decline fits, not more or fewer declines.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0 = off.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
@@ -390,6 +393,10 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
         if self.reward_weights is not None and len(self.reward_weights) != sources:
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {sources} reward sources "
                              "(the reward model if used, then each reward function)")
+        if self.balance_openings and not self.openings:
+            raise ValueError("balance_openings balances pairs by the replies' openings: list openings too")
+        if self.balance_openings and self.label_db:
+            raise ValueError("balance_openings drops reward-model pairs; with label_db people's labels are all kept")
         if self.openings and self.use_vllm:
             raise ValueError("openings are continued by align's own decode loop: set use_vllm: false or openings: []")
         if self.relabel_with and not self.use_reward_model:

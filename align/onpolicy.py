@@ -8,6 +8,7 @@ Pure functions over lists, apart from `proxy_scores`, which runs the reward mode
 from __future__ import annotations
 
 import difflib
+import random
 import re
 
 from align.reward_functions import call_reward_function, load_reward_function
@@ -49,6 +50,31 @@ def build_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: li
                       "chosen_score": values[best], "rejected_score": lowest})
     counts["pairs"] = len(pairs)
     return pairs, counts
+
+
+def balance_by_openings(pairs: list[dict], openings: list[str], seed: int) -> tuple[list[dict], int]:
+    """Per opening, as many pairs whose chosen reply begins with it (and the rejected one does not) as pairs whose
+    rejected reply does (and the chosen one does not); the commoner direction's surplus is dropped at random
+    (seeded). A pair counts under the first opening that tells its two replies apart; pairs no opening tells apart
+    are all kept. Without this a round whose worst answers are mostly declines teaches "decline less" everywhere,
+    not where declining is wrong. Returns (kept pairs in their order, how many were dropped)."""
+    def begins(pair: dict, side: str, opening: str) -> bool:
+        return pair[side][0]["content"].lstrip().startswith(opening.strip())
+
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, pair in enumerate(pairs):
+        for opening in openings:
+            chosen, rejected = begins(pair, "chosen", opening), begins(pair, "rejected", opening)
+            if chosen != rejected:
+                groups.setdefault((opening, "chosen" if chosen else "rejected"), []).append(i)
+                break
+    rng = random.Random(seed)
+    dropped: set[int] = set()
+    for opening in openings:
+        for_it, against_it = groups.get((opening, "chosen"), []), groups.get((opening, "rejected"), [])
+        surplus, keep = (for_it, len(against_it)) if len(for_it) > len(against_it) else (against_it, len(for_it))
+        dropped.update(rng.sample(surplus, len(surplus) - keep))
+    return [pair for i, pair in enumerate(pairs) if i not in dropped], len(dropped)
 
 
 def judge_scores(specs: list[str], prompts: list[list[dict]], texts: list[str], columns: dict[str, list]

@@ -149,6 +149,9 @@ def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(t
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure", ""]}}, "opening 2 is blank"),
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "use_vllm": True}},
      "openings are continued by align's own decode loop"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "balance_openings": True}}, "list openings too"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "balance_openings": True,
+                                               "label_db": "labels.db"}}, "people's labels are all kept"),
 ])
 def test_bad_online_settings_fail_at_load_time(toy_gpt2, tmp_path, change, message):  # noqa: F811
     recipe = tiny_recipe(toy_gpt2, tmp_path, change.pop("stages"))
@@ -186,3 +189,17 @@ def test_openings_add_candidates_that_start_with_them(toy_gpt2, tmp_path):  # no
         texts = row["answers"]  # the greedy answer, a sample, then the opened one
         assert len(texts) == 3 and texts[-1].startswith("eee") and len(texts[-1]) > len("eee")
     assert records["online_dpo"]["metrics"]["pairs"] > 0
+
+
+def test_balanced_openings_train_as_many_pairs_for_an_opening_as_against_it(toy_gpt2, tmp_path):  # noqa: F811
+    recipe, records = online_run(toy_gpt2, tmp_path, rounds=1, prompts_per_round=16, samples_per_prompt=2,
+                                 openings=["eee"], balance_openings=True, num_train_epochs=1,
+                                 reward_functions=["tests.toy_rewards:letter_e_on_odd_prompts"])
+    first = records["online_dpo"]["metrics"]["log"][0]
+    pairs = json.loads((tmp_path / "tiny" / "online_dpo" / "round-1" / "pairs.json").read_text())["pairs"]
+    for_it = sum(p["chosen"][0]["content"].startswith("eee") and not p["rejected"][0]["content"].startswith("eee")
+                 for p in pairs)
+    against_it = sum(p["rejected"][0]["content"].startswith("eee") and not p["chosen"][0]["content"].startswith("eee")
+                     for p in pairs)
+    assert for_it == against_it > 0, (for_it, against_it)
+    assert first["round_pairs"] == len(pairs) and first["round_dropped_for_balance"] > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from align.onpolicy import build_pairs, flatten, headroom, near_identical, ranking_accuracy, regroup
+from align.onpolicy import balance_by_openings, build_pairs, flatten, headroom, near_identical, ranking_accuracy, regroup
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -39,6 +39,34 @@ def test_near_identical_texts_are_dropped_but_a_different_worst_is_taken():
     # only a reworded copy below the best: no pair
     pairs, counts = build_pairs([PROMPT], [answers("Paris.", "paris")], [[2.0, 0.0]])
     assert pairs == [] and counts["near_identical"] == 1
+
+
+def pair(chosen, rejected):
+    return {"prompt": PROMPT, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+def test_balancing_keeps_as_many_pairs_for_each_opening_as_against_it():
+    sorry, unsure = "I'm sorry, but", "I don't know"
+    against_declining = [pair(f"Use kill {i}.", f"I'm sorry, but I can't help with {i}.") for i in range(5)]
+    for_declining = [pair(" I'm sorry, but no.", "Here is how to pick the lock."),
+                     pair("I'm sorry, but I can't.", "Step 1: find a weapon.")]
+    for_unsure = [pair("I don't know your name.", "Your name is Sam.")]
+    against_unsure = [pair("Paris.", "I don't know.")]
+    neither = [pair("Paris.", "London."), pair("I'm sorry, but no.", "I'm sorry, but yes.")]
+    pairs = against_declining + for_declining + for_unsure + against_unsure + neither
+    kept, dropped = balance_by_openings(pairs, [sorry, unsure], seed=0)
+    assert dropped == 3 and len(kept) == len(pairs) - 3
+    assert sum(p in kept for p in against_declining) == 2  # down to the 2 that choose a decline
+    assert all(p in kept for p in for_declining + for_unsure + against_unsure + neither)
+    assert [p for p in pairs if p in kept] == kept  # order kept
+    assert balance_by_openings(pairs, [sorry, unsure], seed=0) == (kept, dropped)  # seeded
+    # a pair that chooses "I don't know" over "I'm sorry, but" counts once, under the first opening that differs
+    both = pair("I don't know.", "I'm sorry, but no.")
+    kept, dropped = balance_by_openings([both, pair("I'm sorry, but no.", "Sure.")], [sorry, unsure], seed=0)
+    assert dropped == 0 and len(kept) == 2
+    # only one direction present: all of it goes
+    assert balance_by_openings(against_declining, [sorry], seed=1) == ([], 5)
 
 
 def test_ranking_accuracy_and_best_of_n_by_hand():

@@ -21,3 +21,10 @@ def answer_length(prompts, completions, **columns):
 def brevity(prompts, completions, **columns):
     """A gold judge that wants short answers: 1 for an empty answer, falling to 0 at 60 characters."""
     return [max(0.0, 1 - len(c[0]["content"]) / 60) for c in completions]
+
+
+def letter_e_on_odd_prompts(prompts, completions, **columns):
+    """letter_e_fraction where the prompt has an odd number of characters, its opposite where even: an opening
+    of 'eee' is right on some prompts and wrong on others, as a decline is."""
+    sign = [1 if len(p[-1]["content"] if isinstance(p, list) else p) % 2 else -1 for p in prompts]
+    return [s * e for s, e in zip(sign, letter_e_fraction(prompts, completions))]

@@ -30,7 +30,7 @@ from align.models import (
     load_kwargs, load_policy, load_sampler, load_tokenizer, on_this_process_device, resolve_model_path,
     sync_special_tokens,
 )
-from align.onpolicy import build_pairs, flatten, judge_scores, proxy_scores, regroup
+from align.onpolicy import balance_by_openings, build_pairs, flatten, judge_scores, proxy_scores, regroup
 from align.resources import release_memory
 from align.runs import read_jsonl, write_json_atomic, write_text_atomic
 from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
@@ -158,6 +158,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             # 3. pair: best vs worst per prompt; with label_db people pick between the two instead
             pairs, counts = build_pairs([r["prompt"] for r in batch], samples, scores,
                                         -math.inf if cfg.label_db else cfg.min_score_gap, cfg.max_similarity)
+            if cfg.balance_openings:
+                pairs, counts["dropped_for_balance"] = balance_by_openings(pairs, cfg.openings, recipe.seed + number)
+                counts["pairs"] = len(pairs)
             write_samples(round_dir / "samples.jsonl", batch, samples, scores, state.is_main_process)
             if measuring_only:
                 log.append(entry)
@@ -168,7 +171,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             print(f"[online_dpo] round {number}: reward {entry['reward_mean']:.3f}"
                   + (f", gold {entry['gold_mean']:.3f}" if judges else "")
                   + f", KL {entry['kl']:.3f}; {counts['pairs']} pairs ({counts['ties']} ties, "
-                  f"{counts['near_identical']} near-identical dropped); seconds: "
+                  f"{counts['near_identical']} near-identical dropped"
+                  + (f", {counts['dropped_for_balance']} dropped to balance openings" if cfg.balance_openings else "")
+                  + "); seconds: "
                   + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), flush=True)
             if cfg.label_db:
                 entry, pairs = pairs_from_people(cfg, round_dir, entry, pairs)
