@@ -349,9 +349,10 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
         [], description="Reply openings the policy also continues from, one more candidate per opening and prompt, "
         "so the reward model can pick a reply the policy seldom gives unprompted (a decline, 'I don't know') "
         "where it is right; [] = the policy's own answers only.")
-    balance_openings: bool = Field(
-        False, description="Per opening, keep as many pairs choosing a reply that begins with it as rejecting one "
-        "(the surplus dropped at random), so a round teaches where a decline fits, not more or fewer declines.")
+    balance_openings: Literal["drop", "repeat"] | None = Field(
+        None, description="Per opening, as many pairs choosing a reply that begins with it as rejecting one, so a "
+        "round teaches where a decline fits, not more or fewer declines: 'drop' the commoner direction's surplus at "
+        "random, or 'repeat' the rarer direction's pairs; None = every pair as built.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0 = off.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
@@ -396,7 +397,8 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
         if self.balance_openings and not self.openings:
             raise ValueError("balance_openings balances pairs by the replies' openings: list openings too")
         if self.balance_openings and self.label_db:
-            raise ValueError("balance_openings drops reward-model pairs; with label_db people's labels are all kept")
+            raise ValueError("balance_openings reweighs the reward model's pairs; with label_db people's labels are "
+                             "all kept as given: set balance_openings: null")
         if self.openings and self.use_vllm:
             raise ValueError("openings are continued by align's own decode loop: set use_vllm: false or openings: []")
         if self.relabel_with and not self.use_reward_model:

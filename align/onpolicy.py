@@ -52,12 +52,18 @@ def build_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: li
     return pairs, counts
 
 
-def balance_by_openings(pairs: list[dict], openings: list[str], seed: int) -> tuple[list[dict], int]:
+def balance_by_openings(pairs: list[dict], openings: list[str], seed: int, how: str = "drop"
+                        ) -> tuple[list[dict], int]:
     """Per opening, as many pairs whose chosen reply begins with it (and the rejected one does not) as pairs whose
-    rejected reply does (and the chosen one does not); the commoner direction's surplus is dropped at random
-    (seeded). A pair counts under the first opening that tells its two replies apart; pairs no opening tells apart
-    are all kept. Without this a round whose worst answers are mostly declines teaches "decline less" everywhere,
-    not where declining is wrong. Returns (kept pairs in their order, how many were dropped)."""
+    rejected reply does (and the chosen one does not). how="drop": the commoner direction's surplus is dropped at
+    random; how="repeat": the rarer direction's pairs are repeated (each once before any twice) to match, so no
+    pair is lost. An opening with pairs in one direction only keeps none of them either way. A pair counts under
+    the first opening that tells its two replies apart; pairs no opening tells apart are all kept. Without this a
+    round whose worst answers are mostly declines teaches "decline less" everywhere, not where declining is wrong.
+    Returns (the pairs, in their order, repeats after them; how many were dropped or added). Seeded."""
+    if how not in ("drop", "repeat"):
+        raise ValueError(f"balance_by_openings: how must be 'drop' or 'repeat', not {how!r}")
+
     def begins(pair: dict, side: str, opening: str) -> bool:
         return pair[side][0]["content"].lstrip().startswith(opening.strip())
 
@@ -70,11 +76,19 @@ def balance_by_openings(pairs: list[dict], openings: list[str], seed: int) -> tu
                 break
     rng = random.Random(seed)
     dropped: set[int] = set()
+    repeats: list[int] = []
     for opening in openings:
         for_it, against_it = groups.get((opening, "chosen"), []), groups.get((opening, "rejected"), [])
-        surplus, keep = (for_it, len(against_it)) if len(for_it) > len(against_it) else (against_it, len(for_it))
-        dropped.update(rng.sample(surplus, len(surplus) - keep))
-    return [pair for i, pair in enumerate(pairs) if i not in dropped], len(dropped)
+        rarer, commoner = sorted((for_it, against_it), key=len)
+        if how == "repeat" and rarer:
+            needed, extra = len(commoner) - len(rarer), []
+            while len(extra) < needed:
+                extra.extend(rng.sample(rarer, len(rarer)))
+            repeats.extend(extra[:needed])
+        else:
+            dropped.update(rng.sample(commoner, len(commoner) - len(rarer)))
+    kept = [pair for i, pair in enumerate(pairs) if i not in dropped] + [pairs[i] for i in repeats]
+    return kept, len(dropped) + len(repeats)
 
 
 def judge_scores(specs: list[str], prompts: list[list[dict]], texts: list[str], columns: dict[str, list]

@@ -149,9 +149,11 @@ def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(t
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure", ""]}}, "opening 2 is blank"),
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "use_vllm": True}},
      "openings are continued by align's own decode loop"),
-    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "balance_openings": True}}, "list openings too"),
-    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "balance_openings": True,
-                                               "label_db": "labels.db"}}, "people's labels are all kept"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "balance_openings": "drop"}}, "list openings too"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "balance_openings": "repeat",
+                                               "label_db": "labels.db"}}, "people's labels are all kept as given"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "balance_openings": True}},
+     "balance_openings"),
 ])
 def test_bad_online_settings_fail_at_load_time(toy_gpt2, tmp_path, change, message):  # noqa: F811
     recipe = tiny_recipe(toy_gpt2, tmp_path, change.pop("stages"))
@@ -191,9 +193,10 @@ def test_openings_add_candidates_that_start_with_them(toy_gpt2, tmp_path):  # no
     assert records["online_dpo"]["metrics"]["pairs"] > 0
 
 
-def test_balanced_openings_train_as_many_pairs_for_an_opening_as_against_it(toy_gpt2, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("how", ["drop", "repeat"])
+def test_balanced_openings_train_as_many_pairs_for_an_opening_as_against_it(toy_gpt2, tmp_path, how):  # noqa: F811
     recipe, records = online_run(toy_gpt2, tmp_path, rounds=1, prompts_per_round=16, samples_per_prompt=2,
-                                 openings=["eee"], balance_openings=True, num_train_epochs=1,
+                                 openings=["eee"], balance_openings=how, num_train_epochs=1,
                                  reward_functions=["tests.toy_rewards:letter_e_on_odd_prompts"])
     first = records["online_dpo"]["metrics"]["log"][0]
     pairs = json.loads((tmp_path / "tiny" / "online_dpo" / "round-1" / "pairs.json").read_text())["pairs"]
@@ -202,4 +205,4 @@ def test_balanced_openings_train_as_many_pairs_for_an_opening_as_against_it(toy_
     against_it = sum(p["rejected"][0]["content"].startswith("eee") and not p["chosen"][0]["content"].startswith("eee")
                      for p in pairs)
     assert for_it == against_it > 0, (for_it, against_it)
-    assert first["round_pairs"] == len(pairs) and first["round_dropped_for_balance"] > 0
+    assert first["round_pairs"] == len(pairs) and first[{"drop": "round_dropped_for_balance", "repeat": "round_repeated_for_balance"}[how]] > 0

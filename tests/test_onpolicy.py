@@ -67,6 +67,15 @@ def test_balancing_keeps_as_many_pairs_for_each_opening_as_against_it():
     assert dropped == 0 and len(kept) == 2
     # only one direction present: all of it goes
     assert balance_by_openings(against_declining, [sorry], seed=1) == ([], 5)
+    # repeat: nothing dropped, the rarer direction repeated (each once before any twice) up to the commoner's count
+    kept, added = balance_by_openings(pairs, [sorry, unsure], seed=0, how="repeat")
+    assert added == 3 and kept[: len(pairs)] == pairs
+    repeats = kept[len(pairs):]
+    assert sorted(map(repr, repeats)) == sorted(map(repr, for_declining + [for_declining[0]])) or \
+        sorted(map(repr, repeats)) == sorted(map(repr, for_declining + [for_declining[1]]))
+    assert balance_by_openings(against_declining, [sorry], seed=1, how="repeat") == ([], 5)
+    with pytest.raises(ValueError, match="'drop' or 'repeat'"):
+        balance_by_openings(pairs, [sorry], seed=0, how="upsample")
 
 
 def test_ranking_accuracy_and_best_of_n_by_hand():

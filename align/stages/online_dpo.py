@@ -41,6 +41,7 @@ from align.stages.reward import keep_starting_policy, untrusted_reward_model
 # A chosen answer's mean log-prob falling by more than this over a round is likelihood displacement (Razin et al.
 # 2024): DPO widens the margin by pushing both answers down, and mass leaks to answers it never saw.
 DISPLACEMENT_NATS = 0.5
+BALANCED = {"drop": "dropped", "repeat": "repeated"}  # what balance_openings did to pairs, in the log's words
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
@@ -159,7 +160,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             pairs, counts = build_pairs([r["prompt"] for r in batch], samples, scores,
                                         -math.inf if cfg.label_db else cfg.min_score_gap, cfg.max_similarity)
             if cfg.balance_openings:
-                pairs, counts["dropped_for_balance"] = balance_by_openings(pairs, cfg.openings, recipe.seed + number)
+                pairs, changed = balance_by_openings(pairs, cfg.openings, recipe.seed + number, cfg.balance_openings)
+                counts[f"{BALANCED[cfg.balance_openings]}_for_balance"] = changed
                 counts["pairs"] = len(pairs)
             write_samples(round_dir / "samples.jsonl", batch, samples, scores, state.is_main_process)
             if measuring_only:
@@ -172,7 +174,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                   + (f", gold {entry['gold_mean']:.3f}" if judges else "")
                   + f", KL {entry['kl']:.3f}; {counts['pairs']} pairs ({counts['ties']} ties, "
                   f"{counts['near_identical']} near-identical dropped"
-                  + (f", {counts['dropped_for_balance']} dropped to balance openings" if cfg.balance_openings else "")
+                  + (f", {changed} {BALANCED[cfg.balance_openings]} to balance openings" if cfg.balance_openings else "")
                   + "); seconds: "
                   + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), flush=True)
             if cfg.label_db:
