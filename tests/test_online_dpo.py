@@ -206,3 +206,13 @@ def test_balanced_openings_train_as_many_pairs_for_an_opening_as_against_it(toy_
                      for p in pairs)
     assert for_it == against_it > 0, (for_it, against_it)
     assert first["round_pairs"] == len(pairs) and first[{"drop": "round_dropped_for_balance", "repeat": "round_repeated_for_balance"}[how]] > 0
+
+
+@pytest.mark.fault("bad input")
+def test_balancing_that_leaves_no_pair_says_why(toy_gpt2, tmp_path):  # noqa: F811
+    """letter_e_fraction prefers a reply opened by thirty e's on every prompt, over anything a random model writes:
+    each pair chooses it and none rejects it, so balancing drops them all, and the stage says that rather than
+    blaming ties."""
+    with pytest.raises(RecipeError, match="balance_openings dropped every pair"):
+        online_run(toy_gpt2, tmp_path, rounds=1, prompts_per_round=8, samples_per_prompt=2, openings=["e" * 30],
+                   balance_openings="drop", num_train_epochs=1)

@@ -193,7 +193,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             entry["seconds_train"] = round(time.time() - started, 1)
             adapter = round_dir / "adapter"
         else:
-            print(f"[online_dpo] round {number}: no pairs (every prompt's samples tied); the policy is unchanged")
+            print(f"[online_dpo] round {number}: no pairs (every prompt's samples tied"
+                  + (", or balance_openings dropped them all" if cfg.balance_openings else "")
+                  + "); the policy is unchanged")
         del policy
         release_memory()  # the round's trainer, optimiser and activations, before the next round samples
         log.append(entry)
@@ -208,8 +210,10 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             shutil.rmtree(out / "adapter", ignore_errors=True)
             shutil.copytree(adapter, out / "adapter")
         else:  # no round found a pair: the stage's policy is the one it started from
-            raise RecipeError("online_dpo: no round produced a single pair (every prompt's samples scored alike); "
-                              "raise temperature or samples_per_prompt, or lower min_score_gap")
+            raise RecipeError("online_dpo: no round produced a single pair (every prompt's samples scored alike"
+                              + (", or balance_openings dropped every pair: the reward model chose or rejected "
+                                 "the openings' replies in one direction only" if cfg.balance_openings else "")
+                              + "); raise temperature or samples_per_prompt, or lower min_score_gap")
     state.wait_for_everyone()
     return summarise(log, judges[:1])
 
