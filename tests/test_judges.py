@@ -292,7 +292,28 @@ def test_bundled_data_is_what_the_script_writes(tmp_path, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     script.OUT_DIR = tmp_path
-    script.main()  # runs check_judge_vocabulary and the per-row gold checks first
+    script.main([])  # runs check_judge_vocabulary and the per-row gold checks first
     for name in ("sft", "prefs_train", "prefs_test"):
         assert (tmp_path / f"{name}.jsonl").read_bytes() == (BUNDLED / f"{name}.jsonl").read_bytes(), name
     assert "prefs_test kinds" in capsys.readouterr().out
+
+
+def test_more_lookalikes_add_families_only_to_training_prompts(tmp_path):
+    """The probe's prompts: the bundled training rows plus nine families of look-alikes whose prompts, templates,
+    entities and trigger words the held-out set does not share; the bundled files are left alone."""
+    spec = importlib.util.spec_from_file_location("make_bundled_data", REPO / "scripts" / "make_bundled_data.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.OUT_DIR = tmp_path / "bundled"
+    script.main(["--more-lookalikes", str(tmp_path / "wide.jsonl")])
+    assert not script.OUT_DIR.exists()
+    rows = [json.loads(line) for line in (tmp_path / "wide.jsonl").read_text().splitlines()]
+    bundled = [json.loads(line) for line in (BUNDLED / "prefs_train.jsonl").read_text().splitlines()]
+    added = [r for r in rows if r["prompt"] not in {b["prompt"] for b in bundled}]
+    assert len(rows) == len(bundled) + 72 and len(added) == 72
+    assert {r["category"] for r in added} == {"lookalike"} and len({r["topic"] for r in added}) == 9
+    held_out = [json.loads(line) for line in (BUNDLED / "prefs_test.jsonl").read_text().splitlines()]
+    for column in ("prompt", "template", "entity"):
+        assert not {r[column] for r in added} & {r[column] for r in held_out}, column
+    assert all(r["answer"] and gold([[{"role": "user", "content": r["prompt"]}]], [r["chosen"]], [r["answer"]],
+                                    ["lookalike"]) == [1.0] for r in added)
