@@ -85,6 +85,27 @@ def modelfile(gguf_name: str, chat_template: str, eos_token: str) -> str:
     return f'FROM ./{gguf_name}\nTEMPLATE """{template}"""\n{stop_lines}PARAMETER temperature 0\n'
 
 
+def load_without_repacking(llama_class, path: Path):
+    """llama.cpp loaded for the check with its weights in plain CPU buffers. Its default repacks them for the CPU's
+    fastest kernels ("extra buffer types"), and on Intel CPUs with AMX the repacked q8_0 kernels crash the process
+    (a segmentation fault in decode, seen with llama-cpp-python 0.3.36); plain buffers give the same answers."""
+    import llama_cpp.llama as llama_module
+
+    default_params = llama_module.llama_cpp.llama_model_default_params
+
+    def plain_buffers():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = plain_buffers
+    try:
+        return llama_class(model_path=str(path), n_ctx=1024, n_threads=os.cpu_count(), verbose=False,
+                           logits_all=True, seed=0)
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = default_params
+
+
 def greedy(llm, ids: list[int], max_new_tokens: int, eos_ids: set[int]) -> list[int]:
     out = []
     for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
@@ -139,7 +160,7 @@ def export_gguf(model_dir: Path, out_dir: Path, outtype: str, tokenizer, prompts
     eos = {tokenizer.eos_token_id}
     answers = [[t for t in answer["token_ids"] if t not in eos] for answer in expected]
     prompt_ids = [token_ids(tokenizer, prompt, add_generation_prompt=True) for prompt in prompts]
-    llm = Llama(model_path=str(tmp), n_ctx=1024, n_threads=os.cpu_count(), verbose=False, logits_all=True, seed=0)
+    llm = load_without_repacking(Llama, tmp)
     problems = []
     if llm.metadata.get("tokenizer.chat_template") != tokenizer.chat_template:
         problems.append("the chat template stored in the GGUF is not the tokenizer's")

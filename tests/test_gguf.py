@@ -65,3 +65,17 @@ def test_a_gguf_export_without_llama_cpp_fails_at_load_time(monkeypatch):
     with pytest.raises(RecipeError, match="gguf"):
         parse_recipe({"name": "x", "stages": ["sft", "export"], "sft": {"dataset": "bundled:sft"},
                       "export": {"gguf": "q4_k"}})
+
+
+def test_the_check_loads_llama_cpp_without_repacked_weights_and_restores_its_default(tmp_path):
+    """Repacked q8_0 weights crash llama.cpp on CPUs with AMX; the check asks for plain buffers, for itself only."""
+    llama_module = pytest.importorskip("llama_cpp.llama")
+    from align.gguf_export import load_without_repacking
+
+    class Recording:  # stands where llama_cpp.Llama does: it reads the model parameters the same way
+        def __init__(self, model_path, **settings):
+            self.model_path, self.params = model_path, llama_module.llama_cpp.llama_model_default_params()
+
+    loaded = load_without_repacking(Recording, tmp_path / "model.gguf")
+    assert loaded.params.use_extra_bufts is False and loaded.model_path == str(tmp_path / "model.gguf")
+    assert llama_module.llama_cpp.llama_model_default_params().use_extra_bufts is True
