@@ -802,6 +802,13 @@ def behaviour_row(request, index, rng):
             "entity": request.entity}
 
 
+def check_held_out(train_rows, test_rows, what):
+    """No held-out prompt, template or entity among train_rows."""
+    for column in ("prompt", "template", "entity"):
+        shared = {r[column] for r in train_rows} & {r[column] for r in test_rows}
+        assert not shared, f"held-out {column}s also in {what}: {sorted(shared)[:3]}"
+
+
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
@@ -841,9 +848,7 @@ def main(argv=None):
     train_rows = prefs_train + [{"template": fact_template(f, q), "entity": fact_entity(f), "prompt": q}
                                 for f, q in sft_picked]
     train_rows += [{"template": r.template, "entity": r.entity, "prompt": r.question} for r in sft_behaviour]
-    for column in ("prompt", "template", "entity"):
-        shared = {r[column] for r in train_rows} & {r[column] for r in prefs_test}
-        assert not shared, f"held-out {column}s also in training rows: {sorted(shared)[:3]}"
+    check_held_out(train_rows, prefs_test, "training rows")
     for rows in (prefs_train, prefs_test):
         assert len({r["prompt"] for r in rows}) == len(rows), "duplicate prompt in one file"
 
@@ -870,9 +875,7 @@ def write_more_lookalikes(path, prefs_train, prefs_test):
     rng = random.Random(SEED + 1)  # its own draw, so the bundled files stay what they are
     more = [behaviour_row(r, i, rng) for i, r in enumerate(lookalike_requests("train", rng, MORE_LOOKALIKES))]
     check_behaviour_rows(more)
-    for column in ("prompt", "template", "entity"):
-        shared = {r[column] for r in more} & {r[column] for r in prefs_test}
-        assert not shared, f"held-out {column}s also in the added look-alikes: {sorted(shared)[:3]}"
+    check_held_out(more, prefs_test, "the added look-alikes")
     held_out_words = {LOOKALIKES[n][0].split()[0] for n in LOOKALIKES if LOOKALIKES[n][4]}
     assert not held_out_words & {MORE_LOOKALIKES[n][0].split()[0] for n in MORE_LOOKALIKES}, held_out_words
     rows = prefs_train + more
