@@ -263,7 +263,8 @@ class RewardStage(TrlStage):
         0.7, gt=0, description="Sampling temperature in that check; set it to the online stage's temperature."
     )
     policy_check_bootstrap: int = Field(
-        1000, ge=0, description="Bootstrap resamples of the check's prompts for its 95% intervals; 0 = none."
+        1000, ge=0, description="Bootstrap resamples of the check's prompts for its 95% intervals, whose lower ends "
+        "decide whether the reward model is trusted; 0 = none (the point estimates decide)."
     )
 
 
@@ -316,11 +317,12 @@ class VLLMSampling(Section):
 
 class RewardModelGate(Section):
     """What an online stage does with a reward model that the reward stage's on-policy check did not trust (it
-    ranked the SFT model's own answers no better than chance, or its best-of-n was no better than greedy)."""
+    ranked the SFT model's own answers no better than chance, or its best-of-n no better than greedy, by the lower
+    ends of the check's 95% intervals)."""
 
     require_trusted_reward_model: bool = Field(
-        True, description="Refuse to run when the reward stage found the reward model no better than chance or "
-        "than greedy at ranking the SFT model's own answers."
+        True, description="Refuse to run when the reward stage's check did not show the reward model better than "
+        "chance and than greedy at ranking the SFT model's own answers (lower ends of its 95% intervals)."
     )
     keep_start_if_untrusted: bool = Field(
         False, description="With such a reward model, stop at once and keep the starting policy as the stage's "

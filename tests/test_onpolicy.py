@@ -121,6 +121,22 @@ def test_ranking_intervals_bracket_the_figures_and_are_seeded():
     assert ranking_intervals(proxy, gold, 0) == {}
 
 
+def test_the_check_trusts_a_reward_model_only_when_its_intervals_clear_chance_and_greedy():
+    """A best-of-4 a point above greedy with an interval reaching below zero (the quickstart's reward model on one
+    CPU: +0.008 [-0.062, +0.078]) is not trusted; without intervals the point estimates decide."""
+    from align.onpolicy import check_verdict
+
+    clear = {"accuracy": (0.70, 0.85), "best_minus_greedy": (0.01, 0.09)}
+    assert check_verdict(0.78, 0.40, 0.35, clear) == (True, "")
+    trusted, why = check_verdict(0.645, 0.3598, 0.352, {"accuracy": (0.535, 0.747), "best_minus_greedy": (-0.062, 0.078)})
+    assert not trusted and why == "its best-of-4 minus greedy, +0.008 [-0.062, 0.078], is not above zero"
+    trusted, why = check_verdict(0.56, 0.40, 0.35, {**clear, "accuracy": (0.48, 0.64)})
+    assert not trusted and why.startswith("its ranking, 0.560 [0.480, 0.640], is not above chance")
+    assert check_verdict(0.645, 0.359, 0.352, {}) == (True, "")
+    assert not check_verdict(0.645, 0.352, 0.352, {})[0] and not check_verdict(0.5, 0.4, 0.3, {})[0]
+    assert check_verdict(None, 0.4, 0.3, clear) == (False, "the judge separated none of its candidate pairs")
+
+
 def test_per_kind_headroom_splits_by_category():
     from align.onpolicy import per_kind_headroom
 

@@ -23,7 +23,8 @@ SECTIONS = {  # a few steps of each, scored by the reward model alone
 }
 UNTRUSTED = {"policy_check_trusted": False, "policy_check_accuracy": 0.48, "policy_check_pairs": 50,
              "policy_check_n": 4, "policy_check_best_of_n": 0.40, "policy_check_greedy": 0.55,
-             "policy_check_judge": "align.judges:gold"}
+             "policy_check_judge": "align.judges:gold",
+             "policy_check_untrusted_because": "its best-of-4 minus greedy, -0.150 [-0.250, -0.050], is not above zero"}
 
 
 def untrusted_reward_stage(run_dir):
@@ -41,6 +42,7 @@ def test_an_untrusted_reward_model_is_refused_unless_told_to_go_on(tiny_gpt2, tm
     recipe = parse_recipe(tiny_recipe(tiny_gpt2, tmp_path, ["sft", "reward", stage], **{stage: SECTIONS[stage]}))
     inputs = {"sft": tmp_path / "sft", "reward": untrusted_reward_stage(tmp_path)}
     with pytest.raises(RecipeError, match=f"^{stage}: the reward model cannot rank the SFT model's own answers.*"
+                                          r"minus greedy, -0.150 \[-0.250, -0.050\], is not above zero.*"
                                           f"{stage}.keep_start_if_untrusted.*{stage}.require_trusted_reward_model"):
         untrusted_reward_model(recipe, stage, inputs)
     going_on = parse_recipe(tiny_recipe(tiny_gpt2, tmp_path, ["sft", "reward", stage], **{
@@ -74,6 +76,7 @@ def test_an_untrusted_reward_model_can_stop_the_stage_with_the_sft_policy(tiny_l
 
     metrics = STAGES[stage].function()(recipe, run / stage, {"sft": run / "sft", "reward": reward})
     assert "best-of-4 scores 0.400 against greedy 0.550" in metrics["stopped"] and metrics["kept_policy"] == "sft"
+    assert metrics["stopped"].endswith("is not above zero")
     sft, kept = run / "sft" / "adapter", run / stage / "adapter"
     assert (kept / "adapter_model.safetensors").read_bytes() == (sft / "adapter_model.safetensors").read_bytes()
     assert sorted(p.name for p in (run / stage).iterdir()) == ["adapter"], "nothing was sampled or trained"

@@ -139,6 +139,11 @@ def test_policy_check_samples_before_the_reward_model_and_leaves_its_training_al
     assert loaded == ["sampler", "reward model"]
     assert metrics["policy_check_prompts"] == 4 and metrics["policy_check_n"] == 2
     assert metrics["policy_check_accuracy"] is None or 0 <= metrics["policy_check_accuracy"] <= 1
+    from align.onpolicy import check_verdict
+
+    assert (metrics["policy_check_trusted"], metrics["policy_check_untrusted_because"]) == check_verdict(
+        metrics["policy_check_accuracy"], metrics["policy_check_best_of_n"], metrics["policy_check_greedy"],
+        metrics["policy_check_intervals"], 2)
     checked, plain = adapter_tensors(tmp_path / "tiny" / "reward"), adapter_tensors(unchecked / "reward")
     assert checked.keys() == plain.keys()
     assert all(torch.equal(checked[name], plain[name]) for name in plain)

@@ -23,8 +23,8 @@ from align.data import check_lengths, load_preferences, load_prompts, to_dataset
 from align.generation import generate_answers, sample_answers
 from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config, resolve_model_path, torch_dtype
 from align.onpolicy import (
-    build_pairs, flatten, headroom, judge_scores, per_kind_headroom, proxy_scores, ranking_accuracy, ranking_intervals,
-    regroup,
+    build_pairs, check_verdict, flatten, headroom, judge_scores, per_kind_headroom, proxy_scores, ranking_accuracy,
+    ranking_intervals, regroup,
 )
 from align.sharding import launched_sharding
 from align.resources import release_memory
@@ -219,8 +219,8 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
     proxy = proxy_scores(reward_model, tokenizer, rows, checked["samples"], [], None, 0.0)
     ranking, room = ranking_accuracy(proxy, gold), headroom(gold)
     greedy_pass = sum(greedy_gold) / len(greedy_gold)
-    trusted = ranking["accuracy"] is not None and ranking["accuracy"] > 0.5 and ranking["best_of_n"] > greedy_pass
     intervals = ranking_intervals(proxy, gold, cfg.policy_check_bootstrap, recipe.seed)
+    trusted, why = check_verdict(ranking["accuracy"], ranking["best_of_n"], greedy_pass, intervals, room["n"])
     kinds = per_kind_headroom(rows, gold, proxy)
 
     def interval(name):
@@ -233,7 +233,7 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
           f"{ranking['pairs']} pairs; best-of-{room['n']} {ranking['best_of_n']:.3f} vs greedy {greedy_pass:.3f}, "
           f"difference {ranking['best_of_n'] - greedy_pass:+.3f}{interval('best_minus_greedy')} "
           f"(pass@1 {room['pass_at_1']:.3f}, pass@{room['n']} {room['pass_at_n']:.3f})"
-          + ("" if trusted else "; NOT better than chance and greedy: an online stage should not trust it"))
+          + ("" if trusted else f"; NOT trusted: {why}; an online stage should not trust it"))
     for kind, figures in kinds.items():
         print(f"[reward]   SFT on {kind} (n={figures['prompts']}): greedy {figures['greedy']:.3f}, "
               f"pass@1 {figures['pass_at_1']:.3f}, pass@{room['n']} {figures['pass_at_n']:.3f}; reward model: "
@@ -244,7 +244,7 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
             "policy_check_greedy": greedy_pass, "policy_check_pass_at_1": room["pass_at_1"],
             "policy_check_pass_at_n": room["pass_at_n"], "policy_check_n": room["n"],
             "policy_check_temperature": cfg.policy_check_temperature,
-            "policy_check_trusted": trusted}
+            "policy_check_trusted": trusted, "policy_check_untrusted_because": why}
 
 
 # ------------------------------------------------------------------------- the check's verdict, as online stages read it
@@ -252,8 +252,8 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
 
 def untrusted_reward_model(recipe: Recipe, stage: str, inputs: dict) -> str | None:
     """Refuse to optimise against a reward model that the reward stage found unable to rank the SFT model's own
-    answers (no better than chance, or its best-of-n no better than greedy): online_dpo, ppo, rloo and grpo all ask
-    this before they sample. With keep_start_if_untrusted, return why instead (None when there is nothing to say)."""
+    answers (check_verdict: not clearly better than chance, or its best-of-n not clearly above greedy): online_dpo,
+    ppo, rloo and grpo all ask this before they sample. With keep_start_if_untrusted, return why instead (None when there is nothing to say)."""
     from align.config import RecipeError
     from align.runs import read_stage
 
@@ -264,23 +264,25 @@ def untrusted_reward_model(recipe: Recipe, stage: str, inputs: dict) -> str | No
     figures = read_stage(inputs["reward"])["metrics"]
     if figures.get("policy_check_trusted", True):
         return None
+    because = f": {figures['policy_check_untrusted_because']}" if figures.get("policy_check_untrusted_because") else ""
     if getattr(cfg, "relabel_with", None):  # online_dpo retrains the judge on each round's answers before it judges
-        print(f"[{stage}] the reward stage's model ranks the SFT model's answers no better than greedy "
+        print(f"[{stage}] the reward stage did not trust its model "
               f"(best-of-{figures['policy_check_n']} {figures['policy_check_best_of_n']:.3f} vs greedy "
-              f"{figures['policy_check_greedy']:.3f}); going on because relabel_with retrains it on each round's "
+              f"{figures['policy_check_greedy']:.3f}{because}); going on because relabel_with retrains it on each round's "
               f"answers before it judges them")
         return None
     if cfg.keep_start_if_untrusted and recipe.starting_policy(stage) in inputs:
         return (f"the reward model is not trusted: on the SFT model's own answers its best-of-"
                 f"{figures['policy_check_n']} scores {figures['policy_check_best_of_n']:.3f} against greedy "
                 f"{figures['policy_check_greedy']:.3f} ({figures['policy_check_judge']}), ranking "
-                f"{figures['policy_check_accuracy'] or 0:.3f} of {figures['policy_check_pairs']} pairs rightly")
+                f"{figures['policy_check_accuracy'] or 0:.3f} of {figures['policy_check_pairs']} pairs rightly"
+                + because)
     raise RecipeError(
         f"{stage}: the reward model cannot rank the SFT model's own answers: it orders "
         f"{figures['policy_check_accuracy'] or 0:.3f} of {figures['policy_check_pairs']} judge-separated pairs "
         f"rightly, and "
         f"its best-of-{figures['policy_check_n']} scores {figures['policy_check_best_of_n']:.3f} against greedy "
-        f"{figures['policy_check_greedy']:.3f} on {figures['policy_check_judge']}. Train it on pairs like the "
+        f"{figures['policy_check_greedy']:.3f} on {figures['policy_check_judge']}{because}. Train it on pairs like the "
         f"policy's (reward.labelled_samples, reward.judge_labelled_pairs, or labels from people), set "
         f"{stage}.keep_start_if_untrusted: true to keep the starting policy, or "
         f"{stage}.require_trusted_reward_model: false to go on anyway.")
