@@ -179,10 +179,14 @@ def documented_commands() -> list[tuple[str, list[str]]]:
     found = []
     for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         lines = page.read_text().splitlines()
+        continued_until = 0
         for number, line in enumerate(lines, start=1):
+            if number <= continued_until:
+                continue  # read already, as part of the shell line the one above it began
             end = number
             while line.endswith("\\") and end < len(lines):  # a shell line continued on the next
                 line, end = line[:-1] + lines[end], end + 1
+            continued_until = end
             for match in re.finditer(r"align (?:run|validate) ([^`\n]*)", line):
                 if line[: match.start()].strip() == "#":
                     continue  # the opening comment of a recipe the page shows: the reader's own file
