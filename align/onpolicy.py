@@ -194,6 +194,12 @@ def ranking_intervals(proxy: list[list[float]], gold: list[list[float]], rounds:
     return {"accuracy": bounds(accuracies), "best_minus_greedy": bounds(gains), "rounds": rounds}
 
 
+def interval_text(intervals: dict, name: str) -> str:
+    """' [low, high]' of the named bootstrap interval, or '' where the check drew none."""
+    low, high = intervals.get(name) or (None, None)
+    return f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+
+
 def check_verdict(accuracy: float | None, best_of_n: float, greedy: float, intervals: dict, n: int = 4) -> tuple[bool, str]:
     """Is a reward model fit to judge the policy? Only if it ranks the policy's own answers better than chance and
     its best-of-n beats greedy, each by the lower end of its bootstrap interval where the check drew one: at a
@@ -203,14 +209,12 @@ def check_verdict(accuracy: float | None, best_of_n: float, greedy: float, inter
         return False, "the judge separated none of its candidate pairs"
     low_accuracy = (intervals.get("accuracy") or (None, None))[0]
     low_gain = (intervals.get("best_minus_greedy") or (None, None))[0]
-    shown = {name: f" [{low:.3f}, {high:.3f}]" for name in ("accuracy", "best_minus_greedy")
-             for low, high in [intervals.get(name) or (None, None)] if low is not None}
     why = []
     if (accuracy if low_accuracy is None else low_accuracy) <= 0.5:
-        why.append(f"its ranking, {accuracy:.3f}{shown.get('accuracy', '')}, is not above chance (0.5)")
+        why.append(f"its ranking, {accuracy:.3f}{interval_text(intervals, 'accuracy')}, is not above chance (0.5)")
     if (best_of_n - greedy if low_gain is None else low_gain) <= 0:
-        why.append(f"its best-of-{n} minus greedy, {best_of_n - greedy:+.3f}{shown.get('best_minus_greedy', '')}, "
-                   f"is not above zero")
+        why.append(f"its best-of-{n} minus greedy, {best_of_n - greedy:+.3f}"
+                   f"{interval_text(intervals, 'best_minus_greedy')}, is not above zero")
     return not why, "; ".join(why)
 
 

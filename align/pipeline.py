@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from align.config import Recipe, RecipeError, recipe_to_yaml
+from align.onpolicy import interval_text
 from align.runs import (
     finish_stage, finished_with_recipe, is_finished, read_stage, run_dir, stage_dir, versions, write_json_atomic,
     write_text_atomic,
@@ -185,18 +186,13 @@ def summary(recipe: Recipe, records: dict) -> str:
             f"{reward['labelled_by']}, {reward['labelled_samples_decisive']} decisive")
     if "policy_check_accuracy" in reward:
         intervals = reward.get("policy_check_intervals") or {}
-
-        def interval(name):
-            low, high = intervals.get(name) or (None, None)
-            return f" [{low:.3f}, {high:.3f}]" if low is not None else ""
-
         lines.append(
             f"  reward model on the SFT model's own answers ({reward['policy_check_prompts']} held-out prompts, "
             f"{reward['policy_check_judge']}; 95% bootstrap over prompts): ranks the better one higher "
-            f"{_fraction(reward['policy_check_accuracy'])}{interval('accuracy')} of {reward['policy_check_pairs']} "
+            f"{_fraction(reward['policy_check_accuracy'])}{interval_text(intervals, 'accuracy')} of {reward['policy_check_pairs']} "
             f"pairs; best-of-{reward['policy_check_n']} {reward['policy_check_best_of_n']:.3f} vs greedy "
             f"{reward['policy_check_greedy']:.3f}, "
-            f"{reward['policy_check_best_of_n'] - reward['policy_check_greedy']:+.3f}{interval('best_minus_greedy')}"
+            f"{reward['policy_check_best_of_n'] - reward['policy_check_greedy']:+.3f}{interval_text(intervals, 'best_minus_greedy')}"
             + ("" if reward["policy_check_trusted"] else "  (NOT trusted)"))
         for kind, figures in (reward.get("policy_check_by_kind") or {}).items():
             lines.append(f"    SFT on {kind} (n={figures['prompts']}): greedy {figures['greedy']:.3f}, pass@1 "

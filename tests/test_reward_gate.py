@@ -84,3 +84,14 @@ def test_an_untrusted_reward_model_can_stop_the_stage_with_the_sft_policy(tiny_l
     text = summary(recipe, {stage: {"seconds": 1.0, "metrics": metrics}})
     assert f"{stage} stopped before its first {first}: the reward model is not trusted" in text
     assert "the final policy is SFT's" in text
+
+
+def test_the_run_summary_shows_the_check_with_its_intervals_and_verdict(tiny_gpt2, tmp_path):
+    recipe = parse_recipe(tiny_recipe(tiny_gpt2, tmp_path, ["sft", "reward"]))
+    stored = {**UNTRUSTED, "policy_check_prompts": 20, "policy_check_pass_at_1": 0.45, "policy_check_pass_at_n": 0.7,
+              "policy_check_intervals": {"accuracy": [0.4, 0.56], "best_minus_greedy": [-0.25, -0.05]}}  # JSON lists
+    text = summary(recipe, {"reward": {"seconds": 1.0, "metrics": stored}})
+    assert "ranks the better one higher 0.480 [0.400, 0.560] of 50 pairs" in text
+    assert "best-of-4 0.400 vs greedy 0.550, -0.150 [-0.250, -0.050]  (NOT trusted)" in text
+    without = summary(recipe, {"reward": {"seconds": 1.0, "metrics": {**stored, "policy_check_intervals": {}}}})
+    assert "0.480 of 50 pairs" in without and "-0.150  (NOT trusted)" in without

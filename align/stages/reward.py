@@ -23,8 +23,8 @@ from align.data import check_lengths, load_preferences, load_prompts, to_dataset
 from align.generation import generate_answers, sample_answers
 from align.models import load_kwargs, load_sampler, load_tokenizer, lora_config, resolve_model_path, torch_dtype
 from align.onpolicy import (
-    build_pairs, check_verdict, flatten, headroom, judge_scores, per_kind_headroom, proxy_scores, ranking_accuracy,
-    ranking_intervals, regroup,
+    build_pairs, check_verdict, flatten, headroom, interval_text, judge_scores, per_kind_headroom, proxy_scores,
+    ranking_accuracy, ranking_intervals, regroup,
 )
 from align.sharding import launched_sharding
 from align.resources import release_memory
@@ -223,15 +223,11 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
     trusted, why = check_verdict(ranking["accuracy"], ranking["best_of_n"], greedy_pass, intervals, room["n"])
     kinds = per_kind_headroom(rows, gold, proxy)
 
-    def interval(name):
-        low, high = intervals.get(name, (None, None))
-        return f" [{low:.3f}, {high:.3f}]" if low is not None else ""
-
     print(f"[reward] on the SFT model's own answers (temperature {cfg.policy_check_temperature}) to {len(rows)} "
           f"held-out prompts ({checked['where']}, judged by {judge}): "
-          f"ranks the right one higher {ranking['accuracy'] or float('nan'):.3f}{interval('accuracy')} of "
+          f"ranks the right one higher {ranking['accuracy'] or float('nan'):.3f}{interval_text(intervals, 'accuracy')} of "
           f"{ranking['pairs']} pairs; best-of-{room['n']} {ranking['best_of_n']:.3f} vs greedy {greedy_pass:.3f}, "
-          f"difference {ranking['best_of_n'] - greedy_pass:+.3f}{interval('best_minus_greedy')} "
+          f"difference {ranking['best_of_n'] - greedy_pass:+.3f}{interval_text(intervals, 'best_minus_greedy')} "
           f"(pass@1 {room['pass_at_1']:.3f}, pass@{room['n']} {room['pass_at_n']:.3f})"
           + ("" if trusted else f"; NOT trusted: {why}; an online stage should not trust it"))
     for kind, figures in kinds.items():
