@@ -189,10 +189,11 @@ def summary(recipe: Recipe, records: dict) -> str:
         lines.append(
             f"  reward model on the SFT model's own answers ({reward['policy_check_prompts']} held-out prompts, "
             f"{reward['policy_check_judge']}; 95% bootstrap over prompts): ranks the better one higher "
-            f"{_fraction(reward['policy_check_accuracy'])}{interval_text(intervals, 'accuracy')} of {reward['policy_check_pairs']} "
-            f"pairs; best-of-{reward['policy_check_n']} {reward['policy_check_best_of_n']:.3f} vs greedy "
-            f"{reward['policy_check_greedy']:.3f}, "
-            f"{reward['policy_check_best_of_n'] - reward['policy_check_greedy']:+.3f}{interval_text(intervals, 'best_minus_greedy')}"
+            f"{_fraction(reward['policy_check_accuracy'])}{interval_text(intervals, 'accuracy')} of "
+            f"{reward['policy_check_pairs']} pairs; best-of-{reward['policy_check_n']} "
+            f"{reward['policy_check_best_of_n']:.3f} vs greedy {reward['policy_check_greedy']:.3f}, "
+            f"{reward['policy_check_best_of_n'] - reward['policy_check_greedy']:+.3f}"
+            f"{interval_text(intervals, 'best_minus_greedy')}"
             + ("" if reward["policy_check_trusted"] else "  (NOT trusted)"))
         for kind, figures in (reward.get("policy_check_by_kind") or {}).items():
             lines.append(f"    SFT on {kind} (n={figures['prompts']}): greedy {figures['greedy']:.3f}, pass@1 "

@@ -225,7 +225,8 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
 
     print(f"[reward] on the SFT model's own answers (temperature {cfg.policy_check_temperature}) to {len(rows)} "
           f"held-out prompts ({checked['where']}, judged by {judge}): "
-          f"ranks the right one higher {ranking['accuracy'] or float('nan'):.3f}{interval_text(intervals, 'accuracy')} of "
+          f"ranks the right one higher {ranking['accuracy'] or float('nan'):.3f}"
+          f"{interval_text(intervals, 'accuracy')} of "
           f"{ranking['pairs']} pairs; best-of-{room['n']} {ranking['best_of_n']:.3f} vs greedy {greedy_pass:.3f}, "
           f"difference {ranking['best_of_n'] - greedy_pass:+.3f}{interval_text(intervals, 'best_minus_greedy')} "
           f"(pass@1 {room['pass_at_1']:.3f}, pass@{room['n']} {room['pass_at_n']:.3f})"
