@@ -293,20 +293,22 @@ def test_bundled_data_is_what_the_script_writes(tmp_path, capsys):
     spec.loader.exec_module(script)
     script.OUT_DIR = tmp_path
     script.main([])  # runs check_judge_vocabulary and the per-row gold checks first
-    for name in ("sft", "prefs_train", "prefs_test"):
+    for name in ("sft", "prefs_train", "prefs_test", "prefs_train_wide"):
         assert (tmp_path / f"{name}.jsonl").read_bytes() == (BUNDLED / f"{name}.jsonl").read_bytes(), name
     assert "prefs_test kinds" in capsys.readouterr().out
 
 
 def test_more_lookalikes_add_families_only_to_training_prompts(tmp_path):
-    """The probe's prompts: the bundled training rows plus nine families of look-alikes whose prompts, templates,
-    entities and trigger words the held-out set does not share; the bundled files are left alone."""
+    """prefs_train_wide (behaviour.yaml's round prompts): the bundled training rows plus nine families of
+    look-alikes whose prompts, templates, entities and trigger words the held-out set does not share. With
+    --more-lookalikes PATH the script writes those rows to PATH and leaves the bundled files alone."""
     spec = importlib.util.spec_from_file_location("make_bundled_data", REPO / "scripts" / "make_bundled_data.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     script.OUT_DIR = tmp_path / "bundled"
     script.main(["--more-lookalikes", str(tmp_path / "wide.jsonl")])
     assert not script.OUT_DIR.exists()
+    assert (tmp_path / "wide.jsonl").read_bytes() == (BUNDLED / "prefs_train_wide.jsonl").read_bytes()
     rows = [json.loads(line) for line in (tmp_path / "wide.jsonl").read_text().splitlines()]
     bundled = [json.loads(line) for line in (BUNDLED / "prefs_train.jsonl").read_text().splitlines()]
     added = [r for r in rows if r["prompt"] not in {b["prompt"] for b in bundled}]

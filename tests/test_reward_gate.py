@@ -36,7 +36,7 @@ def untrusted_reward_stage(run_dir):
 
 
 @pytest.mark.parametrize("stage", list(SECTIONS))
-def test_an_untrusted_reward_model_is_refused_unless_told_to_go_on(tiny_gpt2, tmp_path, stage):
+def test_an_untrusted_reward_model_is_refused_unless_told_to_go_on(tiny_gpt2, tmp_path, stage, capsys):
     from align.stages.reward import untrusted_reward_model
 
     recipe = parse_recipe(tiny_recipe(tiny_gpt2, tmp_path, ["sft", "reward", stage], **{stage: SECTIONS[stage]}))
@@ -47,7 +47,11 @@ def test_an_untrusted_reward_model_is_refused_unless_told_to_go_on(tiny_gpt2, tm
         untrusted_reward_model(recipe, stage, inputs)
     going_on = parse_recipe(tiny_recipe(tiny_gpt2, tmp_path, ["sft", "reward", stage], **{
         stage: {**SECTIONS[stage], "require_trusted_reward_model": False}}))
+    capsys.readouterr()
     assert untrusted_reward_model(going_on, stage, inputs) is None
+    assert (f"[{stage}] the reward stage did not trust its model: its best-of-4 minus greedy, -0.150 [-0.250, "
+            f"-0.050], is not above zero; going on because {stage}.require_trusted_reward_model is false"
+            in capsys.readouterr().out)
     trusted = tmp_path / "trusted"
     write_json_atomic(trusted / "stage.json", {"metrics": {**UNTRUSTED, "policy_check_trusted": True}})
     assert untrusted_reward_model(recipe, stage, {**inputs, "reward": trusted}) is None

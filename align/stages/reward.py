@@ -236,7 +236,8 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
               f"pass@1 {figures['pass_at_1']:.3f}, pass@{room['n']} {figures['pass_at_n']:.3f}; reward model: "
               f"best-of-{room['n']} {figures['best_of_n']:.3f}, ranks {figures['accuracy'] or float('nan'):.3f} "
               f"of {figures['pairs']} pairs")
-    return {"policy_check_intervals": intervals, "policy_check_by_kind": kinds,"policy_check_judge": judge, "policy_check_prompts": len(rows), "policy_check_pairs": ranking["pairs"],
+    return {"policy_check_intervals": intervals, "policy_check_by_kind": kinds, "policy_check_judge": judge,
+            "policy_check_prompts": len(rows), "policy_check_pairs": ranking["pairs"],
             "policy_check_accuracy": ranking["accuracy"], "policy_check_best_of_n": ranking["best_of_n"],
             "policy_check_greedy": greedy_pass, "policy_check_pass_at_1": room["pass_at_1"],
             "policy_check_pass_at_n": room["pass_at_n"], "policy_check_n": room["n"],
@@ -250,18 +251,23 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
 def untrusted_reward_model(recipe: Recipe, stage: str, inputs: dict) -> str | None:
     """Refuse to optimise against a reward model that the reward stage found unable to rank the SFT model's own
     answers (check_verdict: not clearly better than chance, or its best-of-n not clearly above greedy): online_dpo,
-    ppo, rloo and grpo all ask this before they sample. With keep_start_if_untrusted, return why instead (None when there is nothing to say)."""
+    ppo, rloo and grpo all ask this before they sample. With keep_start_if_untrusted, return why instead (None when
+    there is nothing to say); without require_trusted_reward_model, say that it goes on with such a model."""
     from align.config import RecipeError
     from align.runs import read_stage
 
     cfg = getattr(recipe, stage)
     scores_with_this_runs_model = cfg.use_reward_model and getattr(cfg, "reward_model_path", None) is None
-    if not (scores_with_this_runs_model and cfg.require_trusted_reward_model and "reward" in inputs):
+    if not (scores_with_this_runs_model and "reward" in inputs):
         return None
     figures = read_stage(inputs["reward"])["metrics"]
     if figures.get("policy_check_trusted", True):
         return None
     because = f": {figures['policy_check_untrusted_because']}" if figures.get("policy_check_untrusted_because") else ""
+    if not cfg.require_trusted_reward_model:
+        print(f"[{stage}] the reward stage did not trust its model{because}; going on because "
+              f"{stage}.require_trusted_reward_model is false")
+        return None
     if getattr(cfg, "relabel_with", None):  # online_dpo retrains the judge on each round's answers before it judges
         print(f"[{stage}] the reward stage did not trust its model "
               f"(best-of-{figures['policy_check_n']} {figures['policy_check_best_of_n']:.3f} vs greedy "
