@@ -93,14 +93,23 @@ def label_through_store(db: str | Path, items: list[dict], labeller: Callable, a
                         seed: int, **labeller_kwargs) -> dict:
     """Queue `items` in the label database and have `labeller` judge every pair it is given there, as an
     annotator in the web app would: ask for the next pair (shown A/B in a random order), judge it, submit. Pairs
-    it judged before (an earlier run on the same database) are not given again. Returns what it did."""
+    it judged before are not given again, and the same two answers to a prompt already in the database (queued by
+    an earlier run, under any run's or model's name) are not queued again: a label is asked for once. Returns what
+    it did; `already_there` counts the items skipped so."""
+    import json
+
     from align.labelling.store import LabelStore
 
     rng = random.Random(seed)
     store = LabelStore(db)
-    counts = {"queued": 0, "labelled": 0, "A": 0, "B": 0, "tie": 0, "both_bad": 0, "flipped": 0}
+    counts = {"queued": 0, "already_there": 0, "labelled": 0, "A": 0, "B": 0, "tie": 0, "both_bad": 0,
+              "flipped": 0}
     try:
-        counts["queued"] = store.add_items(items, source=source)
+        held = store.answer_pairs()
+        fresh = [item for item in items if (json.dumps(item["prompt"], ensure_ascii=False),
+                                            frozenset((item["response_1"], item["response_2"]))) not in held]
+        counts["already_there"] = len(items) - len(fresh)
+        counts["queued"] = store.add_items(fresh, source=source)
         while (shown := store.next_assignment(annotator, rng=rng, generated_only=True)) is not None:
             row = store.item(shown["item_id"])["extra"]
             text = shown["prompt"][-1]["content"] if isinstance(shown["prompt"], list) else str(shown["prompt"])

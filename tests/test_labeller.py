@@ -92,6 +92,17 @@ def test_labels_travel_through_the_label_database(tmp_path):
     # queued again (a re-run): nothing new, nothing labelled twice, no label lost
     again = label_through_store(db, items, simulated, "simulated-labeller", "test", seed=0, noise=0.0)
     assert again["queued"] == again["labelled"] == 0 and len(read_label_rows(db)) == 3
+    # the same answers from a run of another name (a shared or copied database): not asked for again
+    renamed = candidate_pairs(rows, samples, "other-run/sft")
+    assert {i["model_1"] for i in renamed} == {"other-run/sft"}
+    elsewhere = label_through_store(db, renamed, simulated, "simulated-labeller", "test", seed=1, noise=0.0)
+    assert elsewhere["already_there"] == 4 and elsewhere["queued"] == elsewhere["labelled"] == 0
+    assert len(read_label_rows(db)) == 3
+    # answers it has not seen for a prompt it has: queued and labelled
+    samples[1].append({"text": "Steal one from a car park."})
+    grown = label_through_store(db, candidate_pairs(rows, samples, "other-run/sft"), simulated,
+                                "simulated-labeller", "test", seed=1, noise=0.0)
+    assert grown["already_there"] == 4 and grown["queued"] == grown["labelled"] == 2
 
 
 def test_the_reward_stage_trains_on_the_labellers_labels_from_the_database(tiny_llama, make_recipe):

@@ -260,6 +260,13 @@ class LabelStore:
                 added += 1
         return added
 
+    def answer_pairs(self) -> set[tuple[str, frozenset]]:
+        """(prompt JSON, {response 1, response 2}) of every pair item with its responses, whatever models and
+        order they were queued with: what another queueing of the same two answers would repeat."""
+        rows = self.connection().execute(
+            "SELECT prompt, response_1, response_2 FROM items WHERE kind = 'pair' AND response_1 IS NOT NULL")
+        return {(r["prompt"], frozenset((r["response_1"], r["response_2"]))) for r in rows}
+
     def set_responses(self, item_id: str, response_1: str, response_2: str) -> None:
         """Fill a generated item once; a second generator racing for the same item does not overwrite it."""
         with self.transaction() as db:

@@ -182,7 +182,8 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     pairs = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in read_label_rows(db)]
     openings = f" and {len(spec.openings)} opened ones" if spec.openings else ""
     print(f"[reward] {len(items)} pairs of {spec.samples_per_prompt} SFT samples{openings} on {len(rows)} prompts of {where} "
-          f"queued in {db} ({counts['queued']} new); {spec.annotator} ({spec.labeller}, noise {spec.noise:g}) "
+          f"queued in {db} ({counts['queued']} new, {counts['already_there']} already there); "
+          f"{spec.annotator} ({spec.labeller}, noise {spec.noise:g}) "
           f"labelled {counts['labelled']}: A {counts['A']}, B {counts['B']}, tie {counts['tie']}, both bad "
           f"{counts['both_bad']} ({counts['flipped']} flipped); the database gives {len(pairs)} preference pairs")
     return pairs, {"labelled_samples_items": len(items), "labelled_samples_labelled": counts["labelled"],
