@@ -4,7 +4,7 @@ The README's figures are read off such a record (tests/test_readme_figures.py ch
 
     /usr/bin/time -v -o /tmp/demo.time make demo
     python scripts/record_run.py runs/quickstart --command "make demo" --time-log /tmp/demo.time \
-        --out docs/results/quickstart-2026-12-05.json
+        --out docs/results/quickstart-2026-12-05.json      # and its held-out answers, *.answers.jsonl
 
     python scripts/record_run.py --tests --command "make test" --time-log /tmp/test.time --pytest-log /tmp/test.log \
         --out docs/results/test-suite-2026-12-05.json
@@ -122,6 +122,24 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1, default=str) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
+    if args.run is not None and (written := write_answers(args.run, args.out)):
+        print(f"wrote {written}", file=sys.stderr)
+
+
+def write_answers(run: Path, record: Path) -> Path | None:
+    """The eval stage's held-out answers beside the record (prompt and each model's answer, no scores), so that
+    `python scripts/rejudge.py RECORD` can judge them again when a judge changes, long after runs/ is gone."""
+    from rejudge import ANSWER_SUFFIX, MODELS, answers_path
+
+    samples = run / "eval" / "samples.jsonl"
+    if not samples.is_file():
+        return None
+    keep = ["prompt"] + [name + ANSWER_SUFFIX for name in MODELS]
+    rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+    out = answers_path(record)
+    out.write_text("".join(json.dumps({k: row[k] for k in keep if k in row}, ensure_ascii=False) + "\n"
+                           for row in rows))
+    return out
 
 
 if __name__ == "__main__":
