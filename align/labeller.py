@@ -16,6 +16,7 @@ prompt's dataset row (answer key, category). A recipe names it as 'module:functi
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Callable
@@ -96,8 +97,6 @@ def label_through_store(db: str | Path, items: list[dict], labeller: Callable, a
     it judged before are not given again, and the same two answers to a prompt already in the database (queued by
     an earlier run, under any run's or model's name) are not queued again: a label is asked for once. Returns what
     it did; `already_there` counts the items skipped so."""
-    import json
-
     from align.labelling.store import LabelStore
 
     rng = random.Random(seed)
