@@ -16,7 +16,6 @@ prompt's dataset row (answer key, category). A recipe names it as 'module:functi
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Callable
@@ -104,9 +103,7 @@ def label_through_store(db: str | Path, items: list[dict], labeller: Callable, a
     counts = {"queued": 0, "already_there": 0, "labelled": 0, "A": 0, "B": 0, "tie": 0, "both_bad": 0,
               "flipped": 0}
     try:
-        held = store.answer_pairs()
-        fresh = [item for item in items if (json.dumps(item["prompt"], ensure_ascii=False),
-                                            frozenset((item["response_1"], item["response_2"]))) not in held]
+        fresh = store.unseen_answer_pairs(items)
         counts["already_there"] = len(items) - len(fresh)
         counts["queued"] = store.add_items(fresh, source=source)
         while (shown := store.next_assignment(annotator, rng=rng, generated_only=True)) is not None:

@@ -129,6 +129,11 @@ def check_reply_id(reply_id) -> None:
         raise LabelError(f"reply id must be text of 1 to {MAX_ITEM_ID_CHARS} characters")
 
 
+def _prompt_json(prompt) -> str:
+    """A prompt as the items table stores it."""
+    return json.dumps(prompt, ensure_ascii=False)
+
+
 def item_id_for(prompt: list[dict], response_1: str | None, response_2: str | None, models=(None, None)) -> str:
     """Content-derived id, so importing the same file twice adds nothing."""
     key = json.dumps([prompt, response_1, response_2, list(models)], sort_keys=True, ensure_ascii=False)
@@ -241,7 +246,7 @@ class LabelStore:
                 models = (item.get("model_1"), item.get("model_2"))
                 item_id = str(item.get("id") or item_id_for(item["prompt"], item.get("response_1"),
                                                             item.get("response_2"), models))
-                prompt = json.dumps(item["prompt"], ensure_ascii=False)
+                prompt = _prompt_json(item["prompt"])
                 old = db.execute("SELECT prompt, response_1, response_2, model_1, model_2 FROM items "
                                  "WHERE item_id = ?", (item_id,)).fetchone()
                 if old is not None:
@@ -260,12 +265,14 @@ class LabelStore:
                 added += 1
         return added
 
-    def answer_pairs(self) -> set[tuple[str, frozenset]]:
-        """(prompt JSON, {response 1, response 2}) of every pair item with its responses, whatever models and
-        order they were queued with: what another queueing of the same two answers would repeat."""
+    def unseen_answer_pairs(self, items: list[dict]) -> list[dict]:
+        """The items whose two answers to their prompt no pair item here has, whatever models and order those
+        were queued with: what add_items would queue without repeating a comparison already asked for."""
         rows = self.connection().execute(
             "SELECT prompt, response_1, response_2 FROM items WHERE kind = 'pair' AND response_1 IS NOT NULL")
-        return {(r["prompt"], frozenset((r["response_1"], r["response_2"]))) for r in rows}
+        held = {(r["prompt"], frozenset((r["response_1"], r["response_2"]))) for r in rows}
+        return [item for item in items if (_prompt_json(item["prompt"]),
+                                           frozenset((item.get("response_1"), item.get("response_2")))) not in held]
 
     def set_responses(self, item_id: str, response_1: str, response_2: str) -> None:
         """Fill a generated item once; a second generator racing for the same item does not overwrite it."""
