@@ -46,8 +46,7 @@ def rejudge(recipe_tree: dict, rows: list[dict], where: str = "<answers>") -> di
     """The eval stage's gold comparison of `rows` (prompt and MODEL_answer per held-out prompt)."""
     from align.config import parse_recipe
     from align.data import load_prompts
-    from align.onpolicy import judge_scores
-    from align.stages.evaluate import gold_comparison
+    from align.stages.evaluate import judge_answers
 
     recipe = parse_recipe(recipe_tree, where)
     if not recipe.eval.judges:
@@ -56,11 +55,8 @@ def rejudge(recipe_tree: dict, rows: list[dict], where: str = "<answers>") -> di
     if len(prompt_rows) != len(rows) or any(r["prompt"] != a["prompt"] for r, a in zip(prompt_rows, rows)):
         raise SystemExit(f"{where}: its {len(rows)} answers are not to the {len(prompt_rows)} prompts of "
                          f"{recipe.eval.dataset} in order; was the dataset regenerated since the run?")
-    prompts = [r["prompt"] for r in prompt_rows]
-    columns = {k: [r.get(k) for r in prompt_rows] for k in {k for r in prompt_rows for k in r if k != "prompt"}}
-    verdicts = {name: judge_scores(recipe.eval.judges, prompts, [a[name + ANSWER_SUFFIX] for a in rows], columns)
-                for name in MODELS if name + ANSWER_SUFFIX in rows[0]}
-    return gold_comparison(recipe, verdicts, columns.get("category"))
+    texts = {name: [a[name + ANSWER_SUFFIX] for a in rows] for name in MODELS if name + ANSWER_SUFFIX in rows[0]}
+    return judge_answers(recipe, prompt_rows, texts)[1]
 
 
 def main() -> None:

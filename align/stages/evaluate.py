@@ -78,10 +78,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     }
     gold = {}
     if cfg.judges:
-        columns = {k: [r.get(k) for r in prompt_rows] for k in {k for r in prompt_rows for k in r if k != "prompt"}}
-        verdicts = {name: judge_scores(cfg.judges, prompts, [a["text"] for a in outs], columns)
-                    for name, outs in answers.items()}
-        gold = gold_comparison(recipe, verdicts, columns.get("category"))
+        texts = {name: [a["text"] for a in outs] for name, outs in answers.items()}
+        verdicts, gold = judge_answers(recipe, prompt_rows, texts)
 
     pair = {"policy": "policy", "baseline": cfg.baseline}  # the reward-model comparison's two sides
     few = slice(0, cfg.kl_prompts)  # one forward pass per prompt and model: not needed on every prompt
@@ -136,6 +134,16 @@ def training_signals(recipe: Recipe) -> list[str]:
                 sources.append(f"people's labels ({section.label_db})")
             signals.append(f"{stage}: {' + '.join(sources)}")
     return signals
+
+
+def judge_answers(recipe: Recipe, prompt_rows: list[dict], texts: dict[str, list[str]]) -> tuple[dict, dict]:
+    """Every eval judge's verdict on each model's answers (`texts`: policy, sft, base -> one answer per prompt
+    row; the rows' other fields, e.g. the answer key and category, are what the judges read), and their
+    comparison: (verdicts, gold_comparison)."""
+    prompts = [r["prompt"] for r in prompt_rows]
+    columns = {k: [r.get(k) for r in prompt_rows] for k in {k for r in prompt_rows for k in r if k != "prompt"}}
+    verdicts = {name: judge_scores(recipe.eval.judges, prompts, answers, columns) for name, answers in texts.items()}
+    return verdicts, gold_comparison(recipe, verdicts, columns.get("category"))
 
 
 def gold_comparison(recipe: Recipe, verdicts: dict[str, dict[str, list[float]]], categories: list | None) -> dict:
