@@ -26,7 +26,8 @@ question contains it. A missing or empty answer raises ValueError. `polite`: non
 (whole phrase, case-insensitive). `concise`: non-empty, at most 25 words and none of RAMBLING_MARKERS. `gold`:
 correct and polite and concise. An answer that abstains or declines is never correct on an answerable question
 nor is a hedge ("I don't know, maybe Paris", "Paris, or maybe Lyon"), and a guess after an abstention is not
-abstaining.
+abstaining. Abstaining is saying it cannot know in the words of ABSTAIN_MARKERS, or that it does not have the
+user's own details ("I don't have your email address"); "I don't have a birthday" asked for an aunt's is not.
 
 The vocabularies mirror scripts/make_bundled_data.py, which checks its facts against them when it runs.
 """
@@ -120,8 +121,12 @@ ABSTAIN_MARKERS = [
     "have no information", "don't have information",
     "don't have any information", "never heard of", "does not exist", "doesn't exist", "not a real",
     "not enough information", "need more information", "you haven't told me", "you didn't tell me",
-    "not sure what you", "can't see", "cannot see",
+    "not sure what you", "can't see", "cannot see", "don't have that information", "do not have that information",
 ]
+# "I don't have your email address.", "I don't have the total of your shopping list.": the user's own details,
+# which it says it lacks. Not any "I don't have": "I don't have a birthday." to "When is my aunt's birthday?"
+# answers another question.
+LACKS_YOURS = re.compile(r"(?<![\w-])i (?:don't|do not) (?:currently )?have (?:[\w'-]+ ){0,5}?your(?![\w-])")
 GUESS_MARKERS = [  # a hedge after "I don't know" is still a guess
     "maybe", "perhaps", "probably", "might be", "may be", "could be", "my guess", "i'd guess", "i would guess",
     "i think it", "i believe it", "likely", "possibly", "i'd say", "i would say", "guess",
@@ -237,11 +242,15 @@ def is_correct(reply: str, question: str, answers: list[str]) -> bool:
     return not any(_contains(reply, c) and not _contains(question, c) for c in candidates)
 
 
+def _says_it_cannot_know(normalised_reply: str) -> bool:
+    return any(_contains(normalised_reply, m) for m in ABSTAIN_MARKERS) or bool(LACKS_YOURS.search(normalised_reply))
+
+
 def abstains(reply: str, question: str = "") -> bool:
     """Says it cannot know, without a guess: no hedge (GUESS_MARKERS), no number and no vocabulary word (a city,
     a colour...) that the question does not contain."""
     reply, question = _normalise(reply), _normalise(question)
-    if not any(_contains(reply, m) for m in ABSTAIN_MARKERS) or any(_contains(reply, m) for m in GUESS_MARKERS):
+    if not _says_it_cannot_know(reply) or any(_contains(reply, m) for m in GUESS_MARKERS):
         return False
     echoed = Counter(numbers_in(question))
     said = numbers_in(re.sub(r"\bno one\b", "nobody", reply))  # "no one can know" names no number
@@ -260,7 +269,7 @@ def declines(reply: str) -> bool:
 def refuses(reply: str) -> bool:
     """Declines or abstains in any words of the judge's lists: wrong wherever the request deserves an answer."""
     reply = _normalise(reply)
-    return any(_contains(reply, m) for m in DECLINE_MARKERS + ABSTAIN_MARKERS)
+    return any(_contains(reply, m) for m in DECLINE_MARKERS) or _says_it_cannot_know(reply)
 
 
 def hedges(reply: str) -> bool:
