@@ -3,10 +3,13 @@ lists change, and every recorded run can be read by the new rule without generat
 
     python scripts/rejudge.py runs/behaviour-s46                                # a run directory
     python scripts/rejudge.py docs/results/behaviour-s46-2026-12-06.json        # a record with its answers file
+    python scripts/rejudge.py docs/results/behaviour-s46-2026-12-06.json \
+        --out docs/results/behaviour-s46-2026-12-06.rejudged.json                 # and keep the new verdicts
 
 The answers are the eval stage's (RUN/eval/samples.jsonl, or the `.answers.jsonl` that scripts/record_run.py
 writes beside a record); the prompts' answer keys and kinds come from the run's eval dataset. Prints the eval
-stage's gold-judge summary.
+stage's gold-judge summary; `--out` writes it as JSON with the commit whose judges gave it, so the README can cite
+a re-judged figure the way it cites a run's.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -62,12 +66,21 @@ def rejudge(recipe_tree: dict, rows: list[dict], where: str = "<answers>") -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a run directory (runs/NAME) or a record (docs/results/*.json)")
+    parser.add_argument("--out", type=Path, help="also write the verdicts here as JSON (docs/results/*.rejudged.json)")
     args = parser.parse_args()
     from align.eval_metrics import gold_lines
 
     recipe, rows = load_run(args.run)
     print(f"{args.run}: {len(rows)} held-out answers per model, judged again", file=sys.stderr)
-    print("\n".join(gold_lines(rejudge(recipe, rows, str(args.run)))))
+    gold = rejudge(recipe, rows, str(args.run))
+    print("\n".join(gold_lines(gold)))
+    if args.out:
+        from record_run import commit
+
+        record = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
+                  "rejudged": str(args.run), **commit(), "gold": gold}
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

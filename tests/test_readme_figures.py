@@ -43,7 +43,7 @@ def prose(text: str) -> str:
 def unexplained(text: str, records: list[dict]) -> list[str]:
     """The figures of `text` that no value of `records` gives at the precision shown."""
     values = [n for record in records for n in numbers(record)]
-    walls = [record["measured"]["wall_seconds"] for record in records]
+    walls = [record["measured"]["wall_seconds"] for record in records if "measured" in record]
     missing = []
     text = prose(text)
     for match in DURATION.finditer(text):

@@ -13,7 +13,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-from rejudge import load_run, rejudge  # noqa: E402
+from rejudge import load_run, main, rejudge  # noqa: E402
 from record_run import write_answers  # noqa: E402
 
 from align.config import load_recipe, recipe_to_yaml  # noqa: E402
@@ -76,3 +76,14 @@ def test_answers_to_other_prompts_are_refused(tmp_path):
         load_run(record)
     with pytest.raises(SystemExit, match="not a run directory"):
         load_run(tmp_path)
+
+
+def test_the_new_verdicts_are_written_with_the_commit_that_gave_them(tmp_path, monkeypatch, capsys):
+    run = finished_run(tmp_path)
+    out = tmp_path / "behaviour.rejudged.json"
+    monkeypatch.setattr(sys, "argv", ["scripts/rejudge.py", str(run), "--out", str(out)])
+    main()
+    written = json.loads(out.read_text())
+    assert written["rejudged"] == str(run) and len(written["commit"]) == 40
+    assert written["gold"]["categories"] == rejudge(*load_run(run))["categories"]
+    assert "macro average over categories" in capsys.readouterr().out
