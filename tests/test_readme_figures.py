@@ -48,7 +48,7 @@ def unexplained(text: str, records: list[dict]) -> list[str]:
     text = prose(text)
     for match in DURATION.finditer(text):
         seconds = int(match.group(1)) * 60 + int(match.group(2))
-        if not any(round(v) == seconds for v in values):
+        if not any(seconds in (round(v), int(v)) for v in values):  # rounded or cut to the second
             missing.append(match.group())
     for match in ABOUT_MINUTES.finditer(text):
         if not any(round(wall / 60) == int(match.group(1)) for wall in walls):
