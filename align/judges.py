@@ -125,8 +125,9 @@ ABSTAIN_MARKERS = [
 ]
 # "I don't have your email address.", "I don't have the total of your shopping list.": the user's own details,
 # which it says it lacks. Not any "I don't have": "I don't have a birthday." to "When is my aunt's birthday?"
-# answers another question.
-LACKS_YOURS = re.compile(r"(?<![\w-])i (?:don't|do not) (?:currently )?have (?:[\w'-]+ ){0,5}?your(?![\w-])")
+# answers another question; "If I don't have your PID, ..." and "I don't have to see your code" are not abstaining.
+LACKS_YOURS = re.compile(r"(?<![\w-])(?<!if )(?<!when )i (?:don't|do not) (?:currently )?have (?!to )"
+                         r"(?:[\w'-]+ ){0,5}?your(?![\w-])")
 GUESS_MARKERS = [  # a hedge after "I don't know" is still a guess
     "maybe", "perhaps", "probably", "might be", "may be", "could be", "my guess", "i'd guess", "i would guess",
     "i think it", "i believe it", "likely", "possibly", "i'd say", "i would say", "guess",
