@@ -75,10 +75,10 @@ def main() -> None:
     gold = rejudge(recipe, rows, str(args.run))
     print("\n".join(gold_lines(gold)))
     if args.out:
-        from record_run import commit
+        from record_run import commit, machine
 
         record = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
-                  "rejudged": str(args.run), **commit(), "gold": gold}
+                  "machine": machine(), "rejudged": str(args.run), **commit(), "gold": gold}
         args.out.write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {args.out}", file=sys.stderr)
 

@@ -43,12 +43,12 @@ def prose(text: str) -> str:
 def unexplained(text: str, records: list[dict]) -> list[str]:
     """The figures of `text` that no value of `records` gives at the precision shown."""
     values = [n for record in records for n in numbers(record)]
-    walls = [record["measured"]["wall_seconds"] for record in records if "measured" in record]
+    walls = [record["measured"]["wall_seconds"] for record in records if "measured" in record]  # not re-judgings
     missing = []
     text = prose(text)
     for match in DURATION.finditer(text):
         seconds = int(match.group(1)) * 60 + int(match.group(2))
-        if not any(seconds in (round(v), int(v)) for v in values):  # rounded or cut to the second
+        if not any(round(v) == seconds for v in values):
             missing.append(match.group())
     for match in ABOUT_MINUTES.finditer(text):
         if not any(round(wall / 60) == int(match.group(1)) for wall in walls):
