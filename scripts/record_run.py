@@ -54,6 +54,17 @@ def commit() -> dict:
             "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
+def provenance(command: str) -> dict:
+    """What every record starts with, and the README's figures check asks of it: date, command, machine, commit."""
+    return {"date": time.strftime("%Y-%m-%d"), "command": command, "machine": machine(), **commit()}
+
+
+def write_record(record: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def time_log(path: Path) -> dict:
     """/usr/bin/time -v's wall time (seconds) and peak resident memory (KB, and GiB)."""
     text = path.read_text()
@@ -116,12 +127,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.tests == (args.run is not None):
         parser.error("give a run directory, or --tests with --pytest-log")
-    record = {"date": time.strftime("%Y-%m-%d"), "command": args.command, "machine": machine(), **commit(),
-              "measured": time_log(args.time_log)}
+    record = {**provenance(args.command), "measured": time_log(args.time_log)}
     record.update(test_record(args.pytest_log) if args.tests else run_record(args.run))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1, default=str) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_record(record, args.out)
     if args.run is not None and (written := write_answers(args.run, args.out)):
         print(f"wrote {written}", file=sys.stderr)
 

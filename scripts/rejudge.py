@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -75,12 +74,10 @@ def main() -> None:
     gold = rejudge(recipe, rows, str(args.run))
     print("\n".join(gold_lines(gold)))
     if args.out:
-        from record_run import commit, machine
+        from record_run import provenance, write_record
 
-        record = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
-                  "machine": machine(), "rejudged": str(args.run), **commit(), "gold": gold}
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"wrote {args.out}", file=sys.stderr)
+        write_record({**provenance(" ".join(["python", *sys.argv])), "rejudged": str(args.run), "gold": gold},
+                     args.out)
 
 
 if __name__ == "__main__":
