@@ -266,6 +266,11 @@ class RewardStage(TrlStage):
         1000, ge=0, description="Bootstrap resamples of the check's prompts for its 95% intervals, whose lower ends "
         "decide whether the reward model is trusted; 0 = none (the point estimates decide)."
     )
+    group_by_prompt: bool = Field(
+        False, description="Train on all of a prompt's pairs at once, each answer scored once (InstructGPT's "
+        "batching: with many pairs per prompt, several times fewer forward passes for the same loss); "
+        "per_device_train_batch_size then counts prompts."
+    )
 
 
 class DPOStage(TrlStage):

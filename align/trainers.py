@@ -53,7 +53,8 @@ def trainer_callbacks(directory: Path) -> list:
 
 def add_lengths(trainer) -> None:
     """Batch rows of similar length together (group_by_length): give the trainer's tokenized datasets a "length"
-    column (the tokens of a row's longest sequence; trl's reward and DPO datasets have no input_ids to measure)
+    column (the tokens of a row's longest sequence; trl's reward and DPO datasets have no input_ids to measure, a
+    prompt group of align.reward.training several answer_ids)
     and a length-grouped sampler seeded by data_seed and the epoch. transformers' own one shuffles with the global
     RNG, so a resumed run and the processes of a multi-process run would each see another order."""
     if trainer.args.train_sampling_strategy != "group_by_length":
@@ -62,6 +63,8 @@ def add_lengths(trainer) -> None:
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     def lengths(batch: dict) -> dict:
+        if "answer_ids" in batch:  # align.reward.training's prompt groups: the longest answer sets the padding
+            return {"length": [max(len(answer) for answer in group) for group in batch["answer_ids"]]}
         prompts = batch.get("prompt_ids") or [[]] * len(next(iter(batch.values())))
         # SFT: input_ids; reward: chosen_ids/rejected_ids (with the prompt); DPO: prompt_ids + chosen/rejected_ids
         answers = [column for name, column in batch.items() if name.endswith("_ids") and name != "prompt_ids"]

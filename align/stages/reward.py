@@ -37,6 +37,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     from transformers import set_seed
     from trl import RewardTrainer
 
+    from align.reward.training import GroupedRewardTrainer
+
     # --- config
     cfg = recipe.reward
     args = trainer_args(recipe, "reward", out)
@@ -85,7 +87,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         print(f"[reward] starts from the SFT adapter ({copied} LoRA tensors), with a new score head")
 
     # --- trainer
-    trainer = RewardTrainer(
+    trainer = (GroupedRewardTrainer if cfg.group_by_prompt else RewardTrainer)(
         model=model,
         args=args,
         train_dataset=to_dataset(train),
@@ -106,6 +108,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
     metrics.update({"train_loss": result.training_loss, "train_pairs": len(train),
                     "skipped_pairs": lengths["truncated"]})
+    if cfg.group_by_prompt:
+        metrics["train_prompt_groups"] = len(trainer.train_dataset)
     model.eval()
     release_memory()  # the training's activations and gradients, before evaluation and the on-policy check sample
     if evaluation:
