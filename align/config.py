@@ -268,8 +268,8 @@ class RewardStage(TrlStage):
     )
     group_by_prompt: bool = Field(
         False, description="Train on all of a prompt's pairs at once, each answer scored once (InstructGPT's "
-        "batching: with many pairs per prompt, several times fewer forward passes for the same loss); "
-        "per_device_train_batch_size then counts prompts."
+        "batching: several times fewer forward passes when prompts have many pairs, but fewer, larger steps); "
+        "per_device_train_batch_size then counts prompts, each with every answer the pairs hold for it."
     )
 
 

@@ -53,10 +53,10 @@ def trainer_callbacks(directory: Path) -> list:
 
 def add_lengths(trainer) -> None:
     """Batch rows of similar length together (group_by_length): give the trainer's tokenized datasets a "length"
-    column (the tokens of a row's longest sequence; trl's reward and DPO datasets have no input_ids to measure, a
-    prompt group of align.reward.training several answer_ids)
-    and a length-grouped sampler seeded by data_seed and the epoch. transformers' own one shuffles with the global
-    RNG, so a resumed run and the processes of a multi-process run would each see another order."""
+    column (the tokens of a row's longest sequence: trl's reward and DPO datasets have no input_ids to measure, and
+    a prompt group of align.reward.training has several answers) and a length-grouped sampler seeded by data_seed
+    and the epoch. transformers' own one shuffles with the global RNG, so a resumed run and the processes of a
+    multi-process run would each see another order."""
     if trainer.args.train_sampling_strategy != "group_by_length":
         return
     import torch

@@ -3,9 +3,10 @@ answers scored once.
 
 A labeller who compares every two of a prompt's K answers gives up to K(K-1)/2 pairs; trained pair by pair, each
 answer goes through the model K-1 times per epoch. InstructGPT (Ouyang et al. 2022, section 3.5) trains on all of a
-prompt's comparisons as one batch element instead: one forward pass per answer, the same Bradley-Terry loss over
-every pair. `GroupedRewardTrainer` is trl's RewardTrainer with that batching; the pairs, their tokenization and the
-loss are trl's, only the rows and the collation differ.
+prompt's comparisons as one batch element instead: one forward pass per answer, the same Bradley-Terry loss per
+pair, averaged over the step's pairs. `GroupedRewardTrainer` is trl's RewardTrainer with that batching; the pairs,
+their tokenization and the per-pair loss are trl's, the rows and the collation differ. A step then holds more pairs,
+so an epoch takes fewer, larger steps: at the same learning rate it moves the weights less.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from trl import RewardTrainer
+from trl.trainer.utils import pad
 
 GROUP_COLUMNS = ["answer_ids", "winners", "losers"]
 
@@ -42,10 +44,11 @@ def group_by_prompt(pairs) -> list[dict]:
 
 @dataclass
 class PromptGroupCollator:
-    """Prompt groups -> every answer of the batch once (right-padded, as trl's preference collator pads) and the
+    """Prompt groups -> every answer of the batch once (padded as trl's preference collator pads) and the
     winner/loser indices into those rows."""
 
     pad_token_id: int | None
+    pad_to_multiple_of: int | None = None
 
     def __call__(self, groups: list[dict]) -> dict:
         sequences, winners, losers = [], [], []
@@ -54,9 +57,10 @@ class PromptGroupCollator:
             sequences += [torch.tensor(ids) for ids in group["answer_ids"]]
             winners += [offset + i for i in group["winners"]]
             losers += [offset + i for i in group["losers"]]
-        pad = nn.utils.rnn.pad_sequence
-        return {"input_ids": pad(sequences, batch_first=True, padding_value=self.pad_token_id),
-                "attention_mask": pad([torch.ones_like(s) for s in sequences], batch_first=True, padding_value=0),
+        return {"input_ids": pad(sequences, padding_value=self.pad_token_id, padding_side="right",
+                                 pad_to_multiple_of=self.pad_to_multiple_of),
+                "attention_mask": pad([torch.ones_like(s) for s in sequences], padding_value=0, padding_side="right",
+                                      pad_to_multiple_of=self.pad_to_multiple_of),
                 "winners": torch.tensor(winners), "losers": torch.tensor(losers)}
 
 
@@ -69,9 +73,9 @@ def pairwise_loss(rewards: torch.Tensor, winners: torch.Tensor, losers: torch.Te
 class GroupedRewardTrainer(RewardTrainer):
     """trl's RewardTrainer on prompt groups: per_device_train_batch_size counts prompts, not pairs."""
 
-    def __init__(self, *args, **kwargs):
-        collator = PromptGroupCollator(pad_token_id=None)
-        super().__init__(*args, data_collator=collator, **kwargs)
+    def __init__(self, model=None, args=None, **kwargs):
+        collator = PromptGroupCollator(None, pad_to_multiple_of=getattr(args, "pad_to_multiple_of", None))
+        super().__init__(model=model, args=args, data_collator=collator, **kwargs)
         # trl settles the pad token (its args, the tokenizer's, else EOS) and tells the model; pad with the same id,
         # since the model finds each answer's last token by it.
         collator.pad_token_id = self.processing_class.pad_token_id
@@ -81,6 +85,9 @@ class GroupedRewardTrainer(RewardTrainer):
 
         if "answer_ids" in dataset.column_names:  # already grouped
             return dataset
+        if "margin" in dataset.column_names:
+            raise ValueError(f"reward.group_by_prompt: the {dataset_name} pairs have a 'margin' column, which grouped "
+                             "training does not use; train them pair by pair (group_by_prompt: false)")
         pairs = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         return Dataset.from_list(group_by_prompt(pairs))
 
@@ -103,12 +110,19 @@ class GroupedRewardTrainer(RewardTrainer):
             self._total_train_tokens += tokens // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         with torch.no_grad():
-            scored = self.accelerator.gather(rewards)
-            self._metrics[mode]["min_reward"].append(scored.min().item())
-            self._metrics[mode]["mean_reward"].append(scored.mean().item())
-            self._metrics[mode]["max_reward"].append(scored.max().item())
-            accuracy = self.accelerator.gather_for_metrics((chosen > rejected).float().mean()).mean().item()
-            self._metrics[mode]["accuracy"].append(accuracy)
-            margin = self.accelerator.gather_for_metrics((chosen - rejected).mean()).mean().item()
-            self._metrics[mode]["margin"].append(margin)
+            # Each process scores a different number of answers: gather per-process figures, not the scores.
+            gather = self.accelerator.gather  # one figure per process
+            self._metrics[mode]["min_reward"].append(gather(rewards.min()[None]).min().item())
+            self._metrics[mode]["mean_reward"].append(gather(rewards.mean()[None]).mean().item())
+            self._metrics[mode]["max_reward"].append(gather(rewards.max()[None]).max().item())
+            self._metrics[mode]["accuracy"].append(gather((chosen > rejected).float().mean()[None]).mean().item())
+            self._metrics[mode]["margin"].append(gather((chosen - rejected).mean()[None]).mean().item())
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # The loss only: a batch's scores are one per answer, not per pair, and their count differs between batches
+        # and processes, so they cannot be concatenated and gathered as trl's per-pair logits are.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
