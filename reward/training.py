@@ -64,12 +64,6 @@ class PromptGroupCollator:
                 "winners": torch.tensor(winners), "losers": torch.tensor(losers)}
 
 
-def pairwise_loss(rewards: torch.Tensor, winners: torch.Tensor, losers: torch.Tensor) -> torch.Tensor:
-    """trl's reward loss, -log sigmoid(r_chosen - r_rejected) averaged over the pairs, with each pair's two scores
-    looked up among the batch's answers."""
-    return -nn.functional.logsigmoid(rewards[winners] - rewards[losers]).mean()
-
-
 class GroupedRewardTrainer(RewardTrainer):
     """trl's RewardTrainer on prompt groups: per_device_train_batch_size counts prompts, not pairs."""
 
@@ -99,8 +93,8 @@ class GroupedRewardTrainer(RewardTrainer):
         mode = "train" if self.model.training else "eval"
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         rewards = outputs.logits.squeeze(-1)
-        loss = pairwise_loss(rewards, inputs["winners"], inputs["losers"])
-        chosen, rejected = rewards[inputs["winners"]], rewards[inputs["losers"]]
+        chosen, rejected = rewards[inputs["winners"]], rewards[inputs["losers"]]  # each pair's two scores
+        loss = -nn.functional.logsigmoid(chosen - rejected).mean()  # trl's loss, averaged over the pairs
         if self.args.center_rewards_coefficient is not None:
             loss += self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
 
