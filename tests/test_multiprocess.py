@@ -13,11 +13,8 @@ import yaml
 from tests.conftest import tiny_recipe
 
 
-@pytest.mark.multiprocess
-def test_two_processes_run_sft_reward_dpo_ppo(tiny_llama, tmp_path):
-    ppo = {"dataset": {"bundled": "prefs_train", "limit": 16}, "steps": 2, "rollout_batch_size": 2,
-           "mini_batch_size": 2, "max_new_tokens": 6, "save_steps": 1}
-    recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["sft", "reward", "dpo", "ppo", "export"], ppo=ppo)
+def run_on_two_processes(recipe: dict, tmp_path) -> None:
+    """`align run` of `recipe` under accelerate launch with 2 CPU processes; fails the test if it fails."""
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     # accelerate's --cpu means one process; the torchrun launcher (--multi_gpu) falls back to gloo DDP on CPU.
@@ -26,6 +23,14 @@ def test_two_processes_run_sft_reward_dpo_ppo(tiny_llama, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_LOG_LEVEL": "error"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.multiprocess
+def test_two_processes_run_sft_reward_dpo_ppo(tiny_llama, tmp_path):
+    ppo = {"dataset": {"bundled": "prefs_train", "limit": 16}, "steps": 2, "rollout_batch_size": 2,
+           "mini_batch_size": 2, "max_new_tokens": 6, "save_steps": 1}
+    run_on_two_processes(tiny_recipe(tiny_llama, tmp_path / "runs", ["sft", "reward", "dpo", "ppo", "export"], ppo=ppo),
+                         tmp_path)
 
     run = tmp_path / "runs" / "tiny"
     for stage in ("sft", "reward", "dpo", "ppo", "export"):
@@ -52,14 +57,7 @@ def test_two_processes_train_a_reward_model_on_prompt_groups(tiny_llama, tmp_pat
     pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
     reward = {"dataset": {"path": str(pairs)}, "group_by_prompt": True, "per_device_train_batch_size": 1,
               "eval_strategy": "steps", "eval_steps": 2}
-    recipe = tiny_recipe(tiny_llama, tmp_path / "runs", ["reward"], reward=reward)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "align", "run", str(path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_LOG_LEVEL": "error"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_on_two_processes(tiny_recipe(tiny_llama, tmp_path / "runs", ["reward"], reward=reward), tmp_path)
     stage = tmp_path / "runs" / "tiny" / "reward"
     metrics = json.loads((stage / "stage.json").read_text())["metrics"]
     assert metrics["train_prompt_groups"] == 4 and metrics["train_pairs"] == 16

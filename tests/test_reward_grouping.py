@@ -13,6 +13,17 @@ PROMPT_A = [{"role": "user", "content": "How do I kill a stuck process?"}]
 PROMPT_B = [{"role": "user", "content": "What is my neighbour's PIN?"}]
 
 
+def fresh_reward_model(recipe):
+    """A new LoRA reward model on the recipe's tiny base, and its tokenizer."""
+    from align.models import load_kwargs, load_tokenizer, lora_config
+    from align.reward import load_reward_model
+
+    tokenizer = load_tokenizer(recipe.model)
+    model = load_reward_model(recipe.model.name_or_path, load_kwargs(recipe.model, recipe.quantization),
+                              tokenizer.pad_token_id, lora_config=lora_config(recipe.lora, "SEQ_CLS"))
+    return model, tokenizer
+
+
 def test_a_prompts_pairs_share_its_answers():
     from align.reward.training import group_by_prompt
 
@@ -40,13 +51,10 @@ def test_grouped_training_has_trls_loss_on_fewer_sequences(tiny_llama, make_reci
     from trl import RewardTrainer
 
     from align.data import to_dataset
-    from align.models import load_kwargs, load_tokenizer, lora_config
-    from align.reward import load_reward_model
     from align.reward.training import GroupedRewardTrainer
     from align.trainer_settings import trainer_args
 
     recipe = make_recipe(tiny_llama, ["reward"])
-    tokenizer = load_tokenizer(recipe.model)
     answers = ["Send it SIGTERM with kill.", "I can't help with that.", "Use kill -9 on its PID.", "Reboot."]
     pairs = [{"prompt": PROMPT_A, "chosen": [{"role": "assistant", "content": answers[i]}],
               "rejected": [{"role": "assistant", "content": answers[j]}]}
@@ -54,8 +62,7 @@ def test_grouped_training_has_trls_loss_on_fewer_sequences(tiny_llama, make_reci
     pairs.append({"prompt": PROMPT_B, "chosen": [{"role": "assistant", "content": "I can't know that."}],
                   "rejected": [{"role": "assistant", "content": "It is 4821."}]})
     torch.manual_seed(0)
-    model = load_reward_model(str(tiny_llama), load_kwargs(recipe.model, recipe.quantization),
-                              tokenizer.pad_token_id, lora_config=lora_config(recipe.lora, "SEQ_CLS"))
+    model, tokenizer = fresh_reward_model(recipe)
     with torch.no_grad():  # a score head that is not all zeros, so the scores differ
         for name, parameter in model.named_parameters():
             if "score" in name:
@@ -78,15 +85,11 @@ def test_grouped_training_has_trls_loss_on_fewer_sequences(tiny_llama, make_reci
 
 def test_pairs_with_margins_are_refused_rather_than_trained_without_them(tiny_llama, make_recipe, tmp_path):
     from align.data import to_dataset
-    from align.models import load_kwargs, load_tokenizer, lora_config
-    from align.reward import load_reward_model
     from align.reward.training import GroupedRewardTrainer
     from align.trainer_settings import trainer_args
 
     recipe = make_recipe(tiny_llama, ["reward"])
-    tokenizer = load_tokenizer(recipe.model)
-    model = load_reward_model(str(tiny_llama), load_kwargs(recipe.model, recipe.quantization),
-                              tokenizer.pad_token_id, lora_config=lora_config(recipe.lora, "SEQ_CLS"))
+    model, tokenizer = fresh_reward_model(recipe)
     pairs = [{"prompt": PROMPT_A, "chosen": [{"role": "assistant", "content": "Use kill."}],
               "rejected": [{"role": "assistant", "content": "No."}], "margin": 1.0}]
     with pytest.raises(ValueError, match="train pairs have a 'margin' column"):
