@@ -230,6 +230,17 @@ class LabelledSamples(Section):
         [], description="Reply openings the SFT model also continues from, one answer per opening and prompt beside "
         "its free samples, so replies it seldom gives unprompted (a decline, 'I don't know') are labelled on every "
         "kind of prompt; [] = free samples only.")
+    balance_openings: Literal["drop", "repeat"] | None = Field(
+        None, description="Per opening, as many of the database's pairs choosing a reply that begins with it as "
+        "rejecting one, so the reward model learns where a decline fits from the prompt, not how common declines "
+        "are: 'drop' the commoner direction's surplus at random (the database keeps every label), or 'repeat' the "
+        "rarer direction's pairs; None = every pair.")
+
+    @model_validator(mode="after")
+    def _check_balance(self) -> LabelledSamples:
+        if self.balance_openings and not self.openings:
+            raise ValueError("balance_openings balances the labelled pairs by the replies' openings: list openings too")
+        return self
 
     @field_validator("labeller")
     @classmethod

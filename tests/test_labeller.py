@@ -151,6 +151,32 @@ def test_openings_add_answers_that_start_with_them_to_the_labelled_pairs(tiny_ll
     assert opened and all(len(r) > len("I don't know") for r in opened)  # the model went on from the opening
 
 
+def test_balanced_openings_train_on_as_many_pairs_choosing_an_opening_as_rejecting_one(tiny_llama, make_recipe):
+    """balance_openings: the reward model trains on the database's pairs with the commoner direction's surplus
+    dropped, and the database keeps every label; without openings the recipe is refused when it loads."""
+    from pydantic import ValidationError
+
+    from align.config import LabelledSamples
+    from align.pipeline import run_recipe
+    from align.runs import run_dir
+
+    with pytest.raises(ValidationError, match="list openings too"):
+        LabelledSamples(prompts="bundled:prefs_train", balance_openings="drop")
+    recipe = make_recipe(tiny_llama, ["sft", "reward"], reward={
+        "labelled_samples": {"prompts": {"bundled": "prefs_train", "limit": 12}, "samples_per_prompt": 2,
+                             "max_new_tokens": 4, "noise": 0.0, "openings": ["I don't know"],
+                             "balance_openings": "drop"}})
+    metrics = run_recipe(recipe)["reward"]["metrics"]
+    stored = read_label_rows(run_dir(recipe) / "labels.db")
+    opens = [[row[side][0]["content"].startswith("I don't know") for side in ("chosen", "rejected")] for row in stored]
+    choosing, rejecting = sum(c and not r for c, r in opens), sum(r and not c for c, r in opens)
+    assert choosing + rejecting > 0
+    assert metrics["label_db_pairs"] == len(stored)  # nothing removed from the database
+    assert metrics["labelled_pairs_dropped_for_balance"] == abs(choosing - rejecting)
+    assert metrics["labelled_pairs_trained"] == len(stored) - abs(choosing - rejecting)
+    assert metrics["train_pairs"] == 8 + metrics["labelled_pairs_trained"]
+
+
 def test_judge_labelled_pairs_still_sample_the_sft_model_on_training_prompts(tiny_llama, make_recipe):
     """The other way to label the SFT model's samples (a judge orders them directly) shares the sampling."""
     from align.pipeline import run_recipe

@@ -173,6 +173,7 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     labelled there by the recipe's labeller (as an annotator in the web app); then every preference pair the
     database holds, as training rows."""
     from align.labeller import candidate_pairs, label_through_store
+    from align.onpolicy import balance_by_openings
     from align.reward_functions import load_labeller
     from align.labelling.store import read_label_rows
 
@@ -184,16 +185,21 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     counts = label_through_store(db, items, load_labeller(spec.labeller), spec.annotator, source=f"{where} ({model})",
                                  seed=recipe.seed, noise=spec.noise)
     pairs = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in read_label_rows(db)]
+    in_database, balanced = len(pairs), {}
+    if spec.balance_openings:
+        pairs, changed = balance_by_openings(pairs, spec.openings, recipe.seed, spec.balance_openings)
+        balanced = {f"labelled_pairs_{'dropped' if spec.balance_openings == 'drop' else 'repeated'}_for_balance": changed}
     openings = f" and {len(spec.openings)} opened ones" if spec.openings else ""
     print(f"[reward] {len(items)} pairs of {spec.samples_per_prompt} SFT samples{openings} on {len(rows)} prompts of {where} "
           f"queued in {db} ({counts['queued']} new, {counts['already_there']} already there); "
           f"{spec.annotator} ({spec.labeller}, noise {spec.noise:g}) "
           f"labelled {counts['labelled']}: A {counts['A']}, B {counts['B']}, tie {counts['tie']}, both bad "
-          f"{counts['both_bad']} ({counts['flipped']} flipped); the database gives {len(pairs)} preference pairs")
+          f"{counts['both_bad']} ({counts['flipped']} flipped); the database gives {in_database} preference pairs"
+          + (f", {len(pairs)} after balancing them by openings" if balanced else ""))
     return pairs, {"labelled_samples_items": len(items), "labelled_samples_labelled": counts["labelled"],
                    "labelled_samples_decisive": counts["A"] + counts["B"], "labelled_samples_flipped": counts["flipped"],
                    "labelled_by": f"{spec.annotator} ({spec.labeller}, noise {spec.noise:g})",
-                   "label_db": str(db), "label_db_pairs": len(pairs)}
+                   "label_db": str(db), "label_db_pairs": in_database, "labelled_pairs_trained": len(pairs), **balanced}
 
 
 def policy_answers(recipe: Recipe, inputs: dict, tokenizer) -> dict:
