@@ -181,8 +181,11 @@ def summary(recipe: Recipe, records: dict) -> str:
         )
     if "labelled_samples_labelled" in reward:
         lines.append(
-            f"  reward model trained on {reward['train_pairs']} pairs, {reward['label_db_pairs']} of them from "
-            f"{reward['label_db']}: {reward['labelled_samples_labelled']} pairs of SFT samples labelled there by "
+            f"  reward model trained on {reward['train_pairs']} pairs, "
+            f"{reward.get('labelled_pairs_trained', reward['label_db_pairs'])} of them from {reward['label_db']}"
+            + (f" (its {reward['label_db_pairs']} balanced by openings)"
+               if reward.get("labelled_pairs_trained", reward["label_db_pairs"]) != reward["label_db_pairs"] else "")
+            + f": {reward['labelled_samples_labelled']} pairs of SFT samples labelled there by "
             f"{reward['labelled_by']}, {reward['labelled_samples_decisive']} decisive")
     if "policy_check_accuracy" in reward:
         intervals = reward.get("policy_check_intervals") or {}

@@ -166,7 +166,8 @@ def test_balanced_openings_train_on_as_many_pairs_choosing_an_opening_as_rejecti
         "labelled_samples": {"prompts": {"bundled": "prefs_train", "limit": 12}, "samples_per_prompt": 2,
                              "max_new_tokens": 4, "noise": 0.0, "openings": ["I don't know"],
                              "balance_openings": "drop"}})
-    metrics = run_recipe(recipe)["reward"]["metrics"]
+    records = run_recipe(recipe)
+    metrics = records["reward"]["metrics"]
     stored = read_label_rows(run_dir(recipe) / "labels.db")
     opens = [[row[side][0]["content"].startswith("I don't know") for side in ("chosen", "rejected")] for row in stored]
     choosing, rejecting = sum(c and not r for c, r in opens), sum(r and not c for c, r in opens)
@@ -175,6 +176,10 @@ def test_balanced_openings_train_on_as_many_pairs_choosing_an_opening_as_rejecti
     assert metrics["labelled_pairs_dropped_for_balance"] == abs(choosing - rejecting)
     assert metrics["labelled_pairs_trained"] == len(stored) - abs(choosing - rejecting)
     assert metrics["train_pairs"] == 8 + metrics["labelled_pairs_trained"]
+    from align.pipeline import summary
+
+    assert (f"trained on {metrics['train_pairs']} pairs, {metrics['labelled_pairs_trained']} of them from "
+            f"{metrics['label_db']} (its {len(stored)} balanced by openings)") in summary(recipe, records)
 
 
 def test_judge_labelled_pairs_still_sample_the_sft_model_on_training_prompts(tiny_llama, make_recipe):
