@@ -52,6 +52,17 @@ def build_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: li
     return pairs, counts
 
 
+def opening_direction(pair: dict, openings: list[str]) -> tuple[str, str] | None:
+    """(opening, "chosen" or "rejected"): the first opening that begins exactly one of the pair's replies, and which
+    of them; None if no opening tells the two apart."""
+    for opening in openings:
+        chosen, rejected = (pair[side][0]["content"].lstrip().startswith(opening.strip())
+                            for side in ("chosen", "rejected"))
+        if chosen != rejected:
+            return opening, "chosen" if chosen else "rejected"
+    return None
+
+
 def balance_by_openings(pairs: list[dict], openings: list[str], seed: int, how: str = "drop"
                         ) -> tuple[list[dict], int]:
     """Per opening, as many pairs whose chosen reply begins with it (and the rejected one does not) as pairs whose
@@ -64,16 +75,10 @@ def balance_by_openings(pairs: list[dict], openings: list[str], seed: int, how: 
     if how not in ("drop", "repeat"):
         raise ValueError(f"balance_by_openings: how must be 'drop' or 'repeat', not {how!r}")
 
-    def begins(pair: dict, side: str, opening: str) -> bool:
-        return pair[side][0]["content"].lstrip().startswith(opening.strip())
-
     groups: dict[tuple[str, str], list[int]] = {}
     for i, pair in enumerate(pairs):
-        for opening in openings:
-            chosen, rejected = begins(pair, "chosen", opening), begins(pair, "rejected", opening)
-            if chosen != rejected:
-                groups.setdefault((opening, "chosen" if chosen else "rejected"), []).append(i)
-                break
+        if (direction := opening_direction(pair, openings)) is not None:
+            groups.setdefault(direction, []).append(i)
     rng = random.Random(seed)
     dropped: set[int] = set()
     repeats: list[int] = []

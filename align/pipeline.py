@@ -180,11 +180,10 @@ def summary(recipe: Recipe, records: dict) -> str:
             f"({reward['heldout_pairs']} pairs, mean margin {reward['heldout_mean_margin']:.2f})"
         )
     if "labelled_samples_labelled" in reward:
+        trained = reward.get("labelled_pairs_trained", reward["label_db_pairs"])  # fewer when balanced by openings
         lines.append(
-            f"  reward model trained on {reward['train_pairs']} pairs, "
-            f"{reward.get('labelled_pairs_trained', reward['label_db_pairs'])} of them from {reward['label_db']}"
-            + (f" (its {reward['label_db_pairs']} balanced by openings)"
-               if reward.get("labelled_pairs_trained", reward["label_db_pairs"]) != reward["label_db_pairs"] else "")
+            f"  reward model trained on {reward['train_pairs']} pairs, {trained} of them from {reward['label_db']}"
+            + (f" (its {reward['label_db_pairs']} balanced by openings)" if trained != reward["label_db_pairs"] else "")
             + f": {reward['labelled_samples_labelled']} pairs of SFT samples labelled there by "
             f"{reward['labelled_by']}, {reward['labelled_samples_decisive']} decisive")
     if "policy_check_accuracy" in reward:

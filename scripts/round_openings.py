@@ -26,12 +26,13 @@ def prompt_key(prompt) -> str:
 
 def direction(pair: dict, openings: list[str]) -> str:
     """'chose OPENING', 'rejected OPENING', or 'neither'."""
-    for opening in openings:
-        chosen, rejected = (pair[side][0]["content"].lstrip().startswith(opening.strip())
-                            for side in ("chosen", "rejected"))
-        if chosen != rejected:
-            return f"{'chose' if chosen else 'rejected'} {opening!r}"
-    return "neither"
+    from align.onpolicy import opening_direction
+
+    found = opening_direction(pair, openings)
+    if found is None:
+        return "neither"
+    opening, side = found
+    return f"{'chose' if side == 'chosen' else 'rejected'} {opening!r}"
 
 
 def count_directions(run: Path) -> tuple[dict[str, Counter], list[str]]:
