@@ -63,6 +63,9 @@ def opening_direction(pair: dict, openings: list[str]) -> tuple[str, str] | None
     return None
 
 
+BALANCED = {"drop": "dropped", "repeat": "repeated"}  # what balance_by_openings did to pairs, in the logs' words
+
+
 def balance_by_openings(pairs: list[dict], openings: list[str], seed: int, how: str = "drop"
                         ) -> tuple[list[dict], int]:
     """Per opening, as many pairs whose chosen reply begins with it (and the rejected one does not) as pairs whose

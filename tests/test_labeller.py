@@ -157,7 +157,7 @@ def test_balanced_openings_train_on_as_many_pairs_choosing_an_opening_as_rejecti
     from pydantic import ValidationError
 
     from align.config import LabelledSamples
-    from align.pipeline import run_recipe
+    from align.pipeline import run_recipe, summary
     from align.runs import run_dir
 
     with pytest.raises(ValidationError, match="list openings too"):
@@ -176,8 +176,6 @@ def test_balanced_openings_train_on_as_many_pairs_choosing_an_opening_as_rejecti
     assert metrics["labelled_pairs_dropped_for_balance"] == abs(choosing - rejecting)
     assert metrics["labelled_pairs_trained"] == len(stored) - abs(choosing - rejecting)
     assert metrics["train_pairs"] == 8 + metrics["labelled_pairs_trained"]
-    from align.pipeline import summary
-
     assert (f"trained on {metrics['train_pairs']} pairs, {metrics['labelled_pairs_trained']} of them from "
             f"{metrics['label_db']} (its {len(stored)} balanced by openings)") in summary(recipe, records)
 

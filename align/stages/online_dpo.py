@@ -30,7 +30,7 @@ from align.models import (
     load_kwargs, load_policy, load_sampler, load_tokenizer, on_this_process_device, resolve_model_path,
     sync_special_tokens,
 )
-from align.onpolicy import balance_by_openings, build_pairs, flatten, judge_scores, proxy_scores, regroup
+from align.onpolicy import BALANCED, balance_by_openings, build_pairs, flatten, judge_scores, proxy_scores, regroup
 from align.resources import release_memory
 from align.runs import read_jsonl, write_json_atomic, write_text_atomic
 from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
@@ -41,7 +41,6 @@ from align.stages.reward import keep_starting_policy, untrusted_reward_model
 # A chosen answer's mean log-prob falling by more than this over a round is likelihood displacement (Razin et al.
 # 2024): DPO widens the margin by pushing both answers down, and mass leaks to answers it never saw.
 DISPLACEMENT_NATS = 0.5
-BALANCED = {"drop": "dropped", "repeat": "repeated"}  # what balance_openings did to pairs, in the log's words
 
 
 def run(recipe: Recipe, out: Path, inputs: dict) -> dict:

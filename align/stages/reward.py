@@ -173,7 +173,7 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     labelled there by the recipe's labeller (as an annotator in the web app); then every preference pair the
     database holds, as training rows."""
     from align.labeller import candidate_pairs, label_through_store
-    from align.onpolicy import balance_by_openings
+    from align.onpolicy import BALANCED, balance_by_openings
     from align.reward_functions import load_labeller
     from align.labelling.store import read_label_rows
 
@@ -188,7 +188,7 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     in_database, balanced = len(pairs), {}
     if spec.balance_openings:
         pairs, changed = balance_by_openings(pairs, spec.openings, recipe.seed, spec.balance_openings)
-        balanced = {f"labelled_pairs_{'dropped' if spec.balance_openings == 'drop' else 'repeated'}_for_balance": changed}
+        balanced = {f"labelled_pairs_{BALANCED[spec.balance_openings]}_for_balance": changed}
     openings = f" and {len(spec.openings)} opened ones" if spec.openings else ""
     print(f"[reward] {len(items)} pairs of {spec.samples_per_prompt} SFT samples{openings} on {len(rows)} prompts of {where} "
           f"queued in {db} ({counts['queued']} new, {counts['already_there']} already there); "
