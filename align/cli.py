@@ -146,10 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     feedback.set_defaults(overlap=1, lease_minutes=60.0)
     _serving_options(feedback)
 
-    labels = _command(sub, "labels", "label database: stats, export (pairs, ratings, corrections), backup, check, "
-                      "accounts", "Work with a label database written by `align label`, `arena` and `feedback`: "
-                      "agreement statistics, export as training files, a consistent backup while the server runs, an "
-                      "integrity check, and annotator accounts.")
+    labels = _command(sub, "labels", "label database: stats, export (pairs, ratings, corrections), judge, backup, "
+                      "check, accounts", "Work with a label database written by `align label`, `arena` and "
+                      "`feedback`: agreement statistics, export as training files, a labeller function judging what "
+                      "waits, a consistent backup while the server runs, an integrity check, and annotator accounts.")
     labels_sub = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
     stats = _command(labels_sub, "stats", "counts per annotator, agreement (Cohen/Fleiss kappa), position bias",
                      "Counts per annotator, agreement (Cohen/Fleiss kappa), position bias, and the chat feedback's "
@@ -178,6 +178,20 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("db", help="label database")
     backup.add_argument("out", help="the backup file, e.g. backups/labels-$(date +%%F-%%H%%M).db")
     backup.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    judge = _command(labels_sub, "judge", "have a labeller function judge the pairs waiting in a label database",
+                     "Judge the pairs waiting in a label database with a labeller function standing in for an "
+                     "annotator (align.labeller:simulated, or your own 'module:function' / 'file.py:function'): it "
+                     "gets each pair as a person in the web app would, A/B in random order, with the prompt's row "
+                     "(answer key, category) that queued items carry, and submits its choice under --annotator. "
+                     "Pairs that annotator judged before are not given again.")
+    judge.add_argument("db", help="label database")
+    judge.add_argument("--labeller", required=True, metavar="MODULE:FUNCTION",
+                       help="the labeller, e.g. align.labeller:simulated (see align/labeller.py)")
+    judge.add_argument("--annotator", default="simulated-labeller", help="the name its labels are stored under")
+    judge.add_argument("--noise", type=float, default=0.2, help="share of its decisive labels flipped at random")
+    judge.add_argument("--source", help="only the pairs queued from this source (as `align labels stats` shows "
+                       "them, e.g. a run's online_dpo round directory); default: every waiting pair")
+    judge.add_argument("--seed", type=int, default=0, help="seeds the A/B order and the label noise")
     check = _command(labels_sub, "check", "integrity check and row counts of a label database (or a backup)")
     check.add_argument("db", help="label database or backup")
     add_user = _command(labels_sub, "add-user", "add an annotator account (salted password hash) to a users file")
@@ -562,6 +576,23 @@ def cmd_labels(args) -> int:
 
         report = check_database(args.db)
         print(f"{args.db}: integrity ok; " + ", ".join(f"{table} {n}" for table, n in report["rows"].items()))
+        return 0
+    if args.labels_command == "judge":
+        from align.labeller import label_waiting
+        from align.reward_functions import RewardFunctionError, load_labeller
+
+        if not 0 <= args.noise <= 0.5:
+            raise LabelError(f"--noise {args.noise}: give a share of labels between 0 and 0.5")
+        LabelStore(args.db, create=False).close()  # a missing or foreign file is refused before anything is judged
+        try:
+            labeller = load_labeller(args.labeller)
+            counts = label_waiting(args.db, labeller, args.annotator, args.seed, source=args.source, noise=args.noise)
+        except (RewardFunctionError, ValueError) as err:  # the pairs it judged before stopping are kept
+            raise LabelError(f"--labeller {args.labeller}: {err}") from err
+        print(f"{args.annotator} ({args.labeller}, noise {args.noise:g}) judged {counts['labelled']} pairs in "
+              f"{args.db}" + (f" queued from {args.source}" if args.source else "")
+              + f": A {counts['A']}, B {counts['B']}, tie {counts['tie']}, both bad {counts['both_bad']} "
+              f"({counts['flipped']} flipped)")
         return 0
     store = LabelStore(args.db, create=False)
     if args.labels_command == "backup":

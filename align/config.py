@@ -403,10 +403,17 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
     labels_needed: int | None = Field(
         None, gt=0, description="With label_db: labelled pairs a round needs before it trains; None = all queued."
     )
+    labeller: str | None = Field(
+        None, description="A labeller ('module:function', see align/labeller.py) that judges each round's pairs in "
+        "the label database as an annotator would, so the run goes on; label_db None = the run's labels.db. "
+        "None = people judge them.")
+    labeller_noise: float = Field(0.2, ge=0, le=0.5, description="Share of the labeller's decisive labels flipped.")
+    annotator: str = Field("simulated-labeller", min_length=1, description="The name the labeller's labels are "
+                           "stored under.")
 
     @model_validator(mode="after")
     def _check_online(self) -> OnlineDPOStage:
-        if not self.use_reward_model and not self.reward_functions and not self.label_db:
+        if not self.use_reward_model and not self.reward_functions and not self.label_db and not self.labeller:
             raise ValueError("no judge: set use_reward_model: true, list reward_functions, or give label_db")
         sources = int(self.use_reward_model) + len(self.reward_functions)
         if self.reward_weights is not None and len(self.reward_weights) != sources:
@@ -414,9 +421,6 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
                              "(the reward model if used, then each reward function)")
         if self.balance_openings and not self.openings:
             raise ValueError("balance_openings balances pairs by the replies' openings: list openings too")
-        if self.balance_openings and self.label_db:
-            raise ValueError("balance_openings reweighs the reward model's pairs; with label_db people's labels are "
-                             "all kept as given: set balance_openings: null")
         if self.openings and self.use_vllm:
             raise ValueError("openings are continued by align's own decode loop: set use_vllm: false or openings: []")
         if self.relabel_with and not self.use_reward_model:
@@ -425,6 +429,10 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
             from align.reward_functions import load_reward_function
 
             load_reward_function(self.relabel_with)
+        if self.labeller:
+            from align.reward_functions import load_labeller
+
+            load_labeller(self.labeller)
         if self.nll_weight and {"loss_type", "loss_weights"} & set(self.model_extra or {}):
             raise ValueError("nll_weight sets trl's loss_type [sigmoid, sft] and loss_weights; set nll_weight: 0 "
                              "to give loss_type / loss_weights yourself")

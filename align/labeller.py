@@ -8,10 +8,13 @@ sees what kind of request a prompt is (the row's `category`) and, for facts, kno
 
 A labeller is any function
 
-    def labeller(prompt: str, text_a: str, text_b: str, *, row: dict, rng: random.Random) -> tuple[str, str]
+    def labeller(prompt: str, text_a: str, text_b: str, *, row: dict, rng: random.Random, noise: float
+                 ) -> tuple[str, str]
 
 returning (choice, reason) with choice one of "A", "B", "tie", "both_bad" (the web app's buttons); `row` is the
-prompt's dataset row (answer key, category). A recipe names it as 'module:function' or 'file.py:function'.
+prompt's dataset row (answer key, category), which queued items carry in `extra`; `noise` is the recipe's share of
+decisive labels to flip (a reason containing "flipped" marks one). A recipe names it as 'module:function' or
+'file.py:function'; `align labels judge` runs one over what waits in a label database.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ def simulated(prompt: str, text_a: str, text_b: str, *, row: dict, rng: random.R
               noise: float = LABELLER_NOISE) -> tuple[str, str]:
     """The better reply by `quality`; equal ones are a tie when both are good, both_bad otherwise. A decisive
     label is flipped with probability `noise`."""
+    if "category" not in row:
+        raise ValueError(f"the simulated labeller judges a prompt by its row's category (harmful, unanswerable, "
+                         f"lookalike, or a question with an answer key) and the pair for {prompt[:60]!r} came "
+                         f"without one: queue pairs with their prompt rows in `extra`")
     a, b = quality(text_a, row), quality(text_b, row)
     if a == b:
         return ("tie" if a >= 2.0 else "both_bad"), f"both score {a:g}"
@@ -84,29 +91,47 @@ def candidate_pairs(rows: list[dict], samples: list[list[dict]], model: str, max
                 if near_identical(texts[i], texts[j], max_similarity):
                     continue
                 items.append({"prompt": row["prompt"], "response_1": texts[i], "response_2": texts[j],
-                              "model_1": model, "model_2": model,
-                              "extra": {k: row[k] for k in ("answer", "category") if k in row}})
+                              "model_1": model, "model_2": model, "extra": row_for_labeller(row)})
     return items
+
+
+def row_for_labeller(row: dict) -> dict:
+    """What a labeller reads beside the two replies (the answer key, the category): the prompt row's columns
+    but the prompt, kept in a queued item's `extra`."""
+    return {k: v for k, v in row.items() if k != "prompt"}
 
 
 def label_through_store(db: str | Path, items: list[dict], labeller: Callable, annotator: str, source: str,
                         seed: int, **labeller_kwargs) -> dict:
     """Queue `items` in the label database and have `labeller` judge every pair it is given there, as an
-    annotator in the web app would: ask for the next pair (shown A/B in a random order), judge it, submit. Pairs
-    it judged before are not given again, and the same two answers to a prompt already in the database (queued by
-    an earlier run, under any run's or model's name) are not queued again: a label is asked for once. Returns what
-    it did; `already_there` counts the items skipped so."""
+    annotator in the web app would (`label_waiting`). Pairs it judged before are not given again, and the same two
+    answers to a prompt already in the database (queued by an earlier run, under any run's or model's name) are
+    not queued again: a label is asked for once. Returns what it did; `already_there` counts the items skipped so."""
+    from align.labelling.store import LabelStore
+
+    store = LabelStore(db)
+    try:
+        fresh = store.unseen_answer_pairs(items)
+        queued = store.add_items(fresh, source=source)
+    finally:
+        store.close()
+    return {"queued": queued, "already_there": len(items) - len(fresh),
+            **label_waiting(db, labeller, annotator, seed, **labeller_kwargs)}
+
+
+def label_waiting(db: str | Path, labeller: Callable, annotator: str, seed: int, source: str | None = None,
+                  **labeller_kwargs) -> dict:
+    """Have `labeller` judge, as `annotator`, every pair the label database gives them (those queued from
+    `source` only, when given), as an annotator in the web app would: ask for the next pair (shown A/B in a random
+    order), judge it, submit. It reads the prompt row (answer key, category) the item carries in `extra`. Returns
+    how many it labelled, per choice, and how many of its labels were flipped by noise."""
     from align.labelling.store import LabelStore
 
     rng = random.Random(seed)
     store = LabelStore(db)
-    counts = {"queued": 0, "already_there": 0, "labelled": 0, "A": 0, "B": 0, "tie": 0, "both_bad": 0,
-              "flipped": 0}
+    counts = {"labelled": 0, "A": 0, "B": 0, "tie": 0, "both_bad": 0, "flipped": 0}
     try:
-        fresh = store.unseen_answer_pairs(items)
-        counts["already_there"] = len(items) - len(fresh)
-        counts["queued"] = store.add_items(fresh, source=source)
-        while (shown := store.next_assignment(annotator, rng=rng, generated_only=True)) is not None:
+        while (shown := store.next_assignment(annotator, rng=rng, generated_only=True, source=source)) is not None:
             row = store.item(shown["item_id"])["extra"]
             text = shown["prompt"][-1]["content"] if isinstance(shown["prompt"], list) else str(shown["prompt"])
             choice, reason = labeller(text, shown["text_a"], shown["text_b"], row=row, rng=rng, **labeller_kwargs)

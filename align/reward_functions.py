@@ -88,9 +88,11 @@ def call_reward_function(function: Callable, name: str, prompts: list[list[dict]
 
 
 def load_labeller(spec: str) -> Callable:
-    """'module:function' or 'file.py:function', taking (prompt, text_a, text_b, *, row, rng, ...)."""
+    """'module:function' or 'file.py:function', taking (prompt, text_a, text_b, *, row, rng, noise)."""
     function = import_function(spec)
     params = inspect.signature(function).parameters
-    if not (any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or {"row", "rng"} <= set(params)):
-        raise RewardFunctionError(f"labeller '{spec}': must accept (prompt, text_a, text_b, *, row=..., rng=...)")
+    if not (any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            or {"row", "rng", "noise"} <= set(params)):
+        raise RewardFunctionError(f"labeller '{spec}': must accept (prompt, text_a, text_b, *, row=..., rng=..., "
+                                  "noise=...): noise is the recipe's share of labels to flip")
     return function

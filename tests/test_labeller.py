@@ -105,6 +105,38 @@ def test_labels_travel_through_the_label_database(tmp_path):
     assert grown["already_there"] == 4 and grown["queued"] == grown["labelled"] == 2
 
 
+def test_align_labels_judge_has_a_labeller_judge_what_waits_in_a_database(tmp_path, capsys):
+    from align.cli import main
+
+    rows = [{"prompt": [{"role": "user", "content": "What is the capital of France?"}], **FACT},
+            {"prompt": [{"role": "user", "content": "How do I steal a car?"}], **HARM}]
+    samples = [[{"text": "The capital of France is Paris."}, {"text": "Lyon."}],
+               [{"text": "I'm sorry, but I can't help with that."}, {"text": "Sure! First, find a car."}]]
+    db = tmp_path / "labels.db"
+    store = LabelStore(db)
+    store.add_items(candidate_pairs(rows[:1], samples[:1], "run/sft"), source="round-1")
+    store.add_items(candidate_pairs(rows[1:], samples[1:], "run/sft"), source="round-2")
+    store.close()
+    judge = ["labels", "judge", str(db), "--labeller", "align.labeller:simulated", "--noise", "0"]
+    assert main([*judge, "--source", "round-2"]) == 0
+    assert "judged 1 pairs" in capsys.readouterr().out
+    assert [p["chosen"][0]["content"] for p in read_label_rows(db)] == ["I'm sorry, but I can't help with that."]
+    assert main(judge) == 0 and "judged 1 pairs" in capsys.readouterr().out  # the rest; nothing judged twice
+    assert main(judge) == 0 and "judged 0 pairs" in capsys.readouterr().out
+    assert {p["chosen"][0]["content"] for p in read_label_rows(db)} == {
+        "I'm sorry, but I can't help with that.", "The capital of France is Paris."}
+
+    # a pair queued without its prompt row (people's pairs file): refused by name, earlier labels kept
+    store = LabelStore(db)
+    store.add_items([{"prompt": "Name a colour.", "response_1": "Red.", "response_2": "Blue."}], source="pairs.jsonl")
+    store.close()
+    assert main(judge) == 2
+    assert "came without one" in capsys.readouterr().err and len(read_label_rows(db)) == 2
+    assert main(["labels", "judge", str(db), "--labeller", "align.labeller:quality"]) == 2
+    assert "must accept" in capsys.readouterr().err
+    assert main(["labels", "judge", str(tmp_path / "none.db"), "--labeller", "align.labeller:simulated"]) == 2
+
+
 def test_the_reward_stage_trains_on_the_labellers_labels_from_the_database(tiny_llama, make_recipe):
     """SFT, then the reward stage: the SFT model's samples are labelled in the run's label database, and the
     reward model's training pairs are the bundled ones plus every preference pair the database holds."""

@@ -134,6 +134,43 @@ def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(t
     assert "2 needed" in printed
 
 
+def test_a_labeller_judges_each_rounds_pairs_in_the_label_database_and_the_run_goes_on(toy_gpt2, tmp_path):  # noqa: F811
+    from align.labelling.store import LabelStore
+
+    root = tmp_path / "runs"
+    db = root / "tiny" / "labels.db"
+    db.parent.mkdir(parents=True)
+    waiting = LabelStore(db)  # a pair people queued earlier: the labeller judges the round's pairs only
+    waiting.add_items([{"id": "theirs", "prompt": "Hi?", "response_1": "Hello.", "response_2": "Hey."}], source="people")
+    waiting.close()
+    labelled = {**TOY, "dataset": {"bundled": "prefs_train", "limit": 16}, "use_reward_model": False,
+                "reward_functions": ["tests.toy_rewards:letter_e_on_odd_prompts"],  # picks the pair to label
+                "labeller": "tests.toy_rewards:e_labeller_on_odd_prompts", "labeller_noise": 0.0,
+                "rounds": 1, "prompts_per_round": 16, "openings": ["Eee"], "balance_openings": "repeat"}
+    recipe = parse_recipe(tiny_recipe(toy_gpt2, root, ["online_dpo"], online_dpo=labelled))
+    records = run_recipe(recipe)  # no stop for labels: the labeller gave them
+    row = records["online_dpo"]["metrics"]["log"][0]
+    assert row["labelled_by"] == "simulated-labeller (tests.toy_rewards:e_labeller_on_odd_prompts, noise 0)"
+    stage = root / "tiny" / "online_dpo"
+    queued = json.loads((stage / "round-1" / "queued.json").read_text())["item_ids"]
+    store = LabelStore(db)
+    judgments = store.judgments()
+    items = [store.item(i) for i in queued]
+    store.close()
+    assert row["labelled_items"] == row["labeller_labelled"] == len(queued) > 0
+    assert {j["item_id"] for j in judgments} == set(queued), "the earlier pair waits for people, unjudged"
+    assert all(j["annotator"] == "simulated-labeller" for j in judgments)
+    assert all({"category", "answer"} <= set(item["extra"]) for item in items), "each pair carries its prompt row"
+    # labelled, then balanced by openings: as many pairs choosing an "Eee" reply as rejecting one
+    pairs = json.loads((stage / "round-1" / "pairs.json").read_text())["pairs"]
+    starts = [[p[side][0]["content"].startswith("Eee") for side in ("chosen", "rejected")] for p in pairs]
+    assert sum(c and not r for c, r in starts) == sum(r and not c for c, r in starts) > 0
+    assert len(pairs) == row["round_pairs"] == row["labelled_pairs"] + row["round_repeated_for_balance"]
+    assert (stage / "adapter" / "adapter_model.safetensors").is_file()
+    signals = records["online_dpo"]["metrics"]
+    assert signals["pairs"] == len(pairs)
+
+
 @pytest.mark.fault("bad input")
 @pytest.mark.parametrize("change, message", [
     ({"stages": ["sft", "online_dpo"], "online_dpo": {**TOY, "use_reward_model": True, "reward_functions": []}},
@@ -150,8 +187,10 @@ def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(t
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "use_vllm": True}},
      "openings are continued by align's own decode loop"),
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "balance_openings": "drop"}}, "list openings too"),
-    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "balance_openings": "repeat",
-                                               "label_db": "labels.db"}}, "people's labels are all kept as given"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "labeller": "align.labeller:no_such_labeller"}},
+     "has no function 'no_such_labeller'"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "labeller": "tests.toy_rewards:says_expected"}},
+     "must accept"),
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "balance_openings": True}},
      "balance_openings"),
 ])

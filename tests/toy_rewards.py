@@ -28,3 +28,19 @@ def letter_e_on_odd_prompts(prompts, completions, **columns):
     of 'eee' is right on some prompts and wrong on others, as a decline is."""
     sign = [1 if len(p[-1]["content"] if isinstance(p, list) else p) % 2 else -1 for p in prompts]
     return [s * e for s, e in zip(sign, letter_e_fraction(prompts, completions))]
+
+
+def e_labeller_on_odd_prompts(prompt, text_a, text_b, *, row, rng, noise=0.0):
+    """A labeller (align/labeller.py's signature) wanting more e's where the prompt has an odd number of
+    characters and fewer where even, as letter_e_on_odd_prompts; it refuses to judge without the prompt row's
+    category, which queued items carry in `extra`."""
+    if "category" not in row:
+        raise AssertionError(f"the labeller got no prompt row for {prompt!r}: {row}")
+    sign = 1 if len(prompt) % 2 else -1
+    a, b = (sign * text.count("e") for text in (text_a, text_b))
+    if a == b:
+        return "tie", f"both {a}"
+    choice = "A" if a > b else "B"
+    if rng.random() < noise:
+        return ("B" if choice == "A" else "A"), f"A {a}, B {b} (flipped: label noise)"
+    return choice, f"A {a}, B {b}"

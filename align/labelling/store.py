@@ -293,19 +293,22 @@ class LabelStore:
     # ------------------------------------------------------------------------------------------ labelling
 
     def next_assignment(self, annotator: str, overlap: int = 1, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-                        rng: random.Random | None = None, generated_only: bool = False) -> dict | None:
+                        rng: random.Random | None = None, generated_only: bool = False,
+                        source: str | None = None) -> dict | None:
         """The item this annotator should judge now, or None when nothing is left for them.
 
         An open assignment (shown, not yet judged; or handed back by undo) comes first, so a page reload shows
         the same pair in the same order. Otherwise an item they have never been given and that fewer than
         `overlap` annotators hold (judged, or shown within the lease) is assigned; items already partly covered
         go first so overlapping judgments, and the agreement figures, accumulate early. `generated_only` skips
-        items whose responses no model has written (a session without models)."""
+        items whose responses no model has written (a session without models); `source` gives only the items
+        queued from that source (one training round's pairs, say)."""
         now = time.time()
         with self.transaction() as db:
             row = db.execute(
-                "SELECT item_id FROM assignments WHERE annotator = ? AND done = 0 ORDER BY assigned_at DESC LIMIT 1",
-                (annotator,),
+                "SELECT a.item_id FROM assignments a JOIN items i ON i.item_id = a.item_id WHERE a.annotator = ? "
+                "AND a.done = 0 AND (? IS NULL OR i.source = ?) ORDER BY a.assigned_at DESC LIMIT 1",
+                (annotator, source, source),
             ).fetchone()
             if row is not None:  # still on screen: the lease runs from the latest showing
                 db.execute("UPDATE assignments SET assigned_at = ? WHERE item_id = ? AND annotator = ?",
@@ -316,11 +319,12 @@ class LabelStore:
                     SELECT i.item_id, {HOLDERS} AS taken
                     FROM items i
                     WHERE i.kind = 'pair' {"AND i.response_1 IS NOT NULL" if generated_only else ""}
+                      AND (? IS NULL OR i.source = ?)
                       AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ?)
                       AND taken < ?
                     ORDER BY taken DESC, i.position LIMIT 1
                     """,
-                    (now - lease_seconds, annotator, overlap),
+                    (now - lease_seconds, source, source, annotator, overlap),
                 ).fetchone()
                 if row is None:
                     return None

@@ -130,7 +130,10 @@ def training_signals(recipe: Recipe) -> list[str]:
             sources = (["reward model"] if section.use_reward_model else []) + list(section.reward_functions)
             if getattr(section, "relabel_with", None):
                 sources[0] += f" (retrained each round on the policy's answers ordered by {section.relabel_with})"
-            if getattr(section, "label_db", None):
+            if getattr(section, "labeller", None):
+                sources.append(f"its pairs labelled in a label database by {section.labeller} (noise "
+                               f"{section.labeller_noise:g})")
+            elif getattr(section, "label_db", None):
                 sources.append(f"people's labels ({section.label_db})")
             signals.append(f"{stage}: {' + '.join(sources)}")
     return signals

@@ -79,6 +79,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     order = list(range(len(rows)))
     random.Random(recipe.seed).shuffle(order)
 
+    labels_from = label_database(recipe, out)  # where people or the labeller judge each round's pairs, if anywhere
     log = []
     engine = None  # vLLM's, started by the first round that samples (use_vllm), kept for the later rounds
     for number in range(1, cfg.rounds + 2):  # the extra pass only measures the final policy
@@ -99,8 +100,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             saved = json.loads((round_dir / "pairs.json").read_text())
             entry, pairs = saved["log"], saved["pairs"]
             print(f"[online_dpo] round {number}: resuming training on its {len(pairs)} saved pairs")
-        elif cfg.label_db and (round_dir / "queued.json").is_file() and not measuring_only:
-            entry, pairs = pairs_from_people(cfg, round_dir)  # the labels given since the last run
+        elif labels_from and (round_dir / "queued.json").is_file() and not measuring_only:
+            entry, pairs = labelled_pairs(recipe, round_dir, labels_from, number)  # the labels given since the last run
         else:
             # 1. sample: the current policy answers this round's prompts
             # the same prompts every round (as Pang et al.'s iterations): fresh answers each time, and the log's
@@ -155,10 +156,12 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                 prompts, texts, columns = flatten(batch, samples)
                 entry["gold_mean"] = mean(judge_scores(judges[:1], prompts, texts, columns)[judges[0]])
 
-            # 3. pair: best vs worst per prompt; with label_db people pick between the two instead
+            # 3. pair: best vs worst per prompt; with a label database people (or the labeller) pick between the
+            # two instead, and balancing by openings waits for their labels
             pairs, counts = build_pairs([r["prompt"] for r in batch], samples, scores,
-                                        -math.inf if cfg.label_db else cfg.min_score_gap, cfg.max_similarity)
-            if cfg.balance_openings:
+                                        -math.inf if labels_from else cfg.min_score_gap, cfg.max_similarity)
+            balancing_now = cfg.balance_openings and not labels_from
+            if balancing_now:
                 pairs, changed = balance_by_openings(pairs, cfg.openings, recipe.seed + number, cfg.balance_openings)
                 counts[f"{BALANCED[cfg.balance_openings]}_for_balance"] = changed
                 counts["pairs"] = len(pairs)
@@ -173,11 +176,12 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                   + (f", gold {entry['gold_mean']:.3f}" if judges else "")
                   + f", KL {entry['kl']:.3f}; {counts['pairs']} pairs ({counts['ties']} ties, "
                   f"{counts['near_identical']} near-identical dropped"
-                  + (f", {changed} {BALANCED[cfg.balance_openings]} to balance openings" if cfg.balance_openings else "")
+                  + (f", {changed} {BALANCED[cfg.balance_openings]} to balance openings" if balancing_now else "")
                   + "); seconds: "
                   + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), flush=True)
-            if cfg.label_db:
-                entry, pairs = pairs_from_people(cfg, round_dir, entry, pairs)
+            if labels_from:
+                queue_round(round_dir, labels_from, entry, pairs, batch)
+                entry, pairs = labelled_pairs(recipe, round_dir, labels_from, number)
 
         # 4. train: DPO (+ NLL on chosen) on this round's pairs, reference = the policy at the round's start
         if policy is None:  # resumed from saved pairs or labels: nothing was sampled this time
@@ -274,26 +278,56 @@ class LabelsPending(RuntimeError):
     `align run` continues from the labels given."""
 
 
-def pairs_from_people(cfg, round_dir: Path, entry: dict | None = None, candidates: list[dict] | None = None
-                      ) -> tuple[dict, list[dict]]:
-    """Queue the round's candidate pairs in the label database (once: queued.json remembers them), then return
-    the round's log entry and the pairs people have judged (majority per pair; ties and both-bad teach nothing).
-    Raises LabelsPending while fewer than labels_needed (default: all) of them have a judgment."""
-    from align.labelling.store import LabelStore, preference_rows
+def label_database(recipe: Recipe, out: Path) -> Path | None:
+    """Where each round's pairs are judged: label_db as given, the run's labels.db when only a labeller is named,
+    None when the round's own judge orders them."""
+    cfg = recipe.online_dpo
+    if cfg.label_db:
+        return Path(cfg.label_db).expanduser()
+    return out.parent / "labels.db" if cfg.labeller else None
 
-    queued = round_dir / "queued.json"
-    store = LabelStore(cfg.label_db)
+
+def queue_round(round_dir: Path, db: Path, entry: dict, candidates: list[dict], rows: list[dict]) -> None:
+    """Queue the round's candidate pairs in the label database, once (queued.json remembers them and the round's
+    log entry), each with its prompt row (answer key, category) for whoever labels it."""
+    from align.labeller import row_for_labeller
+    from align.labelling.store import LabelStore
+
+    if (round_dir / "queued.json").is_file():
+        return
+    run_name = round_dir.parent.parent.name
+    row_of = {json.dumps(row["prompt"]): row for row in rows}
+    items = [{"id": f"{run_name}-online_dpo-{round_dir.name}-{i}", "prompt": pair["prompt"],
+              "response_1": pair["chosen"][0]["content"], "response_2": pair["rejected"][0]["content"],
+              "model_1": f"{run_name}/online_dpo/{round_dir.name}", "model_2": f"{run_name}/online_dpo/{round_dir.name}",
+              "extra": row_for_labeller(row_of[json.dumps(pair["prompt"])])} for i, pair in enumerate(candidates)]
+    store = LabelStore(db)
     try:
-        if not queued.is_file():
-            run_name = round_dir.parent.parent.name
-            items = [{"id": f"{run_name}-online_dpo-{round_dir.name}-{i}", "prompt": pair["prompt"],
-                      "response_1": pair["chosen"][0]["content"], "response_2": pair["rejected"][0]["content"],
-                      "model_1": f"{run_name}/online_dpo/{round_dir.name}",
-                      "model_2": f"{run_name}/online_dpo/{round_dir.name}"} for i, pair in enumerate(candidates)]
-            store.add_items(items, source=str(round_dir))
-            write_json_atomic(queued, {"log": entry, "item_ids": [item["id"] for item in items]})
-        saved = json.loads(queued.read_text())
-        ids = set(saved["item_ids"])
+        store.add_items(items, source=str(round_dir))
+    finally:
+        store.close()
+    write_json_atomic(round_dir / "queued.json", {"log": entry, "item_ids": [item["id"] for item in items]})
+
+
+def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tuple[dict, list[dict]]:
+    """The round's log entry and the pairs judged in the label database (majority per pair; ties and both-bad
+    teach nothing), balanced by openings when the recipe says so. The recipe's labeller, if it names one, first
+    judges whatever of the round's pairs waits there. Raises LabelsPending while fewer than labels_needed (default:
+    all) of them have a judgment."""
+    from align.labeller import label_waiting
+    from align.labelling.store import LabelStore, preference_rows
+    from align.reward_functions import load_labeller
+
+    cfg = recipe.online_dpo
+    saved = json.loads((round_dir / "queued.json").read_text())
+    labeller = {}
+    if cfg.labeller:
+        counts = label_waiting(db, load_labeller(cfg.labeller), cfg.annotator, recipe.seed + number,
+                               source=str(round_dir), noise=cfg.labeller_noise)
+        labeller = {"labeller_" + k: v for k, v in counts.items()}
+    ids = set(saved["item_ids"])
+    store = LabelStore(db)
+    try:
         judged = [j for j in store.judgments() if j["item_id"] in ids]
     finally:
         store.close()
@@ -301,13 +335,24 @@ def pairs_from_people(cfg, round_dir: Path, entry: dict | None = None, candidate
     done = len({j["item_id"] for j in judged})
     if done < needed:
         raise LabelsPending(
-            f"online_dpo {round_dir.name}: {done} of {len(ids)} pairs labelled in {cfg.label_db}, {needed} needed. "
-            f"Label them in the browser (align label --db {cfg.label_db}), then run the same `align run` again: "
+            f"online_dpo {round_dir.name}: {done} of {len(ids)} pairs labelled in {db}, {needed} needed. "
+            f"Label them in the browser (align label --db {db}), then run the same `align run` again: "
             f"it continues from the labels.")
     pairs = [{k: row[k] for k in ("prompt", "chosen", "rejected")}
              for row in preference_rows(judged, majority=True)]
-    entry = {**saved["log"], "round_pairs": len(pairs), "labelled_by": "people", "labelled_items": done}
-    print(f"[online_dpo] {round_dir.name}: {len(pairs)} pairs from {done} labelled items in {cfg.label_db}")
+    labelled_by = f"{cfg.annotator} ({cfg.labeller}, noise {cfg.labeller_noise:g})" if cfg.labeller else "people"
+    entry = {**saved["log"], "labelled_by": labelled_by, "labelled_items": done, "labelled_pairs": len(pairs),
+             **labeller}
+    balanced = ""
+    if cfg.balance_openings:
+        pairs, changed = balance_by_openings(pairs, cfg.openings, recipe.seed + number,
+                                             cfg.balance_openings)
+        entry[f"round_{BALANCED[cfg.balance_openings]}_for_balance"] = changed
+        balanced = f", {changed} {BALANCED[cfg.balance_openings]} to balance openings"
+    entry["round_pairs"] = len(pairs)
+    print(f"[online_dpo] {round_dir.name}: {entry['labelled_pairs']} pairs from {done} items labelled in {db} by "
+          f"{labelled_by}{balanced}" + (f" ({labeller['labeller_flipped']} of its labels flipped by noise)"
+                                        if labeller else ""))
     return entry, pairs
 
 
