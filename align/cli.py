@@ -189,8 +189,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="the labeller, e.g. align.labeller:simulated (see align/labeller.py)")
     judge.add_argument("--annotator", default="simulated-labeller", help="the name its labels are stored under")
     judge.add_argument("--noise", type=float, default=0.2, help="share of its decisive labels flipped at random")
-    judge.add_argument("--source", help="only the pairs queued from this source (as `align labels stats` shows "
-                       "them, e.g. a run's online_dpo round directory); default: every waiting pair")
+    judge.add_argument("--source", help="only the pairs queued from this source, e.g. RUN/online_dpo/round-1 for "
+                       "one on-policy round (an unknown one is refused with the list); default: every waiting pair")
     judge.add_argument("--seed", type=int, default=0, help="seeds the A/B order and the label noise")
     check = _command(labels_sub, "check", "integrity check and row counts of a label database (or a backup)")
     check.add_argument("db", help="label database or backup")
@@ -583,11 +583,16 @@ def cmd_labels(args) -> int:
 
         if not 0 <= args.noise <= 0.5:
             raise LabelError(f"--noise {args.noise}: give a share of labels between 0 and 0.5")
-        LabelStore(args.db, create=False).close()  # a missing or foreign file is refused before anything is judged
+        store = LabelStore(args.db, create=False)  # a missing or foreign file is refused before anything is judged
+        sources = store.sources()
+        store.close()
+        if args.source is not None and args.source not in sources:
+            raise LabelError(f"--source {args.source!r}: no pairs in {args.db} were queued from it; its sources: "
+                             + ", ".join(repr(s) for s in sources[:20]) + (" ..." if len(sources) > 20 else ""))
         try:
             labeller = load_labeller(args.labeller)
             counts = label_waiting(args.db, labeller, args.annotator, args.seed, source=args.source, noise=args.noise)
-        except (RewardFunctionError, ValueError) as err:  # the pairs it judged before stopping are kept
+        except RewardFunctionError as err:
             raise LabelError(f"--labeller {args.labeller}: {err}") from err
         print(f"{args.annotator} ({args.labeller}, noise {args.noise:g}) judged {counts['labelled']} pairs in "
               f"{args.db}" + (f" queued from {args.source}" if args.source else "")

@@ -414,7 +414,8 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
     @model_validator(mode="after")
     def _check_online(self) -> OnlineDPOStage:
         if not self.use_reward_model and not self.reward_functions and not self.label_db and not self.labeller:
-            raise ValueError("no judge: set use_reward_model: true, list reward_functions, or give label_db")
+            raise ValueError("no judge: set use_reward_model: true, list reward_functions, give label_db (people "
+                             "choose) or name a labeller")
         sources = int(self.use_reward_model) + len(self.reward_functions)
         if self.reward_weights is not None and len(self.reward_weights) != sources:
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {sources} reward sources "

@@ -23,6 +23,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
+from align.labelling.store import LabelError
 from align.onpolicy import near_identical
 
 LABELLER_NOISE = 0.2  # AlpacaFarm's simulated annotators disagree with the majority about this often
@@ -66,9 +67,9 @@ def simulated(prompt: str, text_a: str, text_b: str, *, row: dict, rng: random.R
     """The better reply by `quality`; equal ones are a tie when both are good, both_bad otherwise. A decisive
     label is flipped with probability `noise`."""
     if "category" not in row:
-        raise ValueError(f"the simulated labeller judges a prompt by its row's category (harmful, unanswerable, "
+        raise LabelError(f"the simulated labeller judges a prompt by its row's category (harmful, unanswerable, "
                          f"lookalike, or a question with an answer key) and the pair for {prompt[:60]!r} came "
-                         f"without one: queue pairs with their prompt rows in `extra`")
+                         f"without one: give the pairs' source a category column")
     a, b = quality(text_a, row), quality(text_b, row)
     if a == b:
         return ("tie" if a >= 2.0 else "both_bad"), f"both score {a:g}"
@@ -96,15 +97,15 @@ def candidate_pairs(rows: list[dict], samples: list[list[dict]], model: str, max
 
 
 def row_for_labeller(row: dict) -> dict:
-    """What a labeller reads beside the two replies (the answer key, the category): the prompt row's columns
-    but the prompt, kept in a queued item's `extra`."""
-    return {k: v for k, v in row.items() if k != "prompt"}
+    """What a labeller reads beside the two replies, kept in a queued item's `extra`: the prompt row's answer key
+    and category."""
+    return {k: row[k] for k in ("answer", "category") if k in row}
 
 
 def label_through_store(db: str | Path, items: list[dict], labeller: Callable, annotator: str, source: str,
                         seed: int, **labeller_kwargs) -> dict:
-    """Queue `items` in the label database and have `labeller` judge every pair it is given there, as an
-    annotator in the web app would (`label_waiting`). Pairs it judged before are not given again, and the same two
+    """Queue `items` in the label database and have `labeller` judge every pair from `source` it is given there,
+    as an annotator in the web app would (`label_waiting`). Pairs it judged before are not given again, and the same two
     answers to a prompt already in the database (queued by an earlier run, under any run's or model's name) are
     not queued again: a label is asked for once. Returns what it did; `already_there` counts the items skipped so."""
     from align.labelling.store import LabelStore
@@ -116,7 +117,7 @@ def label_through_store(db: str | Path, items: list[dict], labeller: Callable, a
     finally:
         store.close()
     return {"queued": queued, "already_there": len(items) - len(fresh),
-            **label_waiting(db, labeller, annotator, seed, **labeller_kwargs)}
+            **label_waiting(db, labeller, annotator, seed, source=source, **labeller_kwargs)}
 
 
 def label_waiting(db: str | Path, labeller: Callable, annotator: str, seed: int, source: str | None = None,
@@ -134,7 +135,12 @@ def label_waiting(db: str | Path, labeller: Callable, annotator: str, seed: int,
         while (shown := store.next_assignment(annotator, rng=rng, generated_only=True, source=source)) is not None:
             row = store.item(shown["item_id"])["extra"]
             text = shown["prompt"][-1]["content"] if isinstance(shown["prompt"], list) else str(shown["prompt"])
-            choice, reason = labeller(text, shown["text_a"], shown["text_b"], row=row, rng=rng, **labeller_kwargs)
+            try:
+                choice, reason = labeller(text, shown["text_a"], shown["text_b"], row=row, rng=rng, **labeller_kwargs)
+            except Exception as err:  # handed back, so it never holds up the pairs after it
+                store.release(annotator, shown["item_id"])
+                where = store.item(shown["item_id"])["source"]
+                raise LabelError(f"{db}: pair '{shown['item_id']}' (queued from {where}): {err}") from err
             store.submit(annotator, shown["item_id"], choice, reason)
             counts["labelled"] += 1
             counts[choice] += 1

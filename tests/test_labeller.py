@@ -131,7 +131,15 @@ def test_align_labels_judge_has_a_labeller_judge_what_waits_in_a_database(tmp_pa
     store.add_items([{"prompt": "Name a colour.", "response_1": "Red.", "response_2": "Blue."}], source="pairs.jsonl")
     store.close()
     assert main(judge) == 2
-    assert "came without one" in capsys.readouterr().err and len(read_label_rows(db)) == 2
+    refused = capsys.readouterr().err
+    assert "came without one" in refused and "queued from pairs.jsonl" in refused and len(read_label_rows(db)) == 2
+    # handed back, it holds up no later pair
+    store = LabelStore(db)
+    store.add_items(candidate_pairs(rows[:1], [[{"text": "Paris."}, {"text": "Rome."}]], "run/sft"), source="round-3")
+    store.close()
+    assert main(judge) == 0 and "judged 1 pairs" in capsys.readouterr().out
+    assert main([*judge, "--source", "round-9"]) == 2
+    assert "'round-9': no pairs" in capsys.readouterr().err
     assert main(["labels", "judge", str(db), "--labeller", "align.labeller:quality"]) == 2
     assert "must accept" in capsys.readouterr().err
     assert main(["labels", "judge", str(tmp_path / "none.db"), "--labeller", "align.labeller:simulated"]) == 2

@@ -117,7 +117,7 @@ def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(t
     store.close()
     records = run_recipe(recipe)  # the same command again: round 1 trains on the labels, nothing is resampled
     row = records["online_dpo"]["metrics"]["log"][0]
-    assert row["labelled_by"] == "people" and row["labelled_items"] == 6 and 1 <= row["round_pairs"] <= 6
+    assert row["labelled_by"] == "people (alice)" and row["labelled_items"] == 6 and 1 <= row["round_pairs"] <= 6
     assert (tmp_path / "runs" / "tiny" / "online_dpo" / "adapter" / "adapter_model.safetensors").is_file()
 
     # through the CLI, waiting for labels is exit code 3 with the instructions, not an error

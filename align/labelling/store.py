@@ -280,6 +280,11 @@ class LabelStore:
             db.execute("UPDATE items SET response_1 = ?, response_2 = ? WHERE item_id = ? AND response_1 IS NULL",
                        (response_1, response_2, item_id))
 
+    def sources(self) -> list[str]:
+        """Where the pairs came from (a file, a run's reward stage, an online round), in the order first queued."""
+        rows = self.connection().execute("SELECT source FROM items GROUP BY source ORDER BY MIN(position)")
+        return [r["source"] for r in rows]
+
     def item(self, item_id: str) -> dict | None:
         row = self.connection().execute("SELECT * FROM items WHERE item_id = ?", (item_id,)).fetchone()
         return _item_dict(row) if row else None

@@ -293,20 +293,31 @@ def queue_round(round_dir: Path, db: Path, entry: dict, candidates: list[dict], 
     from align.labeller import row_for_labeller
     from align.labelling.store import LabelStore
 
+    from align.labelling.store import item_id_for
+
     if (round_dir / "queued.json").is_file():
         return
-    run_name = round_dir.parent.parent.name
+    source = round_source(round_dir)
     row_of = {json.dumps(row["prompt"]): row for row in rows}
-    items = [{"id": f"{run_name}-online_dpo-{round_dir.name}-{i}", "prompt": pair["prompt"],
-              "response_1": pair["chosen"][0]["content"], "response_2": pair["rejected"][0]["content"],
-              "model_1": f"{run_name}/online_dpo/{round_dir.name}", "model_2": f"{run_name}/online_dpo/{round_dir.name}",
-              "extra": row_for_labeller(row_of[json.dumps(pair["prompt"])])} for i, pair in enumerate(candidates)]
+    items = []
+    for pair in candidates:
+        texts = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+        # the id names the round and the two answers: a redone round asks again only for pairs it has not asked for
+        items.append({"id": f"{source.replace('/', '-')}-{item_id_for(pair['prompt'], *texts)}",
+                      "prompt": pair["prompt"], "response_1": texts[0], "response_2": texts[1], "model_1": source, "model_2": source,
+                      "extra": row_for_labeller(row_of[json.dumps(pair["prompt"])])})
     store = LabelStore(db)
     try:
-        store.add_items(items, source=str(round_dir))
+        store.add_items(items, source=source)
     finally:
         store.close()
     write_json_atomic(round_dir / "queued.json", {"log": entry, "item_ids": [item["id"] for item in items]})
+
+
+def round_source(round_dir: Path) -> str:
+    """A round's name in the label database (its items' source and model): RUN/online_dpo/round-N, the same
+    wherever the run directory lives."""
+    return f"{round_dir.parent.parent.name}/online_dpo/{round_dir.name}"
 
 
 def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tuple[dict, list[dict]]:
@@ -323,7 +334,7 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
     labeller = {}
     if cfg.labeller:
         counts = label_waiting(db, load_labeller(cfg.labeller), cfg.annotator, recipe.seed + number,
-                               source=str(round_dir), noise=cfg.labeller_noise)
+                               source=round_source(round_dir), noise=cfg.labeller_noise)
         labeller = {"labeller_" + k: v for k, v in counts.items()}
     ids = set(saved["item_ids"])
     store = LabelStore(db)
@@ -335,12 +346,19 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
     done = len({j["item_id"] for j in judged})
     if done < needed:
         raise LabelsPending(
-            f"online_dpo {round_dir.name}: {done} of {len(ids)} pairs labelled in {db}, {needed} needed. "
-            f"Label them in the browser (align label --db {db}), then run the same `align run` again: "
+            f"online_dpo {round_dir.name}: {done} of {len(ids)} pairs labelled in {db}, {needed} needed"
+            + (f" ({cfg.labeller} judged every pair it was given: the rest are held by people in the labelling app)"
+               if cfg.labeller else "")
+            + f". Label them in the browser (align label --db {db}), then run the same `align run` again: "
             f"it continues from the labels.")
     pairs = [{k: row[k] for k in ("prompt", "chosen", "rejected")}
              for row in preference_rows(judged, majority=True)]
-    labelled_by = f"{cfg.annotator} ({cfg.labeller}, noise {cfg.labeller_noise:g})" if cfg.labeller else "people"
+    # who judged them: the labeller, people, or both (a redone round keeps the labels its pairs already had)
+    annotators = sorted({j["annotator"] for j in judged})
+    people = [a for a in annotators if not (cfg.labeller and a == cfg.annotator)]
+    labelled_by = "; ".join(([f"{cfg.annotator} ({cfg.labeller}, noise {cfg.labeller_noise:g})"]
+                             if len(people) < len(annotators) else [])
+                            + ([f"people ({', '.join(people)})"] if people else []))
     entry = {**saved["log"], "labelled_by": labelled_by, "labelled_items": done, "labelled_pairs": len(pairs),
              **labeller}
     balanced = ""
