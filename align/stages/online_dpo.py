@@ -291,9 +291,7 @@ def queue_round(round_dir: Path, db: Path, entry: dict, candidates: list[dict], 
     """Queue the round's candidate pairs in the label database, once (queued.json remembers them and the round's
     log entry), each with its prompt row (answer key, category) for whoever labels it."""
     from align.labeller import row_for_labeller
-    from align.labelling.store import LabelStore
-
-    from align.labelling.store import item_id_for
+    from align.labelling.store import LabelStore, item_id_for
 
     if (round_dir / "queued.json").is_file():
         return
@@ -304,7 +302,8 @@ def queue_round(round_dir: Path, db: Path, entry: dict, candidates: list[dict], 
         texts = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
         # the id names the round and the two answers: a redone round asks again only for pairs it has not asked for
         items.append({"id": f"{source.replace('/', '-')}-{item_id_for(pair['prompt'], *texts)}",
-                      "prompt": pair["prompt"], "response_1": texts[0], "response_2": texts[1], "model_1": source, "model_2": source,
+                      "prompt": pair["prompt"], "response_1": texts[0], "response_2": texts[1],
+                      "model_1": source, "model_2": source,
                       "extra": row_for_labeller(row_of[json.dumps(pair["prompt"])])})
     store = LabelStore(db)
     try:
@@ -355,9 +354,9 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
              for row in preference_rows(judged, majority=True)]
     # who judged them: the labeller, people, or both (a redone round keeps the labels its pairs already had)
     annotators = sorted({j["annotator"] for j in judged})
-    people = [a for a in annotators if not (cfg.labeller and a == cfg.annotator)]
-    labelled_by = "; ".join(([f"{cfg.annotator} ({cfg.labeller}, noise {cfg.labeller_noise:g})"]
-                             if len(people) < len(annotators) else [])
+    by_labeller = bool(cfg.labeller) and cfg.annotator in annotators
+    people = [a for a in annotators if not (by_labeller and a == cfg.annotator)]
+    labelled_by = "; ".join(([f"{cfg.annotator} ({cfg.labeller}, noise {cfg.labeller_noise:g})"] if by_labeller else [])
                             + ([f"people ({', '.join(people)})"] if people else []))
     entry = {**saved["log"], "labelled_by": labelled_by, "labelled_items": done, "labelled_pairs": len(pairs),
              **labeller}
