@@ -148,3 +148,33 @@ def label_waiting(db: str | Path, labeller: Callable, annotator: str, seed: int,
     finally:
         store.close()
     return counts
+
+
+def agreement_with_judge(labeller: Callable, rows: list[dict], samples: list[list[dict]], verdicts: list[list[float]],
+                         seed: int = 0) -> dict:
+    """How `labeller`, without its noise, orders each two answers to a prompt that the judge's `verdicts` tell
+    apart: the shares it orders as the judge does (`agrees`), calls a tie or both bad (`ties`), or reverses;
+    `accuracy` counts ties half: the ranking a reward model that learnt the labeller's preferences exactly would
+    reach. A reward model trained on its labels can hardly do better, so this says how much of a shortfall is the
+    labels' and how much the reward model's. Overall and per kind (the rows' category)."""
+    rng = random.Random(seed)
+    tallies: dict[str, dict[str, int]] = {}
+    for row, answers, scores in zip(rows, samples, verdicts, strict=True):
+        prompt = row["prompt"][-1]["content"] if isinstance(row["prompt"], list) else str(row["prompt"])
+        texts = [answer["text"] for answer in answers]
+        for better in range(len(texts)):
+            for worse in range(len(texts)):
+                if scores[better] <= scores[worse]:
+                    continue
+                choice, _ = labeller(prompt, texts[better], texts[worse], row=row_for_labeller(row), rng=rng,
+                                     noise=0.0)
+                outcome = "agrees" if choice == "A" else "reverses" if choice == "B" else "ties"
+                for kind in {"all", str(row.get("category") or "all")}:
+                    tally = tallies.setdefault(kind, {"pairs": 0, "agrees": 0, "ties": 0, "reverses": 0})
+                    tally["pairs"] += 1
+                    tally[outcome] += 1
+    shares = {kind: {"pairs": t["pairs"], **{k: t[k] / t["pairs"] for k in ("agrees", "ties", "reverses")},
+                     "accuracy": (t["agrees"] + t["ties"] / 2) / t["pairs"]}
+              for kind, t in tallies.items()}
+    overall = shares.pop("all", {"pairs": 0, "agrees": None, "ties": None, "reverses": None, "accuracy": None})
+    return {**overall, "by_kind": shares}

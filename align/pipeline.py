@@ -197,11 +197,21 @@ def summary(recipe: Recipe, records: dict) -> str:
             f"{reward['policy_check_best_of_n'] - reward['policy_check_greedy']:+.3f}"
             f"{interval_text(intervals, 'best_minus_greedy')}"
             + ("" if reward["policy_check_trusted"] else "  (NOT trusted)"))
+        if "policy_check_labeller_accuracy" in reward:
+            shares = reward["policy_check_labeller"]
+            lines.append(f"    the labeller without its noise on the same pairs: as the judge {shares['agrees']:.3f}, "
+                         f"tie {shares['ties']:.3f}, reversed {shares['reverses']:.3f}; ranks "
+                         f"{reward['policy_check_labeller_accuracy']:.3f} (ties half), what a reward model that "
+                         f"learnt its labels exactly would")
         for kind, figures in (reward.get("policy_check_by_kind") or {}).items():
             lines.append(f"    SFT on {kind} (n={figures['prompts']}): greedy {figures['greedy']:.3f}, pass@1 "
                          f"{figures['pass_at_1']:.3f}, pass@{reward['policy_check_n']} {figures['pass_at_n']:.3f}"
                          + (f"; reward model's best-of-{reward['policy_check_n']} {figures['best_of_n']:.3f}"
-                            if figures.get("best_of_n") is not None else ""))
+                            if figures.get("best_of_n") is not None else "")
+                         + (f", ranks {_fraction(figures['accuracy'])} of {figures['pairs']} pairs"
+                            if figures.get("pairs") else "")
+                         + (f" (the labeller {figures['labeller_accuracy']:.3f})"
+                            if "labeller_accuracy" in figures else ""))
         lines.append(
             f"  headroom on held-out prompts: SFT pass@1 {reward['policy_check_pass_at_1']:.3f}, "
             f"pass@{reward['policy_check_n']} {reward['policy_check_pass_at_n']:.3f}"

@@ -99,3 +99,20 @@ def test_the_run_summary_shows_the_check_with_its_intervals_and_verdict(tiny_gpt
     assert "best-of-4 0.400 vs greedy 0.550, -0.150 [-0.250, -0.050]  (NOT trusted)" in text
     without = summary(recipe, {"reward": {"seconds": 1.0, "metrics": {**stored, "policy_check_intervals": {}}}})
     assert "0.480 of 50 pairs" in without and "-0.150  (NOT trusted)" in without
+
+
+def test_the_run_summary_sets_the_labellers_own_ranking_beside_the_reward_models(tiny_gpt2, tmp_path):
+    recipe = parse_recipe(tiny_recipe(tiny_gpt2, tmp_path, ["sft", "reward"]))
+    stored = {**UNTRUSTED, "policy_check_prompts": 20, "policy_check_pass_at_1": 0.45, "policy_check_pass_at_n": 0.7,
+              "policy_check_labeller": {"pairs": 50, "agrees": 0.7, "ties": 0.2, "reverses": 0.1},
+              "policy_check_labeller_accuracy": 0.8,
+              "policy_check_by_kind": {"lookalike": {"prompts": 5, "greedy": 0.4, "pass_at_1": 0.3, "pass_at_n": 0.6,
+                                                     "accuracy": 0.5, "pairs": 12, "best_of_n": 0.4,
+                                                     "labeller_accuracy": 0.625}}}
+    text = summary(recipe, {"reward": {"seconds": 1.0, "metrics": stored}})
+    assert ("the labeller without its noise on the same pairs: as the judge 0.700, tie 0.200, reversed 0.100; "
+            "ranks 0.800 (ties half)") in text
+    assert "SFT on lookalike (n=5)" in text and "ranks 0.500 of 12 pairs (the labeller 0.625)" in text
+    unlabelled = {k: v for k, v in stored.items() if not k.startswith("policy_check_labeller")}
+    assert "the labeller without" not in summary(recipe, {"reward": {"seconds": 1.0, "metrics": unlabelled}})
+

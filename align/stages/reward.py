@@ -233,6 +233,9 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
     intervals = ranking_intervals(proxy, gold, cfg.policy_check_bootstrap, recipe.seed)
     trusted, why = check_verdict(ranking["accuracy"], ranking["best_of_n"], greedy_pass, intervals, room["n"])
     kinds = per_kind_headroom(rows, gold, proxy)
+    labeller = labeller_agreement(recipe, checked)
+    for kind, figures in labeller.get("by_kind", {}).items():
+        kinds[kind]["labeller_accuracy"] = figures["accuracy"]
 
     print(f"[reward] on the SFT model's own answers (temperature {cfg.policy_check_temperature}) to {len(rows)} "
           f"held-out prompts ({checked['where']}, judged by {judge}): "
@@ -242,18 +245,45 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
           f"difference {ranking['best_of_n'] - greedy_pass:+.3f}{interval_text(intervals, 'best_minus_greedy')} "
           f"(pass@1 {room['pass_at_1']:.3f}, pass@{room['n']} {room['pass_at_n']:.3f})"
           + ("" if trusted else f"; NOT trusted: {why}; an online stage should not trust it"))
+    if labeller.get("pairs"):
+        print(f"[reward] the labeller itself ({recipe.reward.labelled_samples.labeller}, without its noise) orders "
+              f"{labeller['agrees']:.3f} of these pairs as {judge} does, calls {labeller['ties']:.3f} a tie or both "
+              f"bad and reverses {labeller['reverses']:.3f}: a reward model that learnt its preferences exactly "
+              f"would rank {labeller['accuracy']:.3f} (ties half)")
     for kind, figures in kinds.items():
         print(f"[reward]   SFT on {kind} (n={figures['prompts']}): greedy {figures['greedy']:.3f}, "
               f"pass@1 {figures['pass_at_1']:.3f}, pass@{room['n']} {figures['pass_at_n']:.3f}; reward model: "
               f"best-of-{room['n']} {figures['best_of_n']:.3f}, ranks {figures['accuracy'] or float('nan'):.3f} "
-              f"of {figures['pairs']} pairs")
+              f"of {figures['pairs']} pairs" + (f" (the labeller {figures['labeller_accuracy']:.3f})"
+                                                if "labeller_accuracy" in figures else ""))
     return {"policy_check_intervals": intervals, "policy_check_by_kind": kinds, "policy_check_judge": judge,
             "policy_check_prompts": len(rows), "policy_check_pairs": ranking["pairs"],
             "policy_check_accuracy": ranking["accuracy"], "policy_check_best_of_n": ranking["best_of_n"],
             "policy_check_greedy": greedy_pass, "policy_check_pass_at_1": room["pass_at_1"],
             "policy_check_pass_at_n": room["pass_at_n"], "policy_check_n": room["n"],
             "policy_check_temperature": cfg.policy_check_temperature,
-            "policy_check_trusted": trusted, "policy_check_untrusted_because": why}
+            "policy_check_trusted": trusted, "policy_check_untrusted_because": why,
+            **({"policy_check_labeller": {k: labeller[k] for k in ("pairs", "agrees", "ties", "reverses")},
+                "policy_check_labeller_accuracy": labeller["accuracy"]} if labeller.get("pairs") else {})}
+
+
+def labeller_agreement(recipe: Recipe, checked: dict) -> dict:
+    """With labelled samples: how the stage's labeller, without noise, orders the check's pairs against the judge
+    (align.labeller.agreement_with_judge); {} without a labeller or where it cannot judge the check's prompts (a
+    held-out set without the columns it reads)."""
+    from align.labeller import agreement_with_judge
+    from align.labelling.store import LabelError
+    from align.reward_functions import load_labeller
+
+    spec = recipe.reward.labelled_samples
+    if spec is None:
+        return {}
+    try:
+        return agreement_with_judge(load_labeller(spec.labeller), checked["rows"], checked["samples"],
+                                    checked["gold"], recipe.seed)
+    except LabelError as err:
+        print(f"[reward] the labeller's own agreement with {checked['judge']} is not measured: {err}")
+        return {}
 
 
 # ------------------------------------------------------------------------- the check's verdict, as online stages read it
