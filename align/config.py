@@ -371,6 +371,9 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
         None, description="Per opening, as many pairs choosing a reply that begins with it as rejecting one, so a "
         "round teaches where a decline fits, not more or fewer declines: 'drop' the commoner direction's surplus at "
         "random, or 'repeat' the rarer direction's pairs; None = every pair as built.")
+    opening_pairs: bool = Field(
+        False, description="Per prompt, also its best opened answer against its best free one (the higher scored "
+        "chosen, or as labelled), so a round asks everywhere whether the opening's reply beats an answer.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0 = off.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
@@ -422,6 +425,8 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
                              "(the reward model if used, then each reward function)")
         if self.balance_openings and not self.openings:
             raise ValueError("balance_openings balances pairs by the replies' openings: list openings too")
+        if self.opening_pairs and not self.openings:
+            raise ValueError("opening_pairs pairs each prompt's opened answer with a free one: list openings too")
         if self.openings and self.use_vllm:
             raise ValueError("openings are continued by align's own decode loop: set use_vllm: false or openings: []")
         if self.relabel_with and not self.use_reward_model:

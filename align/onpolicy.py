@@ -8,6 +8,7 @@ Pure functions over lists, apart from `proxy_scores`, which runs the reward mode
 from __future__ import annotations
 
 import difflib
+import json
 import random
 import re
 
@@ -50,6 +51,34 @@ def build_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: li
                       "chosen_score": values[best], "rejected_score": lowest})
     counts["pairs"] = len(pairs)
     return pairs, counts
+
+
+def opening_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: list[list[float]], openings: int,
+                  taken: list[dict], min_score_gap: float = 0.0, max_similarity: float = 0.9) -> list[dict]:
+    """Per prompt whose last `openings` samples continue a reply opening (a decline, "I don't know"): its
+    highest-scored opened sample against its highest-scored free one, higher score chosen, unless `taken` (the
+    best-vs-worst pairs) already holds those two answers, they are near-identical, or their scores differ by no
+    more than min_score_gap. So a round asks on every
+    prompt whether the opening's reply beats the model's own answer, not only where the proxy's extremes differ
+    in it; with labels, whoever labels decides which way."""
+    if openings < 1:
+        return []
+    have = {(json.dumps(p["prompt"]), frozenset((p["chosen"][0]["content"], p["rejected"][0]["content"])))
+            for p in taken}
+    pairs = []
+    for prompt, answers, values in zip(prompts, samples, scores):
+        free = max(range(len(values) - openings), key=lambda i: (values[i], -i))
+        opened = max(range(len(values) - openings, len(values)), key=lambda i: (values[i], -i))
+        texts = answers[free]["text"], answers[opened]["text"]
+        if ((json.dumps(prompt), frozenset(texts)) in have or near_identical(*texts, max_similarity)
+                or abs(values[free] - values[opened]) <= min_score_gap):
+            continue
+        chosen, rejected = (free, opened) if values[free] >= values[opened] else (opened, free)
+        pairs.append({"prompt": prompt,
+                      "chosen": [{"role": "assistant", "content": answers[chosen]["text"]}],
+                      "rejected": [{"role": "assistant", "content": answers[rejected]["text"]}],
+                      "chosen_score": values[chosen], "rejected_score": values[rejected]})
+    return pairs
 
 
 def opening_direction(pair: dict, openings: list[str]) -> tuple[str, str] | None:

@@ -171,6 +171,21 @@ def test_a_labeller_judges_each_rounds_pairs_in_the_label_database_and_the_run_g
     assert signals["pairs"] == len(pairs)
 
 
+def test_opening_pairs_add_each_prompts_opened_answer_against_a_free_one(toy_gpt2, tmp_path):  # noqa: F811
+    settings = {**TOY, "dataset": {"bundled": "prefs_train", "limit": 8}, "use_reward_model": False,
+                "reward_functions": ["tests.toy_rewards:letter_e_on_odd_prompts"], "rounds": 1,
+                "prompts_per_round": 8, "openings": ["Eee"], "opening_pairs": True}
+    recipe = parse_recipe(tiny_recipe(toy_gpt2, tmp_path / "runs", ["online_dpo"], online_dpo=settings))
+    row = run_recipe(recipe)["online_dpo"]["metrics"]["log"][0]
+    pairs = json.loads((tmp_path / "runs" / "tiny" / "online_dpo" / "round-1" / "pairs.json").read_text())["pairs"]
+    assert len(pairs) == row["round_pairs"] > row["round_opening_pairs"] > 0
+    opened_one_side = [p for p in pairs if (p["chosen"][0]["content"].startswith("Eee"))
+                       != (p["rejected"][0]["content"].startswith("Eee"))]
+    assert len(opened_one_side) >= row["round_opening_pairs"]
+    texts = [(json.dumps(p["prompt"]), p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs]
+    assert len(set(texts)) == len(texts), "no pair twice"
+
+
 @pytest.mark.fault("bad input")
 @pytest.mark.parametrize("change, message", [
     ({"stages": ["sft", "online_dpo"], "online_dpo": {**TOY, "use_reward_model": True, "reward_functions": []}},
@@ -187,6 +202,7 @@ def test_a_labeller_judges_each_rounds_pairs_in_the_label_database_and_the_run_g
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "use_vllm": True}},
      "openings are continued by align's own decode loop"),
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "balance_openings": "drop"}}, "list openings too"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "opening_pairs": True}}, "opening_pairs pairs each prompt"),
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "labeller": "align.labeller:no_such_labeller"}},
      "has no function 'no_such_labeller'"),
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "labeller": "tests.toy_rewards:says_expected"}},

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from align.onpolicy import balance_by_openings, build_pairs, flatten, headroom, near_identical, ranking_accuracy, regroup
+from align.onpolicy import (
+    balance_by_openings, build_pairs, flatten, headroom, near_identical, opening_pairs, ranking_accuracy, regroup,
+)
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -39,6 +41,25 @@ def test_near_identical_texts_are_dropped_but_a_different_worst_is_taken():
     # only a reworded copy below the best: no pair
     pairs, counts = build_pairs([PROMPT], [answers("Paris.", "paris")], [[2.0, 0.0]])
     assert pairs == [] and counts["near_identical"] == 1
+
+
+def test_opening_pairs_set_the_best_opened_answer_against_the_best_free_one():
+    # two free samples, then one answer continuing each of two openings
+    free_won = answers("Paris.", "Lyon.", "I'm sorry, but I can't.", "I don't know.")
+    opened_won = answers("Rome.", "Madrid.", "I'm sorry, but no.", "I don't know that.")
+    already = answers("Oslo.", "Bergen.", "I'm sorry, but I won't.", "I don't know, sorry.")
+    close = answers("I don't know.", "Lyon.", "I'm sorry, but no.", "I don't know!")
+    scores = [[2.0, 0.0, -1.0, -0.5], [0.1, 0.2, 0.3, 1.5], [0.0, 0.0, 1.0, 0.5], [0.5, -1.0, 0.1, 0.4]]
+    prompts = [PROMPT] * 4
+    taken, _ = build_pairs(prompts, [free_won, opened_won, already, close], scores)
+    pairs = opening_pairs(prompts, [free_won, opened_won, already, close], scores, 2, taken)
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
+        ("Paris.", "I don't know."),        # its best opened answer is the second opening's
+        ("I don't know that.", "Madrid."),  # an opened answer scored above every free one is chosen
+    ]  # the third prompt's best-vs-worst is already that pair; the fourth's two are one reply reworded
+    assert pairs[1]["chosen_score"] == 1.5 and pairs[1]["rejected_score"] == 0.2
+    assert opening_pairs(prompts[:1], [free_won], [[0.0, 0.0, 0.1, -0.5]], 2, [], min_score_gap=0.25) == []
+    assert opening_pairs(prompts[:1], [free_won], scores[:1], 0, []) == []
 
 
 def pair(chosen, rejected):

@@ -30,7 +30,9 @@ from align.models import (
     load_kwargs, load_policy, load_sampler, load_tokenizer, on_this_process_device, resolve_model_path,
     sync_special_tokens,
 )
-from align.onpolicy import BALANCED, balance_by_openings, build_pairs, flatten, judge_scores, proxy_scores, regroup
+from align.onpolicy import (
+    BALANCED, balance_by_openings, build_pairs, flatten, judge_scores, opening_pairs, proxy_scores, regroup,
+)
 from align.resources import release_memory
 from align.runs import read_jsonl, write_json_atomic, write_text_atomic
 from align.trainers import add_lengths, last_checkpoint, save_adapter, trainer_callbacks
@@ -158,8 +160,13 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
             # 3. pair: best vs worst per prompt; with a label database people (or the labeller) pick between the
             # two instead, and balancing by openings waits for their labels
-            pairs, counts = build_pairs([r["prompt"] for r in batch], samples, scores,
-                                        -math.inf if labels_from else cfg.min_score_gap, cfg.max_similarity)
+            gap = -math.inf if labels_from else cfg.min_score_gap
+            pairs, counts = build_pairs([r["prompt"] for r in batch], samples, scores, gap, cfg.max_similarity)
+            if cfg.opening_pairs:
+                opened = opening_pairs([r["prompt"] for r in batch], samples, scores, len(cfg.openings), pairs, gap,
+                                       cfg.max_similarity)
+                pairs += opened
+                counts.update({"opening_pairs": len(opened), "pairs": len(pairs)})
             balancing_now = cfg.balance_openings and not labels_from
             if balancing_now:
                 pairs, changed = balance_by_openings(pairs, cfg.openings, recipe.seed + number, cfg.balance_openings)
@@ -174,8 +181,10 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             entry.update({f"round_{k}": v for k, v in counts.items() if k != "prompts"})
             print(f"[online_dpo] round {number}: reward {entry['reward_mean']:.3f}"
                   + (f", gold {entry['gold_mean']:.3f}" if judges else "")
-                  + f", KL {entry['kl']:.3f}; {counts['pairs']} pairs ({counts['ties']} ties, "
-                  f"{counts['near_identical']} near-identical dropped"
+                  + f", KL {entry['kl']:.3f}; {counts['pairs']} pairs"
+                  + (f", {counts['opening_pairs']} of them an opened answer against a free one"
+                     if cfg.opening_pairs else "")
+                  + f" ({counts['ties']} ties, {counts['near_identical']} near-identical dropped"
                   + (f", {changed} {BALANCED[cfg.balance_openings]} to balance openings" if balancing_now else "")
                   + "); seconds: "
                   + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), flush=True)
