@@ -373,7 +373,8 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
         "random, or 'repeat' the rarer direction's pairs; None = every pair as built.")
     opening_pairs: bool = Field(
         False, description="Per prompt, also its best opened answer against its best free one (the higher scored "
-        "chosen, or as labelled), so a round asks everywhere whether the opening's reply beats an answer.")
+        "chosen, or as labelled), so a round asks whether the opening's reply beats an answer also on prompts "
+        "where the best and worst do not differ in it.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0 = off.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")

@@ -26,6 +26,7 @@ from typing import Callable
 from align.labelling.store import LabelError
 from align.onpolicy import near_identical
 
+LABEL_CHOICES = ("A", "B", "tie", "both_bad")  # the web app's buttons
 LABELLER_NOISE = 0.2  # AlpacaFarm's simulated annotators disagree with the majority about this often
 # The labeller's own word lists: shorter and looser than the gold judge's (align/judges.py), on purpose.
 REFUSAL_WORDS = ["sorry", "can't", "cannot", "won't", "unable", "not able", "decline", "refuse"]
@@ -154,11 +155,15 @@ def agreement_with_judge(labeller: Callable, rows: list[dict], samples: list[lis
                          seed: int = 0) -> dict:
     """How `labeller`, without its noise, orders each two answers to a prompt that the judge's `verdicts` tell
     apart: the shares it orders as the judge does (`agrees`), calls a tie or both bad (`ties`), or reverses;
-    `accuracy` counts ties half: the ranking a reward model that learnt the labeller's preferences exactly would
-    reach. A reward model trained on its labels can hardly do better, so this says how much of a shortfall is the
-    labels' and how much the reward model's. Overall and per kind (the rows' category)."""
+    `accuracy` counts ties half: the ranking of a reward model that reproduced the labeller's labels exactly.
+    Set beside the reward model's own ranking, it says how much of a shortfall the labels already have. Overall
+    and per kind (the rows' category)."""
     rng = random.Random(seed)
-    tallies: dict[str, dict[str, int]] = {}
+
+    def tally() -> dict[str, int]:
+        return {"pairs": 0, "agrees": 0, "ties": 0, "reverses": 0}
+
+    overall, by_kind = tally(), {}
     for row, answers, scores in zip(rows, samples, verdicts, strict=True):
         prompt = row["prompt"][-1]["content"] if isinstance(row["prompt"], list) else str(row["prompt"])
         texts = [answer["text"] for answer in answers]
@@ -168,13 +173,18 @@ def agreement_with_judge(labeller: Callable, rows: list[dict], samples: list[lis
                     continue
                 choice, _ = labeller(prompt, texts[better], texts[worse], row=row_for_labeller(row), rng=rng,
                                      noise=0.0)
+                if choice not in LABEL_CHOICES:
+                    raise LabelError(f"the labeller answered {choice!r}, not one of {', '.join(LABEL_CHOICES)}")
                 outcome = "agrees" if choice == "A" else "reverses" if choice == "B" else "ties"
-                for kind in {"all", str(row.get("category") or "all")}:
-                    tally = tallies.setdefault(kind, {"pairs": 0, "agrees": 0, "ties": 0, "reverses": 0})
-                    tally["pairs"] += 1
-                    tally[outcome] += 1
-    shares = {kind: {"pairs": t["pairs"], **{k: t[k] / t["pairs"] for k in ("agrees", "ties", "reverses")},
-                     "accuracy": (t["agrees"] + t["ties"] / 2) / t["pairs"]}
-              for kind, t in tallies.items()}
-    overall = shares.pop("all", {"pairs": 0, "agrees": None, "ties": None, "reverses": None, "accuracy": None})
-    return {**overall, "by_kind": shares}
+                kinds = [overall] + ([by_kind.setdefault(row["category"], tally())] if row.get("category") else [])
+                for counts in kinds:
+                    counts["pairs"] += 1
+                    counts[outcome] += 1
+
+    def shares(counts: dict[str, int]) -> dict:
+        if not counts["pairs"]:
+            return {"pairs": 0, "agrees": None, "ties": None, "reverses": None, "accuracy": None}
+        return {"pairs": counts["pairs"], **{k: counts[k] / counts["pairs"] for k in ("agrees", "ties", "reverses")},
+                "accuracy": (counts["agrees"] + counts["ties"] / 2) / counts["pairs"]}
+
+    return {**shares(overall), "by_kind": {kind: shares(counts) for kind, counts in by_kind.items()}}

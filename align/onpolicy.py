@@ -55,18 +55,20 @@ def build_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: li
 
 def opening_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: list[list[float]], openings: int,
                   taken: list[dict], min_score_gap: float = 0.0, max_similarity: float = 0.9) -> list[dict]:
-    """Per prompt whose last `openings` samples continue a reply opening (a decline, "I don't know"): its
-    highest-scored opened sample against its highest-scored free one, higher score chosen, unless `taken` (the
-    best-vs-worst pairs) already holds those two answers, they are near-identical, or their scores differ by no
-    more than min_score_gap. So a round asks on every
-    prompt whether the opening's reply beats the model's own answer, not only where the proxy's extremes differ
-    in it; with labels, whoever labels decides which way."""
+    """Per prompt whose last `openings` samples continue a reply opening (a decline, "I don't know") after at
+    least one free sample: its highest-scored opened sample against its highest-scored free one, higher score
+    chosen, unless `taken` (the best-vs-worst pairs) already holds those two answers, they are near-identical, or
+    their scores differ by no more than min_score_gap. So a round asks whether the opening's reply beats the
+    model's own answer on prompts where the proxy's extremes do not; with labels, whoever labels decides which
+    way."""
     if openings < 1:
         return []
     have = {(json.dumps(p["prompt"]), frozenset((p["chosen"][0]["content"], p["rejected"][0]["content"])))
             for p in taken}
     pairs = []
     for prompt, answers, values in zip(prompts, samples, scores):
+        if len(values) <= openings:
+            continue
         free = max(range(len(values) - openings), key=lambda i: (values[i], -i))
         opened = max(range(len(values) - openings, len(values)), key=lambda i: (values[i], -i))
         texts = answers[free]["text"], answers[opened]["text"]

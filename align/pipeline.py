@@ -201,8 +201,8 @@ def summary(recipe: Recipe, records: dict) -> str:
             shares = reward["policy_check_labeller"]
             lines.append(f"    the labeller without its noise on the same pairs: as the judge {shares['agrees']:.3f}, "
                          f"tie {shares['ties']:.3f}, reversed {shares['reverses']:.3f}; ranks "
-                         f"{reward['policy_check_labeller_accuracy']:.3f} (ties half), what a reward model that "
-                         f"learnt its labels exactly would")
+                         f"{reward['policy_check_labeller_accuracy']:.3f} (ties half): what a reward model that "
+                         f"reproduced its labels exactly would rank")
         for kind, figures in (reward.get("policy_check_by_kind") or {}).items():
             lines.append(f"    SFT on {kind} (n={figures['prompts']}): greedy {figures['greedy']:.3f}, pass@1 "
                          f"{figures['pass_at_1']:.3f}, pass@{reward['policy_check_n']} {figures['pass_at_n']:.3f}"

@@ -12,7 +12,7 @@ import pytest
 
 from align.judges import gold
 from align.labeller import agreement_with_judge, candidate_pairs, label_through_store, quality, simulated
-from align.labelling.store import LabelStore, read_label_rows
+from align.labelling.store import LabelError, LabelStore, read_label_rows
 
 FACT = {"category": "answerable", "answer": ["Paris"]}
 PRIVATE = {"category": "unanswerable", "answer": []}
@@ -173,6 +173,8 @@ def test_the_labellers_agreement_with_the_judge_counts_each_pair_the_judge_separ
     assert measured["by_kind"]["unanswerable"]["reverses"] == 1.0
     assert measured["by_kind"]["lookalike"]["accuracy"] == 0.5
     assert agreement_with_judge(simulated, rows, samples, [[0.0, 0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])["pairs"] == 0
+    with pytest.raises(LabelError, match="answered 'maybe'"):
+        agreement_with_judge(lambda *a, **k: ("maybe", ""), rows, samples, verdicts)
 
 
 def test_the_reward_stages_check_measures_its_own_labeller_against_the_judge(tiny_llama, make_recipe, capsys):

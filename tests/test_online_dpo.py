@@ -179,9 +179,9 @@ def test_opening_pairs_add_each_prompts_opened_answer_against_a_free_one(toy_gpt
     row = run_recipe(recipe)["online_dpo"]["metrics"]["log"][0]
     pairs = json.loads((tmp_path / "runs" / "tiny" / "online_dpo" / "round-1" / "pairs.json").read_text())["pairs"]
     assert len(pairs) == row["round_pairs"] > row["round_opening_pairs"] > 0
-    opened_one_side = [p for p in pairs if (p["chosen"][0]["content"].startswith("Eee"))
-                       != (p["rejected"][0]["content"].startswith("Eee"))]
-    assert len(opened_one_side) >= row["round_opening_pairs"]
+    added = pairs[-row["round_opening_pairs"]:]  # after the best-vs-worst pairs (nothing balanced here)
+    assert all(p["chosen"][0]["content"].startswith("Eee") != p["rejected"][0]["content"].startswith("Eee")
+               for p in added), "each added pair is an opened answer against a free one"
     texts = [(json.dumps(p["prompt"]), p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs]
     assert len(set(texts)) == len(texts), "no pair twice"
 

@@ -163,10 +163,10 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
             gap = -math.inf if labels_from else cfg.min_score_gap
             pairs, counts = build_pairs([r["prompt"] for r in batch], samples, scores, gap, cfg.max_similarity)
             if cfg.opening_pairs:
-                opened = opening_pairs([r["prompt"] for r in batch], samples, scores, len(cfg.openings), pairs, gap,
-                                       cfg.max_similarity)
-                pairs += opened
-                counts.update({"opening_pairs": len(opened), "pairs": len(pairs)})
+                opened_vs_free = opening_pairs([r["prompt"] for r in batch], samples, scores, len(cfg.openings),
+                                               pairs, gap, cfg.max_similarity)
+                pairs += opened_vs_free
+                counts.update({"opening_pairs": len(opened_vs_free), "pairs": len(pairs)})
             balancing_now = cfg.balance_openings and not labels_from
             if balancing_now:
                 pairs, changed = balance_by_openings(pairs, cfg.openings, recipe.seed + number, cfg.balance_openings)

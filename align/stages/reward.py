@@ -248,7 +248,7 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
     if labeller.get("pairs"):
         print(f"[reward] the labeller itself ({recipe.reward.labelled_samples.labeller}, without its noise) orders "
               f"{labeller['agrees']:.3f} of these pairs as {judge} does, calls {labeller['ties']:.3f} a tie or both "
-              f"bad and reverses {labeller['reverses']:.3f}: a reward model that learnt its preferences exactly "
+              f"bad and reverses {labeller['reverses']:.3f}: a reward model that reproduced its labels exactly "
               f"would rank {labeller['accuracy']:.3f} (ties half)")
     for kind, figures in kinds.items():
         print(f"[reward]   SFT on {kind} (n={figures['prompts']}): greedy {figures['greedy']:.3f}, "
@@ -270,9 +270,8 @@ def policy_check(recipe: Recipe, checked: dict, tokenizer, reward_model) -> dict
 def labeller_agreement(recipe: Recipe, checked: dict) -> dict:
     """With labelled samples: how the stage's labeller, without noise, orders the check's pairs against the judge
     (align.labeller.agreement_with_judge); {} without a labeller or where it cannot judge the check's prompts (a
-    held-out set without the columns it reads)."""
+    held-out set without the columns it reads), said in the log."""
     from align.labeller import agreement_with_judge
-    from align.labelling.store import LabelError
     from align.reward_functions import load_labeller
 
     spec = recipe.reward.labelled_samples
@@ -281,8 +280,9 @@ def labeller_agreement(recipe: Recipe, checked: dict) -> dict:
     try:
         return agreement_with_judge(load_labeller(spec.labeller), checked["rows"], checked["samples"],
                                     checked["gold"], recipe.seed)
-    except LabelError as err:
-        print(f"[reward] the labeller's own agreement with {checked['judge']} is not measured: {err}")
+    except Exception as err:  # a figure beside the check: never worth the trained reward model it would cost
+        print(f"[reward] the labeller's own agreement with {checked['judge']} is not measured: "
+              f"{type(err).__name__}: {err}")
         return {}
 
 
