@@ -333,23 +333,26 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
     teach nothing), balanced by openings when the recipe says so. The recipe's labeller, if it names one, first
     judges whatever of the round's pairs waits there. Raises LabelsPending while fewer than labels_needed (default:
     all) of them have a judgment."""
-    from align.labeller import label_waiting
+    from align.labeller import LABEL_CHOICES, label_waiting
     from align.labelling.store import LabelStore, preference_rows
     from align.reward_functions import load_labeller
 
     cfg = recipe.online_dpo
     saved = json.loads((round_dir / "queued.json").read_text())
-    labeller = {}
     if cfg.labeller:
-        counts = label_waiting(db, load_labeller(cfg.labeller), cfg.annotator, recipe.seed + number,
-                               source=round_source(round_dir), noise=cfg.labeller_noise)
-        labeller = {"labeller_" + k: v for k, v in counts.items()}
+        label_waiting(db, load_labeller(cfg.labeller), cfg.annotator, recipe.seed + number,
+                      source=round_source(round_dir), noise=cfg.labeller_noise)
     ids = set(saved["item_ids"])
     store = LabelStore(db)
     try:
         judged = [j for j in store.judgments() if j["item_id"] in ids]
     finally:
         store.close()
+    # the labeller's counts from the database, so a round resumed after an earlier labelling reports all of them
+    mine = [j for j in judged if j["annotator"] == cfg.annotator] if cfg.labeller else []
+    labeller = {"labeller_labelled": len(mine), **{f"labeller_{c}": sum(j["choice"] == c for j in mine)
+                                                    for c in LABEL_CHOICES},
+                "labeller_flipped": sum("flipped" in j["reason"] for j in mine)} if cfg.labeller else {}
     needed = min(cfg.labels_needed or len(ids), len(ids))
     done = len({j["item_id"] for j in judged})
     if done < needed:
@@ -377,8 +380,8 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
         balanced = f", {changed} {BALANCED[cfg.balance_openings]} to balance openings"
     entry["round_pairs"] = len(pairs)
     print(f"[online_dpo] {round_dir.name}: {entry['labelled_pairs']} pairs from {done} items labelled in {db} by "
-          f"{labelled_by}{balanced}" + (f" ({labeller['labeller_flipped']} of its labels flipped by noise)"
-                                        if labeller else ""))
+          f"{labelled_by}{balanced}" + (f" ({labeller['labeller_flipped']} of the labeller's "
+                                        f"{labeller['labeller_labelled']} labels flipped by noise)" if labeller else ""))
     return entry, pairs
 
 
