@@ -45,12 +45,17 @@ def build_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: li
         if worst is None:
             counts["near_identical"] += 1
             continue
-        pairs.append({"prompt": prompt,
-                      "chosen": [{"role": "assistant", "content": answers[best]["text"]}],
-                      "rejected": [{"role": "assistant", "content": answers[worst]["text"]}],
-                      "chosen_score": values[best], "rejected_score": lowest})
+        pairs.append(scored_pair(prompt, answers, values, best, worst))
     counts["pairs"] = len(pairs)
     return pairs, counts
+
+
+def scored_pair(prompt: list[dict], answers: list[dict], values: list[float], chosen: int, rejected: int) -> dict:
+    """Two of a prompt's samples as a preference row, with the scores that ordered them."""
+    return {"prompt": prompt,
+            "chosen": [{"role": "assistant", "content": answers[chosen]["text"]}],
+            "rejected": [{"role": "assistant", "content": answers[rejected]["text"]}],
+            "chosen_score": values[chosen], "rejected_score": values[rejected]}
 
 
 def opening_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: list[list[float]], openings: int,
@@ -76,10 +81,7 @@ def opening_pairs(prompts: list[list[dict]], samples: list[list[dict]], scores: 
                 or abs(values[free] - values[opened]) <= min_score_gap):
             continue
         chosen, rejected = (free, opened) if values[free] >= values[opened] else (opened, free)
-        pairs.append({"prompt": prompt,
-                      "chosen": [{"role": "assistant", "content": answers[chosen]["text"]}],
-                      "rejected": [{"role": "assistant", "content": answers[rejected]["text"]}],
-                      "chosen_score": values[chosen], "rejected_score": values[rejected]})
+        pairs.append(scored_pair(prompt, answers, values, chosen, rejected))
     return pairs
 
 
