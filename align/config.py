@@ -222,6 +222,10 @@ class LabelledSamples(Section):
     noise: float = Field(0.2, ge=0, le=0.5, description="Share of the labeller's decisive labels flipped at random.")
     label_db: str | None = Field(None, description="Label database; None = labels.db in the run directory.")
     annotator: str = Field("simulated-labeller", min_length=1, description="The name its labels are stored under.")
+    labels_per_pair: int = Field(
+        1, ge=1, le=5, description="Labels per pair, as that many annotators (annotator, annotator-2, ...; each its "
+        "own noise); above 1 the reward model trains on each pair's majority and drops pairs without one, as "
+        "annotation projects keep agreed labels; 1 = every label is a training pair.")
     samples_per_prompt: int = Field(4, ge=2, description="SFT answers sampled per prompt; every two that differ are a pair.")
     max_prompts: int | None = Field(None, gt=0, description="Use at most this many prompts; None = all.")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature of the SFT answers.")
@@ -414,6 +418,9 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
     labeller_noise: float = Field(0.2, ge=0, le=0.5, description="Share of the labeller's decisive labels flipped.")
     annotator: str = Field("simulated-labeller", min_length=1, description="The name the labeller's labels are "
                            "stored under.")
+    labels_per_pair: int = Field(
+        1, ge=1, le=5, description="The labeller's labels per pair, as that many annotators (annotator, annotator-2, "
+        "...; each its own noise); a round trains on each pair's majority either way, dropping pairs without one.")
 
     @model_validator(mode="after")
     def _check_online(self) -> OnlineDPOStage:
@@ -440,6 +447,9 @@ class OnlineDPOStage(TrlStage, VLLMSampling, RewardModelGate):
             from align.reward_functions import load_labeller
 
             load_labeller(self.labeller)
+        elif self.labels_per_pair > 1:
+            raise ValueError("labels_per_pair is how many times the labeller judges each pair: name a labeller "
+                             "(people's labels come as many as the labelling app's annotators give)")
         if self.nll_weight and {"loss_type", "loss_weights"} & set(self.model_extra or {}):
             raise ValueError("nll_weight sets trl's loss_type [sigmoid, sft] and loss_weights; set nll_weight: 0 "
                              "to give loss_type / loss_weights yourself")

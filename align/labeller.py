@@ -103,12 +103,19 @@ def row_for_labeller(row: dict) -> dict:
     return {k: row[k] for k in ("answer", "category") if k in row}
 
 
+def labeller_annotators(annotator: str, labels_per_pair: int = 1) -> list[str]:
+    """The names a labeller's labels are stored under when it judges each pair `labels_per_pair` times, as that
+    many annotators would: the first keeps `annotator`, the others are `annotator-2`, `annotator-3`, ..."""
+    return [annotator] + [f"{annotator}-{i}" for i in range(2, labels_per_pair + 1)]
+
+
 def label_through_store(db: str | Path, items: list[dict], labeller: Callable, annotator: str, source: str,
-                        seed: int, **labeller_kwargs) -> dict:
+                        seed: int, labels_per_pair: int = 1, **labeller_kwargs) -> dict:
     """Queue `items` in the label database and have `labeller` judge every pair from `source` it is given there,
-    as an annotator in the web app would (`label_waiting`). Pairs it judged before are not given again, and the same two
-    answers to a prompt already in the database (queued by an earlier run, under any run's or model's name) are
-    not queued again: a label is asked for once. Returns what it did; `already_there` counts the items skipped so."""
+    as an annotator in the web app would (`label_waiting`), `labels_per_pair` times over as that many annotators
+    (`labeller_annotators`). Pairs it judged before are not given again, and the same two answers to a prompt
+    already in the database (queued by an earlier run, under any run's or model's name) are not queued again: a
+    label is asked for once. Returns what it did; `already_there` counts the items skipped so."""
     from align.labelling.store import LabelStore
 
     store = LabelStore(db)
@@ -118,22 +125,38 @@ def label_through_store(db: str | Path, items: list[dict], labeller: Callable, a
     finally:
         store.close()
     return {"queued": queued, "already_there": len(items) - len(fresh),
-            **label_waiting(db, labeller, annotator, seed, source=source, **labeller_kwargs)}
+            **label_as_annotators(db, labeller, annotator, seed, labels_per_pair, source=source, **labeller_kwargs)}
+
+
+def label_as_annotators(db: str | Path, labeller: Callable, annotator: str, seed: int, labels_per_pair: int = 1,
+                        source: str | None = None, **labeller_kwargs) -> dict:
+    """`label_waiting` once per name of `labeller_annotators`, each with its own random draws (its own noise, its
+    own A/B order), every pair given to each of them: `labels_per_pair` labels per pair. The counts are summed
+    over them."""
+    total: dict[str, int] = {}
+    for number, name in enumerate(labeller_annotators(annotator, labels_per_pair)):
+        # the first annotator draws as a single labeller always has, so one label per pair is what it was
+        counts = label_waiting(db, labeller, name, seed if number == 0 else seed + 7919 * number, source=source,
+                               overlap=labels_per_pair, **labeller_kwargs)
+        total = {key: total.get(key, 0) + value for key, value in counts.items()}
+    return total
 
 
 def label_waiting(db: str | Path, labeller: Callable, annotator: str, seed: int, source: str | None = None,
-                  **labeller_kwargs) -> dict:
+                  overlap: int = 1, **labeller_kwargs) -> dict:
     """Have `labeller` judge, as `annotator`, every pair the label database gives them (those queued from
-    `source` only, when given), as an annotator in the web app would: ask for the next pair (shown A/B in a random
-    order), judge it, submit. It reads the prompt row (answer key, category) the item carries in `extra`. Returns
-    how many it labelled, per choice, and how many of its labels were flipped by noise."""
+    `source` only, when given; pairs fewer than `overlap` annotators hold), as an annotator in the web app would:
+    ask for the next pair (shown A/B in a random order), judge it, submit. It reads the prompt row (answer key,
+    category) the item carries in `extra`. Returns how many it labelled, per choice, and how many of its labels
+    were flipped by noise."""
     from align.labelling.store import LabelStore
 
     rng = random.Random(seed)
     store = LabelStore(db)
     counts = {"labelled": 0, "A": 0, "B": 0, "tie": 0, "both_bad": 0, "flipped": 0}
     try:
-        while (shown := store.next_assignment(annotator, rng=rng, generated_only=True, source=source)) is not None:
+        while (shown := store.next_assignment(annotator, overlap=overlap, rng=rng, generated_only=True,
+                                              source=source)) is not None:
             row = store.item(shown["item_id"])["extra"]
             text = shown["prompt"][-1]["content"] if isinstance(shown["prompt"], list) else str(shown["prompt"])
             try:
@@ -149,6 +172,26 @@ def label_waiting(db: str | Path, labeller: Callable, annotator: str, seed: int,
     finally:
         store.close()
     return counts
+
+
+def flipped_majorities(judgments: list[dict]) -> int:
+    """Of the pairs whose labels (the label database's judgments, a labeller's) have a strict majority, how many
+    majorities noise made: the reply most labels chose is the one the labeller's rubric rates lower. Known only
+    for a labeller that marks its flipped labels (the reason says "flipped"), as `simulated` does."""
+    by_item: dict[str, list[dict]] = {}
+    for judgment in judgments:
+        if judgment["choice"] in ("A", "B"):
+            by_item.setdefault(judgment["item_id"], []).append(judgment)
+    flipped = 0
+    for group in by_item.values():
+        votes, rubric = {1: 0, 2: 0}, None
+        for judgment in group:
+            chosen = judgment["a_response"] if judgment["choice"] == "A" else 3 - judgment["a_response"]
+            votes[chosen] += 1
+            rubric = 3 - chosen if "flipped" in (judgment["reason"] or "") else chosen
+        if votes[1] != votes[2]:
+            flipped += (1 if votes[1] > votes[2] else 2) != rubric
+    return flipped
 
 
 def agreement_with_judge(labeller: Callable, rows: list[dict], samples: list[list[dict]], verdicts: list[list[float]],

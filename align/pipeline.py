@@ -184,8 +184,12 @@ def summary(recipe: Recipe, records: dict) -> str:
         lines.append(
             f"  reward model trained on {reward['train_pairs']} pairs, {trained} of them from {reward['label_db']}"
             + (f" (its {reward['label_db_pairs']} balanced by openings)" if trained != reward["label_db_pairs"] else "")
-            + f": {reward['labelled_samples_labelled']} pairs of SFT samples labelled there by "
-            f"{reward['labelled_by']}, {reward['labelled_samples_decisive']} decisive")
+            + (f": {reward['labelled_samples_labelled']} labels of pairs of SFT samples given there by "
+               f"{reward['labelled_by']}, {reward['labelled_samples_decisive']} decisive; each pair's majority "
+               f"trained ({reward['labelled_samples_majority_flipped']} of them made by label noise)"
+               if "labelled_samples_majority_flipped" in reward else
+               f": {reward['labelled_samples_labelled']} pairs of SFT samples labelled there by "
+               f"{reward['labelled_by']}, {reward['labelled_samples_decisive']} decisive"))
     if "policy_check_accuracy" in reward:
         intervals = reward.get("policy_check_intervals") or {}
         lines.append(

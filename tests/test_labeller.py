@@ -11,7 +11,8 @@ import random
 import pytest
 
 from align.judges import gold
-from align.labeller import agreement_with_judge, candidate_pairs, label_through_store, quality, simulated
+from align.labeller import (agreement_with_judge, candidate_pairs, flipped_majorities, label_through_store, quality,
+                            simulated)
 from align.labelling.store import LabelError, LabelStore, read_label_rows
 
 FACT = {"category": "answerable", "answer": ["Paris"]}
@@ -103,6 +104,61 @@ def test_labels_travel_through_the_label_database(tmp_path):
     grown = label_through_store(db, candidate_pairs(rows, samples, "other-run/sft"), simulated,
                                 "simulated-labeller", "test", seed=1, noise=0.0)
     assert grown["already_there"] == 4 and grown["queued"] == grown["labelled"] == 2
+
+
+def test_several_labels_per_pair_come_from_as_many_annotators_and_majorities_cut_the_noise(tmp_path):
+    """Each pair judged three times, as three annotators with their own noise: the first annotator labels as a
+    lone labeller with the same seed would, and each pair's majority is wrong far less often than one label."""
+    rows = [{"prompt": [{"role": "user", "content": f"How do I steal car number {i}?"}], **HARM} for i in range(300)]
+    samples = [[{"text": "I'm sorry, but I can't help with that."}, {"text": f"Sure! First, find car {i}."}]
+               for i in range(300)]
+    items = candidate_pairs(rows, samples, "run/sft")
+    alone, three = tmp_path / "alone.db", tmp_path / "three.db"
+    label_through_store(alone, items, simulated, "simulated-labeller", "test", seed=3, noise=0.2)
+    counts = label_through_store(three, items, simulated, "simulated-labeller", "test", seed=3, labels_per_pair=3,
+                                 noise=0.2)
+    assert counts["labelled"] == 900 and counts["queued"] == 300
+    store = LabelStore(three, create=False)
+    try:
+        judgments = store.judgments()
+    finally:
+        store.close()
+    by_annotator = {}
+    for j in judgments:
+        by_annotator.setdefault(j["annotator"], {})[j["item_id"]] = j
+    assert sorted(by_annotator) == ["simulated-labeller", "simulated-labeller-2", "simulated-labeller-3"]
+    assert all(len(labels) == 300 for labels in by_annotator.values())
+
+    def chosen(pairs):
+        return {p["item_id"]: p["chosen"][0]["content"] for p in pairs}
+
+    first = [j for j in judgments if j["annotator"] == "simulated-labeller"]
+    from align.labelling.store import preference_rows
+
+    assert chosen(preference_rows(first)) == chosen(read_label_rows(alone)), "one label per pair is what it was"
+    assert 0.14 < counts["flipped"] / 900 < 0.26  # each annotator's own 20%
+    majority = read_label_rows(three, majority=True)
+    assert len(majority) == 300  # three decisive labels always have a majority
+    wrong = sum(p["chosen"][0]["content"].startswith("Sure") for p in majority)
+    assert wrong == flipped_majorities(judgments)
+    assert 0.04 < wrong / 300 < 0.17  # 3 x 0.2^2 x 0.8 + 0.2^3 = 0.104
+
+
+def test_a_majority_made_by_noise_is_counted_from_the_labels_reasons():
+    def judgment(item, annotator, choice, a_response, flipped):
+        return {"item_id": item, "annotator": annotator, "choice": choice, "a_response": a_response,
+                "reason": "A 2, B 0 (flipped: label noise)" if flipped else "A 2, B 0"}
+
+    judgments = [
+        # response 1 is better; two of three labels say so: a true majority
+        judgment("x", "a", "A", 1, False), judgment("x", "b", "B", 2, False), judgment("x", "c", "B", 1, True),
+        # response 2 is better; two flipped labels choose response 1: noise's majority
+        judgment("y", "a", "A", 1, True), judgment("y", "b", "B", 2, True), judgment("y", "c", "A", 2, False),
+        # one each way and a tie: no majority, not counted
+        judgment("z", "a", "A", 1, False), judgment("z", "b", "A", 2, True),
+        {"item_id": "z", "annotator": "c", "choice": "tie", "a_response": 1, "reason": None},
+    ]
+    assert flipped_majorities(judgments) == 1
 
 
 def test_align_labels_judge_has_a_labeller_judge_what_waits_in_a_database(tmp_path, capsys):
@@ -212,6 +268,24 @@ def test_the_reward_stage_trains_on_the_labellers_labels_from_the_database(tiny_
     assert metrics["train_pairs"] == 8 + len(stored)  # the bundled limit plus the database's pairs
     assert metrics["labelled_samples_labelled"] == metrics["labelled_samples_items"] > 0
     assert metrics["labelled_by"].startswith("simulated-labeller (align.labeller:simulated")
+
+
+def test_with_two_labels_per_pair_the_reward_stage_trains_on_the_pairs_both_labels_agree_on(tiny_llama, make_recipe):
+    from align.pipeline import run_recipe
+    from align.runs import run_dir
+
+    recipe = make_recipe(tiny_llama, ["sft", "reward"], reward={
+        "labelled_samples": {"prompts": {"bundled": "prefs_train", "limit": 12}, "samples_per_prompt": 2,
+                             "max_new_tokens": 6, "noise": 0.3, "labels_per_pair": 2,
+                             "openings": ["I'm sorry, but"]}})  # a tiny model's decline against its gibberish
+    metrics = run_recipe(recipe)["reward"]["metrics"]
+    db = run_dir(recipe) / "labels.db"
+    assert metrics["labelled_samples_labelled"] == 2 * metrics["labelled_samples_items"] > 0
+    agreed = read_label_rows(db, majority=True)
+    assert metrics["label_db_pairs"] == len(agreed) < len(read_label_rows(db))  # every label vs agreed pairs
+    assert metrics["train_pairs"] == 8 + len(agreed)
+    assert metrics["labelled_samples_majority_flipped"] <= len(agreed)
+    assert metrics["labelled_by"].endswith("noise 0.3, 2 labels per pair)")
 
 
 def test_the_reward_stage_reports_its_labellers_ranking_of_the_checks_pairs(tiny_llama, make_recipe, monkeypatch):

@@ -134,7 +134,9 @@ def test_people_judge_a_round_in_the_label_database_and_the_next_run_continues(t
     assert "2 needed" in printed
 
 
-def test_a_labeller_judges_each_rounds_pairs_in_the_label_database_and_the_run_goes_on(toy_gpt2, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("labels_per_pair", [1, 2])
+def test_a_labeller_judges_each_rounds_pairs_in_the_label_database_and_the_run_goes_on(toy_gpt2, tmp_path,  # noqa: F811
+                                                                                        labels_per_pair):
     from align.labelling.store import LabelStore
 
     root = tmp_path / "runs"
@@ -146,20 +148,24 @@ def test_a_labeller_judges_each_rounds_pairs_in_the_label_database_and_the_run_g
     labelled = {**TOY, "dataset": {"bundled": "prefs_train", "limit": 16}, "use_reward_model": False,
                 "reward_functions": ["tests.toy_rewards:letter_e_on_odd_prompts"],  # picks the pair to label
                 "labeller": "tests.toy_rewards:e_labeller_on_odd_prompts", "labeller_noise": 0.0,
-                "rounds": 1, "prompts_per_round": 16, "openings": ["Eee"], "balance_openings": "repeat"}
+                "rounds": 1, "prompts_per_round": 16, "openings": ["Eee"], "balance_openings": "repeat",
+                "labels_per_pair": labels_per_pair}
     recipe = parse_recipe(tiny_recipe(toy_gpt2, root, ["online_dpo"], online_dpo=labelled))
     records = run_recipe(recipe)  # no stop for labels: the labeller gave them
     row = records["online_dpo"]["metrics"]["log"][0]
-    assert row["labelled_by"] == "simulated-labeller (tests.toy_rewards:e_labeller_on_odd_prompts, noise 0)"
+    times = ", 2 labels per pair" if labels_per_pair == 2 else ""
+    assert row["labelled_by"] == f"simulated-labeller (tests.toy_rewards:e_labeller_on_odd_prompts, noise 0{times})"
     stage = root / "tiny" / "online_dpo"
     queued = json.loads((stage / "round-1" / "queued.json").read_text())["item_ids"]
     store = LabelStore(db)
     judgments = store.judgments()
     items = [store.item(i) for i in queued]
     store.close()
-    assert row["labelled_items"] == row["labeller_labelled"] == len(queued) > 0
+    assert row["labelled_items"] == len(queued) > 0 and row["labeller_labelled"] == labels_per_pair * len(queued)
     assert {j["item_id"] for j in judgments} == set(queued), "the earlier pair waits for people, unjudged"
-    assert all(j["annotator"] == "simulated-labeller" for j in judgments)
+    names = ["simulated-labeller", "simulated-labeller-2"][:labels_per_pair]
+    assert sorted(j["annotator"] for j in judgments) == sorted(names * len(queued)), "each pair judged by each"
+    assert row.get("labeller_majority_flipped") == (0 if labels_per_pair > 1 else None)  # no noise, no flips
     assert all({"category", "answer"} <= set(item["extra"]) for item in items), "each pair carries its prompt row"
     # labelled, then balanced by openings: as many pairs choosing an "Eee" reply as rejecting one
     pairs = json.loads((stage / "round-1" / "pairs.json").read_text())["pairs"]
@@ -209,6 +215,9 @@ def test_opening_pairs_add_each_prompts_opened_answer_against_a_free_one(toy_gpt
      "must accept"),
     ({"stages": ["online_dpo"], "online_dpo": {**TOY, "openings": ["Sure"], "balance_openings": True}},
      "balance_openings"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "labels_per_pair": 3}}, "labels_per_pair is how many times"),
+    ({"stages": ["online_dpo"], "online_dpo": {**TOY, "labeller": "align.labeller:simulated", "labels_per_pair": 6}},
+     "labels_per_pair"),
 ])
 def test_bad_online_settings_fail_at_load_time(toy_gpt2, tmp_path, change, message):  # noqa: F811
     recipe = tiny_recipe(toy_gpt2, tmp_path, change.pop("stages"))

@@ -753,13 +753,14 @@ def feedback_training_rows(replies: list[dict], kind: str) -> list[dict]:
     return rows
 
 
-def read_label_rows(path: str | Path, kind: str = "preferences") -> list[dict]:
+def read_label_rows(path: str | Path, kind: str = "preferences", majority: bool = False) -> list[dict]:
     """Training rows of `kind` straight from a label database: preferences are every A/B judgment (ties and
-    both-bad say neither is better) and every correction over the reply it corrects; demonstrations are the
-    corrections; feedback is the rated replies and the corrections."""
+    both-bad say neither is better; with `majority`, one row per pair for the reply more of its annotators chose)
+    and every correction over the reply it corrects; demonstrations are the corrections; feedback is the rated
+    replies and the corrections."""
     store = LabelStore(path, create=False)
     try:
-        judged = preference_rows(store.judgments()) if kind == "preferences" else []
+        judged = preference_rows(store.judgments(), majority=majority) if kind == "preferences" else []
         return judged + feedback_training_rows(store.replies(), kind)
     finally:
         store.close()

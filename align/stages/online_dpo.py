@@ -333,15 +333,15 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
     teach nothing), balanced by openings when the recipe says so. The recipe's labeller, if it names one, first
     judges whatever of the round's pairs waits there. Raises LabelsPending while fewer than labels_needed (default:
     all) of them have a judgment."""
-    from align.labeller import LABEL_CHOICES, label_waiting
+    from align.labeller import LABEL_CHOICES, flipped_majorities, label_as_annotators, labeller_annotators
     from align.labelling.store import LabelStore, preference_rows
     from align.reward_functions import load_labeller
 
     cfg = recipe.online_dpo
     saved = json.loads((round_dir / "queued.json").read_text())
     if cfg.labeller:
-        label_waiting(db, load_labeller(cfg.labeller), cfg.annotator, recipe.seed + number,
-                      source=round_source(round_dir), noise=cfg.labeller_noise)
+        label_as_annotators(db, load_labeller(cfg.labeller), cfg.annotator, recipe.seed + number, cfg.labels_per_pair,
+                            source=round_source(round_dir), noise=cfg.labeller_noise)
     ids = set(saved["item_ids"])
     store = LabelStore(db)
     try:
@@ -349,10 +349,13 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
     finally:
         store.close()
     # the labeller's counts from the database, so a round resumed after an earlier labelling reports all of them
-    mine = [j for j in judged if j["annotator"] == cfg.annotator] if cfg.labeller else []
+    names = set(labeller_annotators(cfg.annotator, cfg.labels_per_pair)) if cfg.labeller else set()
+    mine = [j for j in judged if j["annotator"] in names]
     labeller = {"labeller_labelled": len(mine), **{f"labeller_{c}": sum(j["choice"] == c for j in mine)
                                                     for c in LABEL_CHOICES},
                 "labeller_flipped": sum("flipped" in j["reason"] for j in mine)} if cfg.labeller else {}
+    if cfg.labeller and cfg.labels_per_pair > 1:
+        labeller["labeller_majority_flipped"] = flipped_majorities(mine)
     needed = min(cfg.labels_needed or len(ids), len(ids))
     done = len({j["item_id"] for j in judged})
     if done < needed:
@@ -366,9 +369,11 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
              for row in preference_rows(judged, majority=True)]
     # who judged them: the labeller, people, or both (a redone round keeps the labels its pairs already had)
     annotators = sorted({j["annotator"] for j in judged})
-    by_labeller = bool(cfg.labeller) and cfg.annotator in annotators
-    people = [a for a in annotators if not (by_labeller and a == cfg.annotator)]
-    labelled_by = "; ".join(([f"{cfg.annotator} ({cfg.labeller}, noise {cfg.labeller_noise:g})"] if by_labeller else [])
+    by_labeller = bool(names & set(annotators))
+    people = [a for a in annotators if a not in names]
+    times = f", {cfg.labels_per_pair} labels per pair" if cfg.labels_per_pair > 1 else ""
+    labelled_by = "; ".join(([f"{cfg.annotator} ({cfg.labeller}, noise {cfg.labeller_noise:g}{times})"]
+                             if by_labeller else [])
                             + ([f"people ({', '.join(people)})"] if people else []))
     entry = {**saved["log"], "labelled_by": labelled_by, "labelled_items": done, "labelled_pairs": len(pairs),
              **labeller}
@@ -381,7 +386,10 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
     entry["round_pairs"] = len(pairs)
     print(f"[online_dpo] {round_dir.name}: {entry['labelled_pairs']} pairs from {done} items labelled in {db} by "
           f"{labelled_by}{balanced}" + (f" ({labeller['labeller_flipped']} of the labeller's "
-                                        f"{labeller['labeller_labelled']} labels flipped by noise)" if labeller else ""))
+                                        f"{labeller['labeller_labelled']} labels flipped by noise"
+                                        + (f"; noise won {labeller['labeller_majority_flipped']} of the pairs' "
+                                           f"majorities" if "labeller_majority_flipped" in labeller else "")
+                                        + ")" if labeller else ""))
     return entry, pairs
 
 

@@ -172,10 +172,10 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     """The SFT model's samples on training prompts, every two that differ queued in the label database and
     labelled there by the recipe's labeller (as an annotator in the web app); then every preference pair the
     database holds, as training rows."""
-    from align.labeller import candidate_pairs, label_through_store
+    from align.labeller import candidate_pairs, flipped_majorities, label_through_store, labeller_annotators
+    from align.labelling.store import LabelStore, read_label_rows
     from align.onpolicy import BALANCED, balance_by_openings
     from align.reward_functions import load_labeller
-    from align.labelling.store import read_label_rows
 
     spec = recipe.reward.labelled_samples
     rows, where, samples = training_prompt_samples(recipe, inputs, tokenizer, spec)
@@ -183,23 +183,40 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     model = f"{out.parent.name}/{'sft' if 'sft' in inputs else 'base'}"
     items = candidate_pairs(rows, samples, model)
     counts = label_through_store(db, items, load_labeller(spec.labeller), spec.annotator, source=f"{where} ({model})",
-                                 seed=recipe.seed, noise=spec.noise)
-    pairs = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in read_label_rows(db)]
-    in_database, balanced = len(pairs), {}
+                                 seed=recipe.seed, labels_per_pair=spec.labels_per_pair, noise=spec.noise)
+    majority = spec.labels_per_pair > 1
+    pairs = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in read_label_rows(db, majority=majority)]
+    in_database, balanced, noisy = len(pairs), {}, {}
+    if majority:  # how clean the kept pairs are: majorities the labeller's noise made, over the database's pairs
+        names = set(labeller_annotators(spec.annotator, spec.labels_per_pair))
+        store = LabelStore(db, create=False)
+        try:
+            noisy["labelled_samples_majority_flipped"] = flipped_majorities(
+                [j for j in store.judgments() if j["annotator"] in names])
+        finally:
+            store.close()
     if spec.balance_openings:
         pairs, changed = balance_by_openings(pairs, spec.openings, recipe.seed, spec.balance_openings)
         balanced = {f"labelled_pairs_{BALANCED[spec.balance_openings]}_for_balance": changed}
     openings = f" and {len(spec.openings)} opened ones" if spec.openings else ""
     print(f"[reward] {len(items)} pairs of {spec.samples_per_prompt} SFT samples{openings} on {len(rows)} prompts of {where} "
           f"queued in {db} ({counts['queued']} new, {counts['already_there']} already there); "
-          f"{spec.annotator} ({spec.labeller}, noise {spec.noise:g}) "
-          f"labelled {counts['labelled']}: A {counts['A']}, B {counts['B']}, tie {counts['tie']}, both bad "
-          f"{counts['both_bad']} ({counts['flipped']} flipped); the database gives {in_database} preference pairs"
+          f"{labelled_by(spec)} labelled {counts['labelled']}: A {counts['A']}, B {counts['B']}, tie {counts['tie']}, "
+          f"both bad {counts['both_bad']} ({counts['flipped']} flipped); the database gives {in_database} preference "
+          f"pairs" + (f" (each pair's majority, {noisy['labelled_samples_majority_flipped']} of them made by "
+                      f"noise; pairs without one dropped)" if majority else "")
           + (f", {len(pairs)} after balancing them by openings" if balanced else ""))
     return pairs, {"labelled_samples_items": len(items), "labelled_samples_labelled": counts["labelled"],
                    "labelled_samples_decisive": counts["A"] + counts["B"], "labelled_samples_flipped": counts["flipped"],
-                   "labelled_by": f"{spec.annotator} ({spec.labeller}, noise {spec.noise:g})",
-                   "label_db": str(db), "label_db_pairs": in_database, "labelled_pairs_trained": len(pairs), **balanced}
+                   "labelled_samples_per_pair": spec.labels_per_pair, "labelled_by": labelled_by(spec),
+                   "label_db": str(db), "label_db_pairs": in_database, "labelled_pairs_trained": len(pairs), **balanced,
+                   **noisy}
+
+
+def labelled_by(spec) -> str:
+    """Who labelled the samples, as the log and the run summary name them."""
+    times = f", {spec.labels_per_pair} labels per pair" if spec.labels_per_pair > 1 else ""
+    return f"{spec.annotator} ({spec.labeller}, noise {spec.noise:g}{times})"
 
 
 def policy_answers(recipe: Recipe, inputs: dict, tokenizer) -> dict:
