@@ -214,7 +214,7 @@ Openings = Annotated[list[str], AfterValidator(_openings_not_blank)]
 class LabelledSamples(Section):
     """The SFT model's own answers on training prompts, queued as pairs in a label database (the web app's store)
     and labelled there by a labeller standing in for people; the reward model trains on every preference pair
-    the database holds (people's labels in it too)."""
+    the database holds (people's labels in it too), or on each pair's majority with labels_per_pair above 1."""
 
     prompts: DataSource = Field(description="Training prompts (with the columns the labeller reads: answer, category).")
     labeller: str = Field("align.labeller:simulated",

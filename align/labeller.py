@@ -174,23 +174,25 @@ def label_waiting(db: str | Path, labeller: Callable, annotator: str, seed: int,
     return counts
 
 
-def flipped_majorities(judgments: list[dict]) -> int:
-    """Of the pairs whose labels (the label database's judgments, a labeller's) have a strict majority, how many
-    majorities noise made: the reply most labels chose is the one the labeller's rubric rates lower. Known only
-    for a labeller that marks its flipped labels (the reason says "flipped"), as `simulated` does."""
+def flipped_majorities(judgments: list[dict], labeller_names: set[str] | list[str]) -> int:
+    """Of the pairs whose labels (the label database's judgments, people's included) have a strict majority, how
+    many majorities the labeller's noise made: the reply most labels chose is the one the labeller's rubric rates
+    lower. The rubric is read from the labels of `labeller_names` that say "flipped" in their reason (as `simulated`
+    marks its flipped labels) or not; a pair whose labeller labels disagree about it is not counted."""
     by_item: dict[str, list[dict]] = {}
     for judgment in judgments:
         if judgment["choice"] in ("A", "B"):
             by_item.setdefault(judgment["item_id"], []).append(judgment)
     flipped = 0
     for group in by_item.values():
-        votes, rubric = {1: 0, 2: 0}, None
+        votes, rubric = {1: 0, 2: 0}, set()
         for judgment in group:
             chosen = judgment["a_response"] if judgment["choice"] == "A" else 3 - judgment["a_response"]
             votes[chosen] += 1
-            rubric = 3 - chosen if "flipped" in (judgment["reason"] or "") else chosen
-        if votes[1] != votes[2]:
-            flipped += (1 if votes[1] > votes[2] else 2) != rubric
+            if judgment["annotator"] in labeller_names:
+                rubric.add(3 - chosen if "flipped" in (judgment["reason"] or "") else chosen)
+        if votes[1] != votes[2] and len(rubric) == 1:
+            flipped += (1 if votes[1] > votes[2] else 2) not in rubric
     return flipped
 
 

@@ -140,7 +140,7 @@ def test_several_labels_per_pair_come_from_as_many_annotators_and_majorities_cut
     majority = read_label_rows(three, majority=True)
     assert len(majority) == 300  # three decisive labels always have a majority
     wrong = sum(p["chosen"][0]["content"].startswith("Sure") for p in majority)
-    assert wrong == flipped_majorities(judgments)
+    assert wrong == flipped_majorities(judgments, set(by_annotator))
     assert 0.04 < wrong / 300 < 0.17  # 3 x 0.2^2 x 0.8 + 0.2^3 = 0.104
 
 
@@ -157,8 +157,14 @@ def test_a_majority_made_by_noise_is_counted_from_the_labels_reasons():
         # one each way and a tie: no majority, not counted
         judgment("z", "a", "A", 1, False), judgment("z", "b", "A", 2, True),
         {"item_id": "z", "annotator": "c", "choice": "tie", "a_response": 1, "reason": None},
+        # the labeller's flipped label outvoted by two people (no reason given): the majority is the rubric's
+        judgment("w", "a", "A", 1, True),
+        {"item_id": "w", "annotator": "person", "choice": "A", "a_response": 2, "reason": None},
+        {"item_id": "w", "annotator": "other person", "choice": "B", "a_response": 1, "reason": ""},
+        # a labeller that marks no flips yet disagrees with itself: its rubric is unknown, not counted
+        judgment("v", "a", "A", 1, False), judgment("v", "b", "A", 2, False), judgment("v", "c", "A", 1, False),
     ]
-    assert flipped_majorities(judgments) == 1
+    assert flipped_majorities(judgments, {"a", "b", "c"}) == 1
 
 
 def test_align_labels_judge_has_a_labeller_judge_what_waits_in_a_database(tmp_path, capsys):
@@ -284,7 +290,14 @@ def test_with_two_labels_per_pair_the_reward_stage_trains_on_the_pairs_both_labe
     agreed = read_label_rows(db, majority=True)
     assert metrics["label_db_pairs"] == len(agreed) < len(read_label_rows(db))  # every label vs agreed pairs
     assert metrics["train_pairs"] == 8 + len(agreed)
-    assert metrics["labelled_samples_majority_flipped"] <= len(agreed)
+    store = LabelStore(db, create=False)
+    try:
+        judgments = store.judgments()
+    finally:
+        store.close()
+    assert metrics["labelled_samples_majority_flipped"] == flipped_majorities(
+        judgments, {"simulated-labeller", "simulated-labeller-2"})
+    assert sum("flipped" in j["reason"] for j in judgments) > 0  # noise 0.3 flipped some labels
     assert metrics["labelled_by"].endswith("noise 0.3, 2 labels per pair)")
 
 
@@ -373,3 +386,19 @@ def test_judge_labelled_pairs_still_sample_the_sft_model_on_training_prompts(tin
     metrics = run_recipe(recipe)["reward"]["metrics"]
     assert metrics["judge_labelled_by"] == "align.judges:concise" and metrics["train_prompts_n"] == 3
     assert metrics["train_pairs"] == 8 + metrics["judge_labelled_pairs"]
+
+
+def test_trained_by_says_how_many_labels_each_pair_had():
+    """The run summary's "trained by" names the labeller and, for behaviour.yaml, its three labels per pair."""
+    from pathlib import Path
+
+    from align.config import load_recipe
+    from align.stages.evaluate import training_signals
+
+    repo = Path(__file__).resolve().parent.parent
+    signals = training_signals(load_recipe(repo / "recipes" / "behaviour.yaml"))
+    labelled = [s for s in signals if "align.labeller:simulated" in s]
+    assert len(labelled) == 2 and all("3 labels per pair, majority trained" in s for s in labelled)
+    one = training_signals(load_recipe(repo / "recipes" / "behaviour.yaml",
+                                       ["reward.labelled_samples.labels_per_pair=1", "online_dpo.labels_per_pair=1"]))
+    assert not any("labels per pair" in s for s in one)

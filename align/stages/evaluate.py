@@ -110,6 +110,11 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     return metrics
 
 
+def per_pair(labels_per_pair: int) -> str:
+    """How a labeller's labels per pair read in "trained by": nothing for one."""
+    return f", {labels_per_pair} labels per pair, majority trained" if labels_per_pair > 1 else ""
+
+
 def training_signals(recipe: Recipe) -> list[str]:
     """What trained this run's policy, in words, with every judge or function named, so the report can say which
     signals trained and which judged (and whether a judge did both)."""
@@ -121,7 +126,7 @@ def training_signals(recipe: Recipe) -> list[str]:
         signals.append(f"reward model: pairs ({recipe.reward.dataset.describe()})"
                        + (f" + SFT samples labelled by {labelled.judge}" if labelled else "")
                        + (f" + SFT samples labelled in a label database by {labeller.labeller} (noise "
-                          f"{labeller.noise:g})" if labeller else ""))
+                          f"{labeller.noise:g}{per_pair(labeller.labels_per_pair)})" if labeller else ""))
     if "dpo" in recipe.stages:
         signals.append(f"dpo: pairs ({recipe.dpo.dataset.describe()})")
     for stage in ("online_dpo", "ppo", "rloo", "grpo"):
@@ -132,7 +137,7 @@ def training_signals(recipe: Recipe) -> list[str]:
                 sources[0] += f" (retrained each round on the policy's answers ordered by {section.relabel_with})"
             if getattr(section, "labeller", None):
                 sources.append(f"its pairs labelled in a label database by {section.labeller} (noise "
-                               f"{section.labeller_noise:g})")
+                               f"{section.labeller_noise:g}{per_pair(getattr(section, 'labels_per_pair', 1))})")
             elif getattr(section, "label_db", None):
                 sources.append(f"people's labels ({section.label_db})")
             signals.append(f"{stage}: {' + '.join(sources)}")

@@ -355,7 +355,7 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
                                                     for c in LABEL_CHOICES},
                 "labeller_flipped": sum("flipped" in j["reason"] for j in mine)} if cfg.labeller else {}
     if cfg.labeller and cfg.labels_per_pair > 1:
-        labeller["labeller_majority_flipped"] = flipped_majorities(mine)
+        labeller["labeller_majority_flipped"] = flipped_majorities(judged, names)
     needed = min(cfg.labels_needed or len(ids), len(ids))
     done = len({j["item_id"] for j in judged})
     if done < needed:

@@ -191,8 +191,7 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
         names = set(labeller_annotators(spec.annotator, spec.labels_per_pair))
         store = LabelStore(db, create=False)
         try:
-            noisy["labelled_samples_majority_flipped"] = flipped_majorities(
-                [j for j in store.judgments() if j["annotator"] in names])
+            noisy["labelled_samples_majority_flipped"] = flipped_majorities(store.judgments(), names)
         finally:
             store.close()
     if spec.balance_openings:
