@@ -109,6 +109,11 @@ def labeller_annotators(annotator: str, labels_per_pair: int = 1) -> list[str]:
     return [annotator] + [f"{annotator}-{i}" for i in range(2, labels_per_pair + 1)]
 
 
+def per_pair(labels_per_pair: int) -> str:
+    """How a labeller's labels per pair read after its noise in logs and summaries: nothing for one."""
+    return f", {labels_per_pair} labels per pair" if labels_per_pair > 1 else ""
+
+
 def label_through_store(db: str | Path, items: list[dict], labeller: Callable, annotator: str, source: str,
                         seed: int, labels_per_pair: int = 1, **labeller_kwargs) -> dict:
     """Queue `items` in the label database and have `labeller` judge every pair from `source` it is given there,

@@ -112,7 +112,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
 
 def per_pair(labels_per_pair: int) -> str:
     """How a labeller's labels per pair read in "trained by": nothing for one."""
-    return f", {labels_per_pair} labels per pair, majority trained" if labels_per_pair > 1 else ""
+    from align.labeller import per_pair as labels_text
+
+    return labels_text(labels_per_pair) + (", majority trained" if labels_per_pair > 1 else "")
 
 
 def training_signals(recipe: Recipe) -> list[str]:

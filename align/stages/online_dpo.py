@@ -333,7 +333,7 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
     teach nothing), balanced by openings when the recipe says so. The recipe's labeller, if it names one, first
     judges whatever of the round's pairs waits there. Raises LabelsPending while fewer than labels_needed (default:
     all) of them have a judgment."""
-    from align.labeller import LABEL_CHOICES, flipped_majorities, label_as_annotators, labeller_annotators
+    from align.labeller import LABEL_CHOICES, flipped_majorities, label_as_annotators, labeller_annotators, per_pair
     from align.labelling.store import LabelStore, preference_rows
     from align.reward_functions import load_labeller
 
@@ -371,8 +371,8 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
     annotators = sorted({j["annotator"] for j in judged})
     by_labeller = bool(names & set(annotators))
     people = [a for a in annotators if a not in names]
-    times = f", {cfg.labels_per_pair} labels per pair" if cfg.labels_per_pair > 1 else ""
-    labelled_by = "; ".join(([f"{cfg.annotator} ({cfg.labeller}, noise {cfg.labeller_noise:g}{times})"]
+    labelled_by = "; ".join(([f"{cfg.annotator} ({cfg.labeller}, noise {cfg.labeller_noise:g}"
+                              f"{per_pair(cfg.labels_per_pair)})"]
                              if by_labeller else [])
                             + ([f"people ({', '.join(people)})"] if people else []))
     entry = {**saved["log"], "labelled_by": labelled_by, "labelled_items": done, "labelled_pairs": len(pairs),

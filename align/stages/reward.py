@@ -214,8 +214,9 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
 
 def labelled_by(spec) -> str:
     """Who labelled the samples, as the log and the run summary name them."""
-    times = f", {spec.labels_per_pair} labels per pair" if spec.labels_per_pair > 1 else ""
-    return f"{spec.annotator} ({spec.labeller}, noise {spec.noise:g}{times})"
+    from align.labeller import per_pair
+
+    return f"{spec.annotator} ({spec.labeller}, noise {spec.noise:g}{per_pair(spec.labels_per_pair)})"
 
 
 def policy_answers(recipe: Recipe, inputs: dict, tokenizer) -> dict:
