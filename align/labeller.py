@@ -1,5 +1,5 @@
 """Labellers that stand in for people, and the path their labels take: into a label database, the same store the
-web app writes to, one pair at a time as an annotator gets them (`next_assignment`, then `submit`).
+web app writes to, one pair at a time as an annotator gets them (`next_assignment` or `assignments`, then `submit`).
 
 `simulated` is the quickstart's labeller. Like AlpacaFarm's simulated annotators it is deliberately not the gold
 judge: it has its own, cruder rubric (word lists of its own, loose substring matching of the answer key, a
@@ -160,8 +160,7 @@ def label_waiting(db: str | Path, labeller: Callable, annotator: str, seed: int,
     store = LabelStore(db)
     counts = {"labelled": 0, "A": 0, "B": 0, "tie": 0, "both_bad": 0, "flipped": 0}
     try:
-        while (shown := store.next_assignment(annotator, overlap=overlap, rng=rng, generated_only=True,
-                                              source=source)) is not None:
+        for shown in store.assignments(annotator, overlap=overlap, rng=rng, generated_only=True, source=source):
             row = store.item(shown["item_id"])["extra"]
             text = shown["prompt"][-1]["content"] if isinstance(shown["prompt"], list) else str(shown["prompt"])
             try:

@@ -180,6 +180,48 @@ def test_parallel_annotators_never_collide(tmp_path):
     assert set(per_item.values()) == {3}
 
 
+def test_assignments_in_batches_give_the_pairs_and_ab_orders_one_by_one_asking_gives(tmp_path):
+    def label(use_batches: bool, path) -> list[tuple]:
+        store = LabelStore(path)
+        store.add_items(pairs(40), "test")
+        store.add_items(pairs(45)[40:], "other")
+        rng = random.Random(5)
+        for annotator in ("a", "b", "c"):
+            if use_batches:
+                shown_pairs = store.assignments(annotator, overlap=2, rng=rng, source="test", batch=7)
+            else:
+                shown_pairs = iter(lambda: store.next_assignment(annotator, overlap=2, rng=rng, source="test"), None)
+            for shown in shown_pairs:
+                store.submit(annotator, shown["item_id"], rng.choice(["A", "B", "tie"]))
+        return [(j["annotator"], j["item_id"], j["a_response"], j["choice"]) for j in store.judgments()]
+
+    one_by_one = label(False, tmp_path / "one.db")
+    assert label(True, tmp_path / "batched.db") == one_by_one
+    assert len(one_by_one) == 80  # each of the source's 40 pairs twice, none of the other source's
+
+
+def test_assignments_skip_a_pair_someone_else_took_after_the_batch_was_read(store):
+    batched = store.assignments("a", overlap=1, batch=6)
+    first = next(batched)
+    store.submit("a", first["item_id"], "A")
+    taken = store.next_assignment("b", overlap=1)  # b takes the pair a's batch would give next
+    rest = []
+    for shown in batched:
+        store.submit("a", shown["item_id"], "B")
+        rest.append(shown["item_id"])
+    assert taken["item_id"] not in rest and len(rest) == 4
+    assert store.assignment("a", taken["item_id"]) is None
+
+
+def test_assignments_start_with_the_pair_still_on_screen(store):
+    on_screen = store.next_assignment("a")
+    given = []
+    for shown in store.assignments("a"):
+        store.submit("a", shown["item_id"], "A")
+        given.append(shown["item_id"])
+    assert given[0] == on_screen["item_id"] and len(given) == len(set(given)) == 6
+
+
 def test_preference_rows_ties_and_majority(store):
     item = store.next_assignment("a")["item_id"]
     for annotator, prefer_1 in (("a", True), ("b", True), ("c", False)):

@@ -308,37 +308,79 @@ class LabelStore:
         go first so overlapping judgments, and the agreement figures, accumulate early. `generated_only` skips
         items whose responses no model has written (a session without models); `source` gives only the items
         queued from that source (one training round's pairs, say)."""
-        now = time.time()
+        shown = self._open_assignment(annotator, source)
+        if shown is not None:
+            return shown
+        for item_id in self._waiting_items(annotator, overlap, lease_seconds, generated_only, source, limit=1):
+            return self._assign(annotator, item_id, overlap, lease_seconds, rng)
+        return None
+
+    def assignments(self, annotator: str, overlap: int = 1, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                    rng: random.Random | None = None, generated_only: bool = False, source: str | None = None,
+                    batch: int = 256):
+        """next_assignment's pairs one after another, for an annotator that judges (or releases) each one before
+        taking the next, as a labeller does: the same pairs in the same order, A/B drawn from `rng` at the same
+        points. Finding the waiting pairs reads every pair of the source, so it is done for `batch` pairs at a
+        time instead of once per pair (which made labelling a source quadratic in its size); a pair someone
+        else took in the meantime is skipped, so none ever gets more than `overlap` annotators."""
+        shown = self._open_assignment(annotator, source)
+        if shown is not None:
+            yield shown
+        while waiting := self._waiting_items(annotator, overlap, lease_seconds, generated_only, source, batch):
+            for item_id in waiting:
+                shown = self._assign(annotator, item_id, overlap, lease_seconds, rng)
+                if shown is not None:
+                    yield shown
+
+    def _open_assignment(self, annotator: str, source: str | None) -> dict | None:
+        """The annotator's latest pair shown but not judged, its lease renewed from now (still on screen)."""
         with self.transaction() as db:
             row = db.execute(
                 "SELECT a.item_id FROM assignments a JOIN items i ON i.item_id = a.item_id WHERE a.annotator = ? "
                 "AND a.done = 0 AND (? IS NULL OR i.source = ?) ORDER BY a.assigned_at DESC LIMIT 1",
                 (annotator, source, source),
             ).fetchone()
-            if row is not None:  # still on screen: the lease runs from the latest showing
-                db.execute("UPDATE assignments SET assigned_at = ? WHERE item_id = ? AND annotator = ?",
-                           (now, row["item_id"], annotator))
-            else:
-                row = db.execute(
-                    f"""
-                    SELECT i.item_id, {HOLDERS} AS taken
-                    FROM items i
-                    WHERE i.kind = 'pair' {"AND i.response_1 IS NOT NULL" if generated_only else ""}
-                      AND (? IS NULL OR i.source = ?)
-                      AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ?)
-                      AND taken < ?
-                    ORDER BY taken DESC, i.position LIMIT 1
-                    """,
-                    (now - lease_seconds, source, source, annotator, overlap),
-                ).fetchone()
-                if row is None:
-                    return None
-                # Whoever let their lease on this pair run out loses it, so it never gets more than `overlap`.
-                db.execute("UPDATE assignments SET done = ? WHERE item_id = ? AND done = 0 AND assigned_at <= ?",
-                           (REVOKED, row["item_id"], now - lease_seconds))
-                a_response = (rng or random).choice((1, 2))
-                db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, 0)", (row["item_id"], annotator, a_response, now))
+            if row is None:
+                return None
+            db.execute("UPDATE assignments SET assigned_at = ? WHERE item_id = ? AND annotator = ?",
+                       (time.time(), row["item_id"], annotator))
         return self.assignment(annotator, row["item_id"])
+
+    def _waiting_items(self, annotator: str, overlap: int, lease_seconds: float, generated_only: bool,
+                       source: str | None, limit: int) -> list[str]:
+        """Up to `limit` pairs the annotator was never given and fewer than `overlap` annotators hold, partly
+        covered ones first, then in queue order."""
+        rows = self.connection().execute(
+            f"""
+            SELECT i.item_id, {HOLDERS} AS taken
+            FROM items i
+            WHERE i.kind = 'pair' {"AND i.response_1 IS NOT NULL" if generated_only else ""}
+              AND (? IS NULL OR i.source = ?)
+              AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.annotator = ?)
+              AND taken < ?
+            ORDER BY taken DESC, i.position LIMIT ?
+            """,
+            (time.time() - lease_seconds, source, source, annotator, overlap, limit),
+        ).fetchall()
+        return [row["item_id"] for row in rows]
+
+    def _assign(self, annotator: str, item_id: str, overlap: int, lease_seconds: float,
+                rng: random.Random | None) -> dict | None:
+        """Give `item_id` to the annotator (A/B order drawn from `rng`), unless they already had it or `overlap`
+        annotators hold it by now; then None."""
+        now = time.time()
+        with self.transaction() as db:
+            held = db.execute(f"SELECT EXISTS (SELECT 1 FROM assignments WHERE item_id = ? AND annotator = ?), "
+                              f"{HOLDERS} FROM items i WHERE i.item_id = ?",
+                              (item_id, annotator, now - lease_seconds, item_id)).fetchone()
+            if held is None or held[0] or held[1] >= overlap:
+                return None
+            # Whoever let their lease on this pair run out loses it, so it never gets more than `overlap`.
+            db.execute("UPDATE assignments SET done = ? WHERE item_id = ? AND done = 0 AND assigned_at <= ?",
+                       (REVOKED, item_id, now - lease_seconds))
+            a_response = (rng or random).choice((1, 2))
+            db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, 0)", (item_id, annotator, a_response, now))
+        return self.assignment(annotator, item_id)
 
     def assignment(self, annotator: str, item_id: str) -> dict | None:
         """What `annotator` sees for `item_id`: prompt, text_a, text_b (None until generated), models, mapping."""
