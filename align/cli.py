@@ -183,7 +183,9 @@ def _parser() -> argparse.ArgumentParser:
                      "annotator (align.labeller:simulated, or your own 'module:function' / 'file.py:function'): it "
                      "gets each pair as a person in the web app would, A/B in random order, with the prompt's row "
                      "(answer key, category) that queued items carry, and submits its choice under --annotator. "
-                     "Pairs that annotator judged before are not given again.")
+                     "Pairs that annotator judged before are not given again. With --labels-per-pair N it judges "
+                     "each pair as N annotators (ANNOTATOR, ANNOTATOR-2, ...), each with its own noise, until each "
+                     "pair has N labels (people's count too); training then uses each pair's majority.")
     judge.add_argument("db", help="label database")
     judge.add_argument("--labeller", required=True, metavar="MODULE:FUNCTION",
                        help="the labeller, e.g. align.labeller:simulated (see align/labeller.py)")
@@ -192,6 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--source", help="only the pairs queued from this source, e.g. RUN/online_dpo/round-1 for "
                        "one on-policy round (an unknown one is refused with the list); default: every waiting pair")
     judge.add_argument("--seed", type=int, default=0, help="seeds the A/B order and the label noise")
+    judge.add_argument("--labels-per-pair", type=int, default=1, metavar="N",
+                       help="labels each pair gets, as N annotators with their own noise (1 to 5)")
     check = _command(labels_sub, "check", "integrity check and row counts of a label database (or a backup)")
     check.add_argument("db", help="label database or backup")
     add_user = _command(labels_sub, "add-user", "add an annotator account (salted password hash) to a users file")
@@ -578,11 +582,13 @@ def cmd_labels(args) -> int:
         print(f"{args.db}: integrity ok; " + ", ".join(f"{table} {n}" for table, n in report["rows"].items()))
         return 0
     if args.labels_command == "judge":
-        from align.labeller import label_waiting
+        from align.labeller import label_as_annotators, per_pair
         from align.reward_functions import RewardFunctionError, load_labeller
 
         if not 0 <= args.noise <= 0.5:
             raise LabelError(f"--noise {args.noise}: give a share of labels between 0 and 0.5")
+        if not 1 <= args.labels_per_pair <= 5:
+            raise LabelError(f"--labels-per-pair {args.labels_per_pair}: give 1 to 5 labels per pair")
         store = LabelStore(args.db, create=False)  # a missing or foreign file is refused before anything is judged
         sources = store.sources()
         store.close()
@@ -591,10 +597,12 @@ def cmd_labels(args) -> int:
                              + ", ".join(repr(s) for s in sources[:20]) + (" ..." if len(sources) > 20 else ""))
         try:
             labeller = load_labeller(args.labeller)
-            counts = label_waiting(args.db, labeller, args.annotator, args.seed, source=args.source, noise=args.noise)
+            counts = label_as_annotators(args.db, labeller, args.annotator, args.seed, args.labels_per_pair,
+                                         source=args.source, noise=args.noise)
         except RewardFunctionError as err:
             raise LabelError(f"--labeller {args.labeller}: {err}") from err
-        print(f"{args.annotator} ({args.labeller}, noise {args.noise:g}) judged {counts['labelled']} pairs in "
+        print(f"{args.annotator} ({args.labeller}, noise {args.noise:g}{per_pair(args.labels_per_pair)}) judged "
+              f"{counts['labelled']} pairs in "
               f"{args.db}" + (f" queued from {args.source}" if args.source else "")
               + f": A {counts['A']}, B {counts['B']}, tie {counts['tie']}, both bad {counts['both_bad']} "
               f"({counts['flipped']} flipped)")

@@ -206,6 +206,23 @@ def test_align_labels_judge_has_a_labeller_judge_what_waits_in_a_database(tmp_pa
     assert "must accept" in capsys.readouterr().err
     assert main(["labels", "judge", str(tmp_path / "none.db"), "--labeller", "align.labeller:simulated"]) == 2
 
+    # three labels per pair: as three annotators, the pair one of them judged already gets two more
+    many = tmp_path / "many.db"
+    store = LabelStore(many)
+    store.add_items(candidate_pairs(rows, samples, "run/sft"), source="round-1")
+    store.close()
+    judge = ["labels", "judge", str(many), "--labeller", "align.labeller:simulated", "--noise", "0"]
+    assert main([*judge, "--source", "round-1"]) == 0 and "judged 2 pairs" in capsys.readouterr().out
+    assert main([*judge, "--labels-per-pair", "3"]) == 0
+    assert "noise 0, 3 labels per pair) judged 4 pairs" in capsys.readouterr().out
+    store = LabelStore(many)
+    labels = sorted((j["annotator"], j["choice"] in "AB") for j in store.judgments())
+    store.close()
+    assert labels == [(name, True) for name in ("simulated-labeller", "simulated-labeller-2", "simulated-labeller-3")
+                      for _ in range(2)]
+    assert len(read_label_rows(many, majority=True)) == 2
+    assert main([*judge, "--labels-per-pair", "6"]) == 2 and "give 1 to 5" in capsys.readouterr().err
+
 
 def test_the_labellers_agreement_with_the_judge_counts_each_pair_the_judge_separates_once():
     """Pairs the judge scores alike are not counted; the labeller judges without its noise (a noisy one would
