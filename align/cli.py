@@ -185,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
                      "(answer key, category) that queued items carry, and submits its choice under --annotator. "
                      "Pairs that annotator judged before are not given again. With --labels-per-pair N it judges "
                      "each pair as N annotators (ANNOTATOR, ANNOTATOR-2, ...), each with its own noise, until each "
-                     "pair has N labels (people's count too); training then uses each pair's majority.")
+                     "pair has N labels (people's count too); `align labels export --majority` gives each pair's majority.")
     judge.add_argument("db", help="label database")
     judge.add_argument("--labeller", required=True, metavar="MODULE:FUNCTION",
                        help="the labeller, e.g. align.labeller:simulated (see align/labeller.py)")
