@@ -178,6 +178,14 @@ def label_waiting(db: str | Path, labeller: Callable, annotator: str, seed: int,
     return counts
 
 
+def label_counts(judgments: list[dict]) -> dict:
+    """How many labels, per choice, and how many flipped by noise (a labeller says so in its reason), as
+    label_waiting counts what it does; from the label database, so labels given by an earlier call count too."""
+    return {"labelled": len(judgments), **{choice: sum(j["choice"] == choice for j in judgments)
+                                           for choice in LABEL_CHOICES},
+            "flipped": sum("flipped" in (j["reason"] or "") for j in judgments)}
+
+
 def flipped_majorities(judgments: list[dict], labeller_names: set[str] | list[str]) -> int:
     """Of the pairs whose labels (the label database's judgments, people's included) have a strict majority, how
     many majorities the labeller's noise made: the reply most labels chose is the one the labeller's rubric rates

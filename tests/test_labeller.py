@@ -291,6 +291,12 @@ def test_the_reward_stage_trains_on_the_labellers_labels_from_the_database(tiny_
     assert metrics["train_pairs"] == 8 + len(stored)  # the bundled limit plus the database's pairs
     assert metrics["labelled_samples_labelled"] == metrics["labelled_samples_items"] > 0
     assert metrics["labelled_by"].startswith("simulated-labeller (align.labeller:simulated")
+    # redone over the same database: nothing is asked again, and the counts are still the labels it holds
+    again = run_recipe(recipe, only="reward")["reward"]["metrics"]
+    assert read_label_rows(db) == stored
+    counted = ("labelled_samples_items", "labelled_samples_labelled", "labelled_samples_decisive",
+               "labelled_samples_flipped", "label_db_pairs")
+    assert {key: again[key] for key in counted} == {key: metrics[key] for key in counted}
 
 
 def test_with_two_labels_per_pair_the_reward_stage_trains_on_the_pairs_both_labels_agree_on(tiny_llama, make_recipe):

@@ -134,6 +134,11 @@ def _prompt_json(prompt) -> str:
     return json.dumps(prompt, ensure_ascii=False)
 
 
+def answer_pair(prompt, text_1: str | None, text_2: str | None) -> tuple[str, frozenset]:
+    """Two answers to a prompt, whatever their order and whoever queued them: the comparison a label is about."""
+    return _prompt_json(prompt), frozenset((text_1, text_2))
+
+
 def item_id_for(prompt: list[dict], response_1: str | None, response_2: str | None, models=(None, None)) -> str:
     """Content-derived id, so importing the same file twice adds nothing."""
     key = json.dumps([prompt, response_1, response_2, list(models)], sort_keys=True, ensure_ascii=False)
@@ -271,8 +276,8 @@ class LabelStore:
         rows = self.connection().execute(
             "SELECT prompt, response_1, response_2 FROM items WHERE kind = 'pair' AND response_1 IS NOT NULL")
         held = {(r["prompt"], frozenset((r["response_1"], r["response_2"]))) for r in rows}
-        return [item for item in items if (_prompt_json(item["prompt"]),
-                                           frozenset((item.get("response_1"), item.get("response_2")))) not in held]
+        return [item for item in items
+                if answer_pair(item["prompt"], item.get("response_1"), item.get("response_2")) not in held]
 
     def set_responses(self, item_id: str, response_1: str, response_2: str) -> None:
         """Fill a generated item once; a second generator racing for the same item does not overwrite it."""

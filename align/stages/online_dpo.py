@@ -333,7 +333,7 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
     teach nothing), balanced by openings when the recipe says so. The recipe's labeller, if it names one, first
     judges whatever of the round's pairs waits there. Raises LabelsPending while fewer than labels_needed (default:
     all) of them have a judgment."""
-    from align.labeller import LABEL_CHOICES, flipped_majorities, label_as_annotators, labeller_annotators, per_pair
+    from align.labeller import flipped_majorities, label_as_annotators, label_counts, labeller_annotators, per_pair
     from align.labelling.store import LabelStore, preference_rows
     from align.reward_functions import load_labeller
 
@@ -350,10 +350,8 @@ def labelled_pairs(recipe: Recipe, round_dir: Path, db: Path, number: int) -> tu
         store.close()
     # the labeller's counts from the database, so a round resumed after an earlier labelling reports all of them
     names = set(labeller_annotators(cfg.annotator, cfg.labels_per_pair)) if cfg.labeller else set()
-    mine = [j for j in judged if j["annotator"] in names]
-    labeller = {"labeller_labelled": len(mine), **{f"labeller_{c}": sum(j["choice"] == c for j in mine)
-                                                    for c in LABEL_CHOICES},
-                "labeller_flipped": sum("flipped" in j["reason"] for j in mine)} if cfg.labeller else {}
+    mine = label_counts([j for j in judged if j["annotator"] in names])
+    labeller = {f"labeller_{key}": value for key, value in mine.items()} if cfg.labeller else {}
     if cfg.labeller and cfg.labels_per_pair > 1:
         labeller["labeller_majority_flipped"] = flipped_majorities(judged, names)
     needed = min(cfg.labels_needed or len(ids), len(ids))

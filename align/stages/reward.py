@@ -172,8 +172,9 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     """The SFT model's samples on training prompts, every two that differ queued in the label database and
     labelled there by the recipe's labeller (as an annotator in the web app); then every preference pair the
     database holds, as training rows."""
-    from align.labeller import candidate_pairs, flipped_majorities, label_through_store, labeller_annotators
-    from align.labelling.store import LabelStore, read_label_rows
+    from align.labeller import (candidate_pairs, flipped_majorities, label_counts, label_through_store,
+                                labeller_annotators)
+    from align.labelling.store import LabelStore, answer_pair, read_label_rows
     from align.onpolicy import BALANCED, balance_by_openings
     from align.reward_functions import load_labeller
 
@@ -182,24 +183,29 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     db = label_db_path(recipe, out)
     model = f"{out.parent.name}/{'sft' if 'sft' in inputs else 'base'}"
     items = candidate_pairs(rows, samples, model)
-    counts = label_through_store(db, items, load_labeller(spec.labeller), spec.annotator, source=f"{where} ({model})",
+    queued = label_through_store(db, items, load_labeller(spec.labeller), spec.annotator, source=f"{where} ({model})",
                                  seed=recipe.seed, labels_per_pair=spec.labels_per_pair, noise=spec.noise)
     majority = spec.labels_per_pair > 1
     pairs = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in read_label_rows(db, majority=majority)]
     in_database, balanced, noisy = len(pairs), {}, {}
+    store = LabelStore(db, create=False)
+    try:
+        judgments = store.judgments()
+    finally:
+        store.close()
+    # the labeller's labels of these pairs from the database, so a stage redone over it reports them all
+    names = set(labeller_annotators(spec.annotator, spec.labels_per_pair))
+    asked = {answer_pair(item["prompt"], item["response_1"], item["response_2"]) for item in items}
+    counts = label_counts([j for j in judgments if j["annotator"] in names
+                           and answer_pair(j["prompt"], j["text_a"], j["text_b"]) in asked])
     if majority:  # how clean the kept pairs are: majorities the labeller's noise made, over the database's pairs
-        names = set(labeller_annotators(spec.annotator, spec.labels_per_pair))
-        store = LabelStore(db, create=False)
-        try:
-            noisy["labelled_samples_majority_flipped"] = flipped_majorities(store.judgments(), names)
-        finally:
-            store.close()
+        noisy["labelled_samples_majority_flipped"] = flipped_majorities(judgments, names)
     if spec.balance_openings:
         pairs, changed = balance_by_openings(pairs, spec.openings, recipe.seed, spec.balance_openings)
         balanced = {f"labelled_pairs_{BALANCED[spec.balance_openings]}_for_balance": changed}
     openings = f" and {len(spec.openings)} opened ones" if spec.openings else ""
     print(f"[reward] {len(items)} pairs of {spec.samples_per_prompt} SFT samples{openings} on {len(rows)} prompts of {where} "
-          f"queued in {db} ({counts['queued']} new, {counts['already_there']} already there); "
+          f"queued in {db} ({queued['queued']} new, {queued['already_there']} already there); "
           f"{labelled_by(spec)} labelled {counts['labelled']}: A {counts['A']}, B {counts['B']}, tie {counts['tie']}, "
           f"both bad {counts['both_bad']} ({counts['flipped']} flipped); the database gives {in_database} preference "
           f"pairs" + (f" (each pair's majority, {noisy['labelled_samples_majority_flipped']} of them made by "
