@@ -185,7 +185,8 @@ def _parser() -> argparse.ArgumentParser:
                      "(answer key, category) that queued items carry, and submits its choice under --annotator. "
                      "Pairs that annotator judged before are not given again. With --labels-per-pair N it judges "
                      "each pair as N annotators (ANNOTATOR, ANNOTATOR-2, ...), each with its own noise, until each "
-                     "pair has N labels (people's count too); `align labels export --majority` gives each pair's majority.")
+                     "pair has N annotators (people who judged it, or hold it on screen, count too); `align labels export "
+                     "--majority` gives each pair's majority.")
     judge.add_argument("db", help="label database")
     judge.add_argument("--labeller", required=True, metavar="MODULE:FUNCTION",
                        help="the labeller, e.g. align.labeller:simulated (see align/labeller.py)")
@@ -601,8 +602,9 @@ def cmd_labels(args) -> int:
                                          source=args.source, noise=args.noise)
         except RewardFunctionError as err:
             raise LabelError(f"--labeller {args.labeller}: {err}") from err
-        print(f"{args.annotator} ({args.labeller}, noise {args.noise:g}{per_pair(args.labels_per_pair)}) judged "
-              f"{counts['labelled']} pairs in "
+        done = (f"judged {counts['labelled']} pairs" if args.labels_per_pair == 1 else
+                f"gave {counts['labelled']} labels as {args.labels_per_pair} annotators")
+        print(f"{args.annotator} ({args.labeller}, noise {args.noise:g}{per_pair(args.labels_per_pair)}) {done} in "
               f"{args.db}" + (f" queued from {args.source}" if args.source else "")
               + f": A {counts['A']}, B {counts['B']}, tie {counts['tie']}, both bad {counts['both_bad']} "
               f"({counts['flipped']} flipped)")

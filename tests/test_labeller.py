@@ -214,7 +214,7 @@ def test_align_labels_judge_has_a_labeller_judge_what_waits_in_a_database(tmp_pa
     judge = ["labels", "judge", str(many), "--labeller", "align.labeller:simulated", "--noise", "0"]
     assert main([*judge, "--source", "round-1"]) == 0 and "judged 2 pairs" in capsys.readouterr().out
     assert main([*judge, "--labels-per-pair", "3"]) == 0
-    assert "noise 0, 3 labels per pair) judged 4 pairs" in capsys.readouterr().out
+    assert "noise 0, 3 labels per pair) gave 4 labels as 3 annotators" in capsys.readouterr().out
     store = LabelStore(many)
     labels = sorted((j["annotator"], j["choice"] in "AB") for j in store.judgments())
     store.close()

@@ -186,6 +186,10 @@ def test_assignments_in_batches_give_the_pairs_and_ab_orders_one_by_one_asking_g
         store.add_items(pairs(40), "test")
         store.add_items(pairs(45)[40:], "other")
         rng = random.Random(5)
+        for _ in range(5):  # a person judged five pairs first: those go first, whichever batch they fall in
+            store.submit("person", store.next_assignment("person", 2, rng=rng, source="test")["item_id"], "A")
+        for _ in range(3):  # and skipped some, so the queue's order is not who judged it
+            store.release("person", store.next_assignment("person", 2, rng=rng, source="test")["item_id"])
         for annotator in ("a", "b", "c"):
             if use_batches:
                 shown_pairs = store.assignments(annotator, overlap=2, rng=rng, source="test", batch=7)
@@ -198,6 +202,9 @@ def test_assignments_in_batches_give_the_pairs_and_ab_orders_one_by_one_asking_g
     one_by_one = label(False, tmp_path / "one.db")
     assert label(True, tmp_path / "batched.db") == one_by_one
     assert len(one_by_one) == 80  # each of the source's 40 pairs twice, none of the other source's
+    first_five = {item for name, item, _, _ in one_by_one[:5]}
+    assert [name for name, item, _, _ in one_by_one if item in first_five] == ["person"] * 5 + ["a"] * 5
+    assert [name for name, _, _, _ in one_by_one[5:10]] == ["a"] * 5  # a completes the person's pairs first
 
 
 def test_assignments_skip_a_pair_someone_else_took_after_the_batch_was_read(store):
@@ -211,6 +218,20 @@ def test_assignments_skip_a_pair_someone_else_took_after_the_batch_was_read(stor
         rest.append(shown["item_id"])
     assert taken["item_id"] not in rest and len(rest) == 4
     assert store.assignment("a", taken["item_id"]) is None
+
+
+def test_assignments_start_with_the_pairs_still_open(store):
+    for _ in range(3):
+        store.submit("a", store.next_assignment("a")["item_id"], "A")
+    undone = [store.undo_last("a")["item_id"], store.undo_last("a")["item_id"]]  # two pairs handed back
+    given = []
+    for shown in store.assignments("a"):
+        store.submit("a", shown["item_id"], "A")
+        given.append(shown["item_id"])
+    assert given[:2] == undone[::-1] and len(given) == len(set(given)) == 5  # newest first, then the three new
+    left_open = store.next_assignment("b", overlap=2)
+    shown = [item["item_id"] for item in store.assignments("b", overlap=2)]  # judging none of them
+    assert shown[0] == left_open["item_id"] and len(shown) == len(set(shown)) == 6  # each once, no endless loop
 
 
 def test_assignments_start_with_the_pair_still_on_screen(store):

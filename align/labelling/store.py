@@ -313,49 +313,62 @@ class LabelStore:
         go first so overlapping judgments, and the agreement figures, accumulate early. `generated_only` skips
         items whose responses no model has written (a session without models); `source` gives only the items
         queued from that source (one training round's pairs, say)."""
-        shown = self._open_assignment(annotator, source)
-        if shown is not None:
-            return shown
-        for item_id in self._waiting_items(annotator, overlap, lease_seconds, generated_only, source, limit=1):
-            return self._assign(annotator, item_id, overlap, lease_seconds, rng)
-        return None
+        with self.transaction() as db:  # one write lock from the pick to the insert: no one takes it in between
+            item_id = self._open_assignment(db, annotator, source)
+            if item_id is None:
+                waiting = self._waiting_items(db, annotator, overlap, lease_seconds, generated_only, source, limit=1)
+                if not waiting or not self._assign(db, annotator, waiting[0], overlap, lease_seconds, rng):
+                    return None
+                item_id = waiting[0]
+        return self.assignment(annotator, item_id)
 
     def assignments(self, annotator: str, overlap: int = 1, lease_seconds: float = DEFAULT_LEASE_SECONDS,
                     rng: random.Random | None = None, generated_only: bool = False, source: str | None = None,
                     batch: int = 256):
         """next_assignment's pairs one after another, for an annotator that judges (or releases) each one before
-        taking the next, as a labeller does: the same pairs in the same order, A/B drawn from `rng` at the same
-        points. Finding the waiting pairs reads every pair of the source, so it is done for `batch` pairs at a
-        time instead of once per pair (which made labelling a source quadratic in its size); a pair someone
-        else took in the meantime is skipped, so none ever gets more than `overlap` annotators."""
-        shown = self._open_assignment(annotator, source)
-        if shown is not None:
-            yield shown
-        while waiting := self._waiting_items(annotator, overlap, lease_seconds, generated_only, source, batch):
+        taking the next, as a labeller does. Alone in the database it gives the pairs one-by-one asking would, in
+        the same order, A/B drawn from `rng` at the same points: first the pairs it holds open (newest first),
+        then the waiting ones. Finding the waiting pairs reads every pair of the source, so it is done for
+        `batch` pairs at a time instead of once per pair (which made labelling a source quadratic in its size).
+        While others label too, what waits changes under a batch: a pair of it that `overlap` annotators hold by
+        the time its turn comes is skipped, and partly covered pairs others started meanwhile wait for the next
+        batch rather than going first."""
+        given = set()
+        while True:
+            with self.transaction() as db:
+                item_id = self._open_assignment(db, annotator, source)
+            if item_id is None or item_id in given:  # the same one again: the caller left it open
+                break
+            given.add(item_id)
+            yield self.assignment(annotator, item_id)
+        while waiting := self._waiting_items(self.connection(), annotator, overlap, lease_seconds, generated_only,
+                                             source, batch):
             for item_id in waiting:
-                shown = self._assign(annotator, item_id, overlap, lease_seconds, rng)
-                if shown is not None:
-                    yield shown
+                with self.transaction() as db:
+                    assigned = self._assign(db, annotator, item_id, overlap, lease_seconds, rng)
+                if assigned:
+                    yield self.assignment(annotator, item_id)
 
-    def _open_assignment(self, annotator: str, source: str | None) -> dict | None:
+    @staticmethod
+    def _open_assignment(db, annotator: str, source: str | None) -> str | None:
         """The annotator's latest pair shown but not judged, its lease renewed from now (still on screen)."""
-        with self.transaction() as db:
-            row = db.execute(
-                "SELECT a.item_id FROM assignments a JOIN items i ON i.item_id = a.item_id WHERE a.annotator = ? "
-                "AND a.done = 0 AND (? IS NULL OR i.source = ?) ORDER BY a.assigned_at DESC LIMIT 1",
-                (annotator, source, source),
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE assignments SET assigned_at = ? WHERE item_id = ? AND annotator = ?",
-                       (time.time(), row["item_id"], annotator))
-        return self.assignment(annotator, row["item_id"])
+        row = db.execute(
+            "SELECT a.item_id FROM assignments a JOIN items i ON i.item_id = a.item_id WHERE a.annotator = ? "
+            "AND a.done = 0 AND (? IS NULL OR i.source = ?) ORDER BY a.assigned_at DESC LIMIT 1",
+            (annotator, source, source),
+        ).fetchone()
+        if row is None:
+            return None
+        db.execute("UPDATE assignments SET assigned_at = ? WHERE item_id = ? AND annotator = ?",
+                   (time.time(), row["item_id"], annotator))
+        return row["item_id"]
 
-    def _waiting_items(self, annotator: str, overlap: int, lease_seconds: float, generated_only: bool,
+    @staticmethod
+    def _waiting_items(db, annotator: str, overlap: int, lease_seconds: float, generated_only: bool,
                        source: str | None, limit: int) -> list[str]:
         """Up to `limit` pairs the annotator was never given and fewer than `overlap` annotators hold, partly
         covered ones first, then in queue order."""
-        rows = self.connection().execute(
+        rows = db.execute(
             f"""
             SELECT i.item_id, {HOLDERS} AS taken
             FROM items i
@@ -369,23 +382,23 @@ class LabelStore:
         ).fetchall()
         return [row["item_id"] for row in rows]
 
-    def _assign(self, annotator: str, item_id: str, overlap: int, lease_seconds: float,
-                rng: random.Random | None) -> dict | None:
-        """Give `item_id` to the annotator (A/B order drawn from `rng`), unless they already had it or `overlap`
-        annotators hold it by now; then None."""
+    @staticmethod
+    def _assign(db, annotator: str, item_id: str, overlap: int, lease_seconds: float,
+                rng: random.Random | None) -> bool:
+        """Give `item_id` to the annotator (A/B order drawn from `rng`), inside the caller's transaction; False if
+        they had it before or `overlap` annotators hold it by now."""
         now = time.time()
-        with self.transaction() as db:
-            held = db.execute(f"SELECT EXISTS (SELECT 1 FROM assignments WHERE item_id = ? AND annotator = ?), "
-                              f"{HOLDERS} FROM items i WHERE i.item_id = ?",
-                              (item_id, annotator, now - lease_seconds, item_id)).fetchone()
-            if held is None or held[0] or held[1] >= overlap:
-                return None
-            # Whoever let their lease on this pair run out loses it, so it never gets more than `overlap`.
-            db.execute("UPDATE assignments SET done = ? WHERE item_id = ? AND done = 0 AND assigned_at <= ?",
-                       (REVOKED, item_id, now - lease_seconds))
-            a_response = (rng or random).choice((1, 2))
-            db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, 0)", (item_id, annotator, a_response, now))
-        return self.assignment(annotator, item_id)
+        held = db.execute(f"SELECT EXISTS (SELECT 1 FROM assignments WHERE item_id = ? AND annotator = ?), "
+                          f"{HOLDERS} FROM items i WHERE i.item_id = ?",
+                          (item_id, annotator, now - lease_seconds, item_id)).fetchone()
+        if held is None or held[0] or held[1] >= overlap:
+            return False
+        # Whoever let their lease on this pair run out loses it, so it never gets more than `overlap`.
+        db.execute("UPDATE assignments SET done = ? WHERE item_id = ? AND done = 0 AND assigned_at <= ?",
+                   (REVOKED, item_id, now - lease_seconds))
+        a_response = (rng or random).choice((1, 2))
+        db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, 0)", (item_id, annotator, a_response, now))
+        return True
 
     def assignment(self, annotator: str, item_id: str) -> dict | None:
         """What `annotator` sees for `item_id`: prompt, text_a, text_b (None until generated), models, mapping."""

@@ -196,8 +196,12 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     # the labeller's labels of these pairs from the database, so a stage redone over it reports them all
     names = set(labeller_annotators(spec.annotator, spec.labels_per_pair))
     asked = {answer_pair(item["prompt"], item["response_1"], item["response_2"]) for item in items}
-    counts = label_counts([j for j in judgments if j["annotator"] in names
-                           and answer_pair(j["prompt"], j["text_a"], j["text_b"]) in asked])
+    latest = {}  # one label per pair and annotator, should the database hold the same pair twice
+    for j in judgments:
+        key = answer_pair(j["prompt"], j["text_a"], j["text_b"])
+        if j["annotator"] in names and key in asked:
+            latest[key, j["annotator"]] = j
+    counts = label_counts(list(latest.values()))
     if majority:  # how clean the kept pairs are: majorities the labeller's noise made, over the database's pairs
         noisy["labelled_samples_majority_flipped"] = flipped_majorities(judgments, names)
     if spec.balance_openings:
@@ -206,7 +210,8 @@ def labelled_samples(recipe: Recipe, inputs: dict, tokenizer, out: Path) -> tupl
     openings = f" and {len(spec.openings)} opened ones" if spec.openings else ""
     print(f"[reward] {len(items)} pairs of {spec.samples_per_prompt} SFT samples{openings} on {len(rows)} prompts of {where} "
           f"queued in {db} ({queued['queued']} new, {queued['already_there']} already there); "
-          f"{labelled_by(spec)} labelled {counts['labelled']}: A {counts['A']}, B {counts['B']}, tie {counts['tie']}, "
+          f"{labelled_by(spec)} labelled {queued['labelled']} now; its labels of these pairs there: "
+          f"{counts['labelled']}, A {counts['A']}, B {counts['B']}, tie {counts['tie']}, "
           f"both bad {counts['both_bad']} ({counts['flipped']} flipped); the database gives {in_database} preference "
           f"pairs" + (f" (each pair's majority, {noisy['labelled_samples_majority_flipped']} of them made by "
                       f"noise; pairs without one dropped)" if majority else "")
