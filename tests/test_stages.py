@@ -182,6 +182,46 @@ def test_eval_reports_win_rate_on_heldout_prompts(llama_run):
     assert 0 <= metrics["reward_model_accuracy"] <= 1
 
 
+def test_eval_answers_once_for_a_policy_that_kept_sfts_adapter_and_reads_the_reward_stages_accuracy(
+        llama_run, tiny_llama, tmp_path, monkeypatch, capsys):
+    """An online stage that stopped before training kept SFT's adapter: eval neither answers nor scores with it a
+    second time, and where eval's pairs are the reward stage's held-out pairs it reads their accuracy from there.
+    A trained policy is answered on its own and the pairs are scored again where eval's differ."""
+    import shutil
+
+    from align.config import parse_recipe
+    from align.stages import evaluate
+    from tests.conftest import tiny_recipe
+
+    _, records, run = llama_run
+    recipe = parse_recipe(tiny_recipe(tiny_llama, run.parent, ["sft", "reward", "dpo", "eval", "export"],
+                                      eval={"dataset": {"bundled": "prefs_test", "limit": 6}, "max_prompts": 6}))
+    kept = tmp_path / "dpo"
+    shutil.copytree(run / "sft" / "adapter", kept / "adapter")
+    passes, real = [], evaluate.generate_answers
+    monkeypatch.setattr(evaluate, "generate_answers", lambda *a, **k: passes.append(1) or real(*a, **k))
+    monkeypatch.setattr(evaluate, "pairwise_accuracy", lambda *a, **k: pytest.fail("held-out pairs scored again"))
+    (tmp_path / "eval").mkdir()
+    metrics = evaluate.run(recipe, tmp_path / "eval", {"sft": run / "sft", "reward": run / "reward", "dpo": kept})
+    assert len(passes) == 1, "one generation pass: SFT's, which is also the policy's"
+    assert "[eval] dpo's adapter is sft's, unchanged: its answers are sft's" in capsys.readouterr().out
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all(s["policy_answer"] == s["baseline_answer"] for s in samples)
+    assert all(s["policy_reward"] == s["sft_reward"] for s in samples)
+    assert metrics["reward_model_accuracy"] == records["reward"]["metrics"]["heldout_accuracy"]
+    assert metrics["kl_to_baseline"] == pytest.approx(0.0, abs=1e-6)
+
+    passes.clear()
+    scored = []
+    monkeypatch.setattr(evaluate, "pairwise_accuracy", lambda *a, **k: scored.append(1) or {
+        "accuracy": 0.5, "mean_margin": 0.0, "pairs": 4})
+    trained = parse_recipe(tiny_recipe(tiny_llama, run.parent, ["sft", "reward", "dpo", "eval", "export"]))
+    (tmp_path / "eval-trained").mkdir()
+    evaluate.run(trained, tmp_path / "eval-trained", {"sft": run / "sft", "reward": run / "reward", "dpo": run / "dpo"})
+    assert len(passes) == 2, "a trained policy answers on its own"
+    assert scored == [1], "eval's 4 pairs are not the reward stage's 6: scored here"
+
+
 def test_eval_perplexity_matches_the_models_own_loss(tiny_llama):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM

@@ -64,8 +64,15 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     ))
 
     # --- generate and score
+    # an online stage that stopped before training kept SFT's adapter: the same weights answer greedily the same,
+    # so its answers and rewards are SFT's rather than a second pass of the slowest part of eval
+    unchanged = "sft" in names and same_adapter(inputs[policy_stage] / "adapter", inputs["sft"] / "adapter")
+    if unchanged:
+        print(f"[eval] {policy_stage}'s adapter is sft's, unchanged: its answers are sft's")
     answers = {}
     for name in names:
+        if name == "policy" and unchanged:
+            continue
         with use_model(chat, name):
             answers[name] = generate_answers(chat, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, True)
     rewards = {
@@ -76,6 +83,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         )
         for name, outs in answers.items()
     }
+    if unchanged:
+        answers = {"policy": answers["sft"], **answers}
+        rewards = {"policy": rewards["sft"], **rewards}
     gold = {}
     if cfg.judges:
         texts = {name: [a["text"] for a in outs] for name, outs in answers.items()}
@@ -86,7 +96,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     kl = answer_kl(chat, tokenizer, prompts[few], answers["policy"][few], cfg.baseline)
     perplexities = {side: perplexity(chat, tokenizer, prompts[few], references[few], name)
                     for side, name in pair.items()}
-    reward_accuracy = pairwise_accuracy(reward_model, tokenizer, rows, cfg.batch_size)
+    reward_accuracy = (reward_stage_accuracy(recipe, inputs, rows)
+                       or pairwise_accuracy(reward_model, tokenizer, rows, cfg.batch_size))
 
     # --- save
     with (out / "samples.jsonl").open("w") as fh:
@@ -191,6 +202,31 @@ def gold_comparison(recipe: Recipe, verdicts: dict[str, dict[str, list[float]]],
                                                                categories, 5000)
                                for other in ("sft", "base") if other in verdicts}}
     return gold
+
+
+def same_adapter(one: Path, other: Path) -> bool:
+    """Whether two adapter directories hold the same weights and configuration, byte for byte."""
+    import filecmp
+
+    names = ("adapter_config.json", "adapter_model.safetensors")
+    return all((one / n).is_file() and (other / n).is_file() and filecmp.cmp(one / n, other / n, shallow=False)
+               for n in names)
+
+
+def reward_stage_accuracy(recipe: Recipe, inputs: dict, rows: list[dict]) -> dict | None:
+    """The reward model's held-out pairwise accuracy as its own stage measured it, where eval's pairs are the
+    reward stage's held-out pairs (the same source and every one of its pairs), so they are not scored twice;
+    None where they differ."""
+    from align.runs import read_stage
+
+    if "reward" not in recipe.stages or recipe.reward.eval_dataset != recipe.eval.dataset:
+        return None
+    measured = read_stage(inputs["reward"]).get("metrics", {})
+    if measured.get("heldout_pairs") != len(rows) or "heldout_accuracy" not in measured:
+        return None
+    print(f"[eval] the reward model's held-out pairwise accuracy: its stage's, on these {len(rows)} pairs")
+    return {"accuracy": measured["heldout_accuracy"], "mean_margin": measured["heldout_mean_margin"],
+            "pairs": measured["heldout_pairs"]}
 
 
 def use_model(chat, name: str):
