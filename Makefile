@@ -1,4 +1,4 @@
-# make demo   # install into .venv, then run recipes/quickstart.yaml on the embedded model (2-core CPU, about 16 minutes)
+# make demo   # install into .venv, then run recipes/quickstart.yaml on the embedded model (2-core CPU, about 25 minutes)
 # make test   # install into .venv (with ui, test and gguf extras) and Chromium, then run the whole test suite
 # make test-quick   # the suite without the slow end-to-end, kill -9, load and 2-process tests: the edit-test loop
 # make gpu-check   # every stage in 4 bits + align vs plain TRL throughput -> bench/results/<gpu>-<date>.json (tiny on a CPU)

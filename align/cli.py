@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "DPO rounds, PPO, RLOO or GRPO, an evaluation (gold judges, reward-model win rate) and a merged export. "
         "People's labels come from a labelling web app (A/B pairs, a blind arena) and from chat feedback (ratings "
         "and corrections of a model's replies), kept in a label database that recipes read.",
-        epilog="Start with: align run recipes/quickstart.yaml   (CPU, embedded model, about 16 minutes)",
+        epilog="Start with: align run recipes/quickstart.yaml   (CPU, embedded model: about 25 minutes)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
