@@ -185,8 +185,8 @@ def test_eval_reports_win_rate_on_heldout_prompts(llama_run):
 def test_eval_answers_once_for_a_policy_that_kept_sfts_adapter_and_reads_the_reward_stages_accuracy(
         llama_run, tiny_llama, tmp_path, monkeypatch, capsys):
     """An online stage that stopped before training kept SFT's adapter: eval neither answers nor scores with it a
-    second time, and where eval's pairs are the reward stage's held-out pairs it reads their accuracy from there.
-    A trained policy is answered on its own and the pairs are scored again where eval's differ."""
+    second time, and where eval's pairs are all the reward stage's held-out pairs it reads their accuracy from
+    there. A trained policy answers on its own, and fewer pairs than the stage held out are scored again."""
     import shutil
 
     from align.config import parse_recipe
@@ -194,32 +194,40 @@ def test_eval_answers_once_for_a_policy_that_kept_sfts_adapter_and_reads_the_rew
     from tests.conftest import tiny_recipe
 
     _, records, run = llama_run
-    recipe = parse_recipe(tiny_recipe(tiny_llama, run.parent, ["sft", "reward", "dpo", "eval", "export"],
-                                      eval={"dataset": {"bundled": "prefs_test", "limit": 6}, "max_prompts": 6}))
+    held_out = {"bundled": "prefs_test", "limit": 6}  # the reward stage's eval_dataset in tiny_recipe
+
+    def recipe_with(max_prompts):
+        return parse_recipe(tiny_recipe(tiny_llama, run.parent, ["sft", "reward", "dpo", "eval", "export"],
+                                        eval={"dataset": held_out, "max_prompts": max_prompts}))
+
     kept = tmp_path / "dpo"
     shutil.copytree(run / "sft" / "adapter", kept / "adapter")
-    passes, real = [], evaluate.generate_answers
-    monkeypatch.setattr(evaluate, "generate_answers", lambda *a, **k: passes.append(1) or real(*a, **k))
+    passes, scorings = [], []
+    real_generate, real_score = evaluate.generate_answers, evaluate.score_conversations
+    monkeypatch.setattr(evaluate, "generate_answers", lambda *a, **k: passes.append(1) or real_generate(*a, **k))
+    monkeypatch.setattr(evaluate, "score_conversations", lambda *a, **k: scorings.append(1) or real_score(*a, **k))
     monkeypatch.setattr(evaluate, "pairwise_accuracy", lambda *a, **k: pytest.fail("held-out pairs scored again"))
     (tmp_path / "eval").mkdir()
-    metrics = evaluate.run(recipe, tmp_path / "eval", {"sft": run / "sft", "reward": run / "reward", "dpo": kept})
-    assert len(passes) == 1, "one generation pass: SFT's, which is also the policy's"
+    metrics = evaluate.run(recipe_with(6), tmp_path / "eval", {"sft": run / "sft", "reward": run / "reward",
+                                                               "dpo": kept})
+    assert len(passes) == 1 and len(scorings) == 1, "one pass of answers and rewards: SFT's, also the policy's"
     assert "[eval] dpo's adapter is sft's, unchanged: its answers are sft's" in capsys.readouterr().out
     samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6 and all(s["policy_answer"] == s["baseline_answer"] for s in samples)
     assert all(s["policy_reward"] == s["sft_reward"] for s in samples)
     assert metrics["reward_model_accuracy"] == records["reward"]["metrics"]["heldout_accuracy"]
+    assert metrics["reward_model_accuracy_from"] == "reward stage"
     assert metrics["kl_to_baseline"] == pytest.approx(0.0, abs=1e-6)
 
-    passes.clear()
-    scored = []
-    monkeypatch.setattr(evaluate, "pairwise_accuracy", lambda *a, **k: scored.append(1) or {
-        "accuracy": 0.5, "mean_margin": 0.0, "pairs": 4})
-    trained = parse_recipe(tiny_recipe(tiny_llama, run.parent, ["sft", "reward", "dpo", "eval", "export"]))
+    passes.clear(), scorings.clear()
+    rescored = []
+    monkeypatch.setattr(evaluate, "pairwise_accuracy", lambda *a, **k: rescored.append(len(a[2])) or {
+        "accuracy": 0.5, "mean_margin": 0.0, "pairs": len(a[2])})
     (tmp_path / "eval-trained").mkdir()
-    evaluate.run(trained, tmp_path / "eval-trained", {"sft": run / "sft", "reward": run / "reward", "dpo": run / "dpo"})
-    assert len(passes) == 2, "a trained policy answers on its own"
-    assert scored == [1], "eval's 4 pairs are not the reward stage's 6: scored here"
+    metrics = evaluate.run(recipe_with(4), tmp_path / "eval-trained", {"sft": run / "sft", "reward": run / "reward",
+                                                                       "dpo": run / "dpo"})
+    assert len(passes) == 2 and len(scorings) == 2, "a trained policy answers and is scored on its own"
+    assert rescored == [4] and "reward_model_accuracy_from" not in metrics, "4 of the stage's 6 pairs: scored here"
 
 
 def test_eval_perplexity_matches_the_models_own_loss(tiny_llama):

@@ -96,8 +96,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
     kl = answer_kl(chat, tokenizer, prompts[few], answers["policy"][few], cfg.baseline)
     perplexities = {side: perplexity(chat, tokenizer, prompts[few], references[few], name)
                     for side, name in pair.items()}
-    reward_accuracy = (reward_stage_accuracy(recipe, inputs, rows)
-                       or pairwise_accuracy(reward_model, tokenizer, rows, cfg.batch_size))
+    measured_by_stage = reward_stage_accuracy(recipe, inputs, rows)
+    reward_accuracy = measured_by_stage or pairwise_accuracy(reward_model, tokenizer, rows, cfg.batch_size)
 
     # --- save
     with (out / "samples.jsonl").open("w") as fh:
@@ -116,6 +116,8 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                                  {side: rewards[name] for side, name in pair.items()},
                                  references, perplexities, kl, reward_accuracy)
     metrics = {"policy": policy_stage, "baseline": cfg.baseline, "prompts": len(prompts), **figures}
+    if measured_by_stage:
+        metrics["reward_model_accuracy_from"] = "reward stage"
     if gold:
         metrics["gold"] = gold
     return metrics
@@ -214,15 +216,18 @@ def same_adapter(one: Path, other: Path) -> bool:
 
 
 def reward_stage_accuracy(recipe: Recipe, inputs: dict, rows: list[dict]) -> dict | None:
-    """The reward model's held-out pairwise accuracy as its own stage measured it, where eval's pairs are the
-    reward stage's held-out pairs (the same source and every one of its pairs), so they are not scored twice;
-    None where they differ."""
+    """The reward model's held-out pairwise accuracy as its own stage measured it, where eval's pairs are the pairs
+    that stage recorded holding out (the same source and every one of its pairs), so they are not scored twice and
+    the run reports one figure for it; None where they differ. (In bf16 a rescore at eval's batch size can differ
+    in the last digit: the stage scores at its own.)"""
     from align.runs import read_stage
 
-    if "reward" not in recipe.stages or recipe.reward.eval_dataset != recipe.eval.dataset:
-        return None
-    measured = read_stage(inputs["reward"]).get("metrics", {})
-    if measured.get("heldout_pairs") != len(rows) or "heldout_accuracy" not in measured:
+    stage = read_stage(inputs["reward"])
+    held_out = stage.get("fingerprint", {}).get("reward", {}).get("eval_dataset")
+    measured = stage.get("metrics", {})
+    keys = ("heldout_accuracy", "heldout_mean_margin", "heldout_pairs")
+    if (held_out != recipe.eval.dataset.model_dump(mode="json") or not all(k in measured for k in keys)
+            or measured["heldout_pairs"] != len(rows)):
         return None
     print(f"[eval] the reward model's held-out pairwise accuracy: its stage's, on these {len(rows)} pairs")
     return {"accuracy": measured["heldout_accuracy"], "mean_margin": measured["heldout_mean_margin"],
