@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"<!-- figures: ([^>]+?) -->(.*?)<!-- end figures -->", re.S)
-DURATION = re.compile(r"(\d+) min (\d+) s\b")
+DURATION = re.compile(r"(?:\b(\d+) h )?(\d+) min (\d+) s\b")
 ABOUT_MINUTES = re.compile(r"about (\d+) minutes")
 FIGURE = re.compile(r"(?<![\w.\-/+−])([+\-−]?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(%?)(?![\w\-/]|\.\d)")
 # Measured-looking figures: a rate or interval bound (0.xxx), memory, a time in minutes and seconds.
@@ -47,7 +47,8 @@ def unexplained(text: str, records: list[dict]) -> list[str]:
     missing = []
     text = prose(text)
     for match in DURATION.finditer(text):
-        seconds = int(match.group(1)) * 60 + int(match.group(2))
+        hours, minutes, seconds = (int(group or 0) for group in match.groups())
+        seconds += hours * 3600 + minutes * 60
         if not any(round(v) == seconds for v in values):
             missing.append(match.group())
     for match in ABOUT_MINUTES.finditer(text):
@@ -76,6 +77,8 @@ def test_the_checker_finds_figures_the_record_does_not_give():
     record = {"measured": {"wall_seconds": 1000.4, "max_rss_kb": 2833344},
               "stages": {"eval": {"rate": 0.33375, "difference": -0.0312, "share": 0.15}}}
     assert unexplained("took 16 min 40 s, about 17 minutes, 2,833,344 KB; 0.334 and -0.031; 15%", [record]) == []
+    assert unexplained("1 h 0 min 0 s", [{"measured": {"wall_seconds": 3600.2}}]) == []
+    assert unexplained("1 h 0 min 1 s", [{"measured": {"wall_seconds": 3600.2}}]) == ["1 h 0 min 1 s"]
     assert unexplained("0.335 and +0.031 and 16 min 41 s, about 18 minutes, 16%", [record]) == [
         "16 min 41 s", "about 18 minutes", "0.335", "+0.031", "16%"]
     assert unexplained("`runs/quickstart` [docs](docs/a1.md) p < 0.0001", [record]) == []
