@@ -498,12 +498,20 @@ class GRPOStage(OnlineTrlStage):
 
 
 class PPOStage(VLLMSampling, RewardModelGate):
-    """Online RL against the reward model: sample answers, score them, clipped PPO updates with a value function,
-    GAE and a per-token KL penalty to the reference (the model the stage starts from)."""
+    """Online RL against the reward model: sample answers, score them, clipped PPO updates with a per-token KL
+    penalty to the reference (the model the stage starts from); advantages from a value function and GAE, or from
+    the other answers to the same prompt."""
 
     dataset: DataSource = Field(description="Prompts to answer: prompt, messages, demonstration or preference rows.")
     steps: int = Field(40, gt=0, description="PPO iterations; each samples one rollout batch and optimises on it.")
-    rollout_batch_size: int = Field(16, gt=0, description="Prompts answered per iteration, per process.")
+    rollout_batch_size: int = Field(16, gt=0, description="Answers sampled per iteration, per process.")
+    answers_per_prompt: int = Field(
+        1, gt=0, description="Each iteration's prompts are answered this many times (rollout_batch_size answers to "
+        "rollout_batch_size / answers_per_prompt prompts).")
+    baseline: Literal["value", "prompt"] = Field(
+        "value", description="What an answer's reward is measured against: a value model with GAE (InstructGPT's "
+        "PPO), or the mean of the other answers to its prompt (leave-one-out, as RLOO; no value model trains), so "
+        "the reward model's level between prompts cancels and only its ranking within a prompt teaches.")
     mini_batch_size: int = Field(8, gt=0, description="Responses per optimiser step; divides rollout_batch_size.")
     ppo_epochs: int = Field(2, gt=0, description="Optimisation passes over each rollout batch.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of the policy adapter.")
@@ -567,6 +575,12 @@ class PPOStage(VLLMSampling, RewardModelGate):
             raise ValueError(
                 f"mini_batch_size {self.mini_batch_size} must divide rollout_batch_size {self.rollout_batch_size}"
             )
+        if self.rollout_batch_size % self.answers_per_prompt:
+            raise ValueError(f"answers_per_prompt {self.answers_per_prompt} must divide rollout_batch_size "
+                             f"{self.rollout_batch_size}")
+        if self.baseline == "prompt" and self.answers_per_prompt < 2:
+            raise ValueError("baseline: prompt measures each answer against the other answers to its prompt: "
+                             f"set answers_per_prompt to 2 or more (it is {self.answers_per_prompt})")
         if not self.use_reward_model and not self.reward_functions:
             raise ValueError("no reward: set use_reward_model: true or list reward_functions")
         if self.reward_model_path and not self.use_reward_model:

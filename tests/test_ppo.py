@@ -42,7 +42,7 @@ def toy_gpt2(tiny_gpt2, tmp_path_factory):
     return out
 
 
-def toy_run(model_dir, root, kl_coef):
+def toy_run(model_dir, root, kl_coef, **settings):
     toy = {
         "dataset": {"bundled": "sft", "limit": 64},
         "use_reward_model": False,
@@ -50,7 +50,7 @@ def toy_run(model_dir, root, kl_coef):
         "reward_weights": [10.0],
         "missing_eos": "keep",
         "steps": 40, "rollout_batch_size": 32, "mini_batch_size": 8, "ppo_epochs": 4, "max_new_tokens": 8,
-        "learning_rate": 1e-3, "lr_schedule": "constant", "kl_coef": kl_coef, "save_steps": 20,
+        "learning_rate": 1e-3, "lr_schedule": "constant", "kl_coef": kl_coef, "save_steps": 20, **settings,
     }
     recipe = parse_recipe(tiny_recipe(model_dir, root, ["ppo"], ppo=toy))
     records = run_recipe(recipe)
@@ -76,6 +76,17 @@ def test_ppo_raises_a_toy_reward_and_the_kl_penalty_bounds_it(toy_gpt2, tmp_path
     loose_kl = sum(r["kl"] for r in rows[-10:]) / 10
     tight_kl = sum(r["kl"] for r in tight_rows[-10:]) / 10
     assert tight_kl < 0.5 * loose_kl, f"KL with kl_coef 0.5: {tight_kl:.2f}, with 0.05: {loose_kl:.2f}"
+
+
+@pytest.mark.slow
+def test_ppo_with_the_prompt_baseline_raises_the_toy_reward_without_a_value_model(toy_gpt2, tmp_path):
+    rows, metrics = toy_run(toy_gpt2, tmp_path, kl_coef=0.05, answers_per_prompt=4, baseline="prompt")
+    first = sum(r["reward_mean"] for r in rows[:5]) / 5
+    last = sum(r["reward_mean"] for r in rows[-5:]) / 5
+    assert len(rows) == 40 and metrics["steps"] == 40
+    assert last > 2 * first and last - first > 1.0, f"reward did not rise clearly: {first:.3f} -> {last:.3f}"
+    assert all("value_loss" not in r and "value_mean" not in r for r in rows), "no value model trains"
+    assert all(math.isfinite(r["kl"]) and r["kl"] < 40 for r in rows)
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +227,9 @@ def test_interrupted_ppo_resumes_on_the_same_trajectory(tiny_llama, tmp_path):
     ("ppo", "message"),
     [
         ({"rollout_batch_size": 6, "mini_batch_size": 4}, "must divide rollout_batch_size"),
+        ({"rollout_batch_size": 8, "mini_batch_size": 4, "answers_per_prompt": 3}, "answers_per_prompt 3 must divide"),
+        ({"baseline": "prompt"}, "set answers_per_prompt to 2 or more"),
+        ({"baseline": "critic"}, "baseline"),
         ({"use_reward_model": False}, "no reward"),
         ({"reward_functions": ["tests.toy_rewards:no_such_function"]}, "has no function 'no_such_function'"),
         ({"reward_functions": ["no_such_module_xyz:f"]}, "cannot import no_such_module_xyz"),

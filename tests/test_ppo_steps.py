@@ -14,7 +14,7 @@ import torch
 from align.stages.ppo.checkpoints import load_checkpoint, newest_checkpoint, save_checkpoint
 from align.models import load_tokenizer
 from align.stages.ppo.steps import (
-    RewardSources, Rollout, estimate_advantages, load_checked_prompts, load_roles, old_logprobs_and_values,
+    Experience, RewardSources, Rollout, estimate_advantages, load_checked_prompts, load_roles, old_logprobs_and_values,
     opening_per_row, rollout, score, start_training, stop_check, update,
 )
 
@@ -160,6 +160,43 @@ def test_update_trains_the_policy_and_value_adapters_and_leaves_the_base_alone(p
     assert any(".value." in n and "lora_B" in n for n in changed), "the value adapter must learn"
     assert changed <= {n for n in before if "lora_" in n}, f"base weights changed: {sorted(changed)[:3]}"
     assert not torch.equal(ppo.training.value_model.head.weight, head_before), "the value head must move"
+
+
+def test_the_prompt_baseline_ranks_answers_within_their_prompt_not_across_prompts(ppo):
+    """Prompt 0's answers score 0 and 1, prompt 1's 10 and 11 (a reward model's level differs between prompts).
+    Against the other answer to the same prompt the better of each pair gains and the worse loses; against a
+    value model (here a zero one) and the batch, both of prompt 1's answers gain and both of prompt 0's lose."""
+    mask = torch.ones(4, 3)
+    zeros = torch.zeros(4, 3)
+    experience = Experience(sequences=None, attention=None, responses=None, context=0, mask=mask,
+                            old_logprobs=zeros, ref_logprobs=zeros, old_values=zeros)
+    scores = torch.tensor([0.0, 10.0, 1.0, 11.0])  # rows 0, 2 answer prompt 0; rows 1, 3 prompt 1
+    prompt = ppo.cfg.model_copy(update={"answers_per_prompt": 2, "baseline": "prompt"})
+    _, advantages, _ = estimate_advantages(experience, scores, 0.0, prompt)
+    assert (advantages[2] > 0).all() and (advantages[3] > 0).all(), "the better answer of each prompt gains"
+    assert (advantages[0] < 0).all() and (advantages[1] < 0).all(), "the worse answer of each prompt loses"
+    assert advantages[0].tolist() == pytest.approx(advantages[1].tolist()), "both pairs differ by 1: same signal"
+
+    _, advantages, _ = estimate_advantages(experience, scores, 0.0, ppo.cfg)  # baseline: value
+    assert (advantages[1] > 0).all() and (advantages[0] < 0).all() and (advantages[2] < 0).all()
+
+
+def test_with_the_prompt_baseline_only_the_policy_trains(ppo):
+    """No value model: the value adapter and head keep their weights and the statistics have no value loss."""
+    ppo.cfg = ppo.cfg.model_copy(update={"answers_per_prompt": 2, "baseline": "prompt"})
+    ppo.prompt_ids = ppo.prompt_ids[:2] * 2
+    ppo.rows = ppo.rows[:2] * 2
+    model = ppo.training.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    head_before = ppo.training.value_model.head.weight.detach().clone()
+    experience, kl, stats = rollout_and_update(ppo)
+
+    assert torch.equal(experience.old_values, torch.zeros_like(experience.old_values))
+    assert stats and all("value_loss" not in s and np.isfinite(s["policy_loss"]) for s in stats)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(".default." in n and "lora_B" in n for n in changed), "the policy adapter must learn"
+    assert not any(".value." in n for n in changed), "no value model trains with the prompt baseline"
+    assert torch.equal(ppo.training.value_model.head.weight, head_before)
 
 
 def test_checkpoint_save_then_load_restores_step_optimiser_kl_and_rng(ppo, tmp_path):

@@ -9,7 +9,8 @@ import torch
 
 from align.generation import mask_after_eos
 from align.stages.ppo.arithmetic import (
-    AdaptiveKLController, RunningMoments, gae, masked_whiten, per_token_rewards, policy_loss, value_loss,
+    AdaptiveKLController, RunningMoments, gae, leave_one_out, masked_whiten, per_token_rewards, policy_loss,
+    value_loss,
 )
 from align.stages.ppo.steps import prompt_indices
 
@@ -27,6 +28,18 @@ def test_gae_by_hand():
     advantages, returns = gae(rewards[1:], values[1:], mask[1:], gamma=0.9, lam=1.0)
     assert advantages.tolist()[0] == pytest.approx([0.8, 1.0, 0.0])
     assert returns.tolist()[0] == pytest.approx([1.8, 2.0, 0.0])
+
+
+def test_leave_one_out_measures_each_answer_against_the_others_to_its_prompt():
+    # three prompts answered twice, as blocks: rows 0-2 then rows 3-5 answer prompts 0, 1, 2
+    scores = torch.tensor([1.0, 2.0, 3.0, 5.0, 4.0, 3.0])
+    assert leave_one_out(scores, 2).tolist() == pytest.approx([-4.0, -2.0, 0.0, 4.0, 2.0, 0.0])
+    # four answers to each of two prompts: each less the mean of its three siblings
+    scores = torch.tensor([0.0, 10.0, 3.0, 10.0, 3.0, 10.0, 6.0, 14.0])
+    assert leave_one_out(scores, 4).tolist() == pytest.approx([-4.0, -4 / 3, 0.0, -4 / 3, 0.0, -4 / 3, 4.0, 4.0])
+    # a prompt's level cancels: adding 100 to every answer of prompt 1 changes nothing
+    shifted = scores + torch.tensor([0.0, 100.0] * 4)
+    assert leave_one_out(shifted, 4).tolist() == pytest.approx(leave_one_out(scores, 4).tolist(), abs=1e-4)
 
 
 def test_whitening_ignores_padding():

@@ -53,6 +53,14 @@ def per_token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs
     return rewards, kl
 
 
+def leave_one_out(scores: torch.Tensor, answers_per_prompt: int) -> torch.Tensor:
+    """Each score less the mean of the other answers to its prompt. Rows come as answers_per_prompt blocks of the
+    same prompts in the same order (row r answers prompt r % prompts), as the loop lays out a rollout batch."""
+    blocks = scores.view(answers_per_prompt, -1)
+    others = (blocks.sum(0, keepdim=True) - blocks) / (answers_per_prompt - 1)
+    return (blocks - others).reshape(-1)
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over each row's valid tokens (a prefix of the row).

@@ -3,13 +3,15 @@
 One frozen base is loaded once (4-bit with QLoRA on GPU, float on CPU) and every role is a LoRA adapter on it:
   default    the policy, trainable, starting from the SFT adapter (fresh without an SFT stage)
   reference  a frozen copy of the SFT adapter; without an SFT stage the reference is the base, adapters disabled
-  value      trainable adapter + scalar head, starting as a copy of the reward model (or fresh)
+  value      trainable adapter + scalar head, starting as a copy of the reward model (or fresh); it trains only
+             with baseline: value
   reward     the reward stage's adapter + score head, frozen
 A reward model with its own base and tokenizer (reward_model_path) is loaded beside it and scores decoded text.
 
 `run` is the loop; each numbered step in it is a function below, in the same order: 1. rollout (sample responses
 to a batch of prompts) -> 2. score them -> 3. old log-probs of policy and reference, and values -> 4. advantages
-(per-token rewards with the KL penalty and the score on the last token, GAE) -> 5. update (ppo_epochs of clipped
+(per-token rewards with the KL penalty and the score on the last token; GAE against the value model, or with
+baseline: prompt the score less the mean of the other answers to the same prompt) -> 5. update (ppo_epochs of clipped
 updates in mini-batches) -> 6. log -> 7. stop check -> 8. checkpoint. The arithmetic is in arithmetic.py, the
 checkpoint files in checkpoints.py. Under `accelerate launch` every process samples its own prompts and gradients
 are averaged across processes (ranks.py).
@@ -40,7 +42,7 @@ from align.onpolicy import judge_scores
 from align.stages.ppo.ranks import average_gradients, broadcast_from_main, gather_all, mean_over_processes
 from align.reward_functions import call_reward_function, load_reward_function
 from align.stages.ppo.arithmetic import (
-    AdaptiveKLController, FixedKLController, RunningMoments, gae, masked_mean, masked_whiten,
+    AdaptiveKLController, FixedKLController, RunningMoments, gae, leave_one_out, masked_mean, masked_whiten,
     per_token_rewards, policy_loss, token_logprobs, value_loss,
 )
 from align.runs import replace_dir, temp_dir_for, trim_log
@@ -107,8 +109,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
                disable=not state.is_main_process)
     for step in bar:
         started = time.time()
-        indices = prompt_indices(step, len(rows), cfg.rollout_batch_size, recipe.seed, state.process_index,
-                                 state.num_processes)
+        prompts = prompt_indices(step, len(rows), cfg.rollout_batch_size // cfg.answers_per_prompt, recipe.seed,
+                                 state.process_index, state.num_processes)
+        indices = prompts * cfg.answers_per_prompt  # blocks: row r answers prompts[r % len(prompts)]
         batch = [rows[i] for i in indices]
 
         # 1. rollout: the policy answers this step's prompts, some continuing an opening
@@ -125,7 +128,7 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         scores = score(batch, answers, sources, training.moments, cfg, state, autocast)
         # 3. old log-probs of policy and reference, and values, before this step's update
         experience = old_logprobs_and_values(training, answers, cfg, autocast)
-        # 4. advantages: per-token rewards (KL penalty, score on the last token), GAE
+        # 4. advantages: per-token rewards (KL penalty, score on the last token), GAE or the prompt's other answers
         kl, advantages, returns = estimate_advantages(experience, scores.trained, training.kl_controller.value, cfg)
         # 5. update: ppo_epochs passes of clipped policy and value updates
         stats = update(training, experience, advantages, returns, cfg, state, autocast)
@@ -349,18 +352,27 @@ def old_logprobs_and_values(training: Training, answers: Rollout, cfg: PPOStage,
             args = (sequences[chunk], attention[chunk], answers.responses[chunk], context, cfg.temperature)
             old_logprobs.append(response_logprobs(training.model, "default", *args)[0])
             ref_logprobs.append(response_logprobs(training.model, "reference", *args)[0])
-            old_values.append(response_values(training.value_model, sequences[chunk], attention[chunk], context))
+            if cfg.baseline == "value":
+                old_values.append(response_values(training.value_model, sequences[chunk], attention[chunk], context))
+            else:  # no value model: zero values make GAE below plain rewards-to-go
+                old_values.append(torch.zeros_like(old_logprobs[-1]))
     return Experience(sequences, attention, answers.responses, context, mask, torch.cat(old_logprobs).float(),
                       torch.cat(ref_logprobs).float(), torch.cat(old_values).float() * mask)
 
 
 def estimate_advantages(experience: Experience, scores: torch.Tensor, kl_coef: float, cfg: PPOStage
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """4. (per-token KL to the reference, advantages, returns)."""
+    """4. (per-token KL to the reference, advantages, returns). With baseline: prompt a reward model's score counts
+    only against the other answers to the same prompt: Bradley-Terry scores are comparable within a prompt, while
+    their level differs between prompts (a right decline of a harmful request can score below a mediocre answer
+    to a harmless question), and a batch-wide baseline would teach that level."""
+    if cfg.baseline == "prompt":
+        scores = leave_one_out(scores, cfg.answers_per_prompt)
     rewards, kl = per_token_rewards(scores, experience.old_logprobs, experience.ref_logprobs, experience.mask, kl_coef)
-    advantages, returns = gae(rewards, experience.old_values, experience.mask, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages:
-        advantages = masked_whiten(advantages, experience.mask)
+    lam = cfg.lam if cfg.baseline == "value" else 1.0  # without values, lambda < 1 would only discount the score
+    advantages, returns = gae(rewards, experience.old_values, experience.mask, cfg.gamma, lam)
+    if cfg.whiten_advantages:  # the prompt baseline has centred them already: scale only
+        advantages = masked_whiten(advantages, experience.mask, shift_mean=cfg.baseline == "value")
     return kl, advantages, returns
 
 
@@ -380,17 +392,21 @@ def update(training: Training, experience: Experience, advantages: torch.Tensor,
                 pg_loss, pg_stats = policy_loss(logprobs.float(), e.old_logprobs[mb], advantages[mb], e.mask[mb],
                                                 cfg.clip_range)
             pg_loss.backward()
-            with autocast():
-                values = response_values(training.value_model, e.sequences[mb], e.attention[mb], e.context).float()
-                vf_loss, vf_stats = value_loss(values, e.old_values[mb], returns[mb], e.mask[mb], cfg.value_clip_range)
-            vf_loss.backward()
+            vf_stats = {}
+            if cfg.baseline == "value":
+                with autocast():
+                    values = response_values(training.value_model, e.sequences[mb], e.attention[mb], e.context).float()
+                    vf_loss, vf_stats = value_loss(values, e.old_values[mb], returns[mb], e.mask[mb],
+                                                   cfg.value_clip_range)
+                vf_loss.backward()
+                vf_stats = {"value_loss": vf_loss.item(), **vf_stats}
             average_gradients(params, state)
             torch.nn.utils.clip_grad_norm_(training.policy_params, cfg.max_grad_norm)
             torch.nn.utils.clip_grad_norm_(training.value_params, cfg.max_grad_norm)
             training.optimizer.step()
             training.optimizer.zero_grad(set_to_none=True)
-            stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                          "entropy": masked_mean(entropy.float(), e.mask[mb]).item(), **pg_stats, **vf_stats})
+            stats.append({"policy_loss": pg_loss.item(), "entropy": masked_mean(entropy.float(), e.mask[mb]).item(),
+                          **pg_stats, **vf_stats})
     training.scheduler.step()
     return stats
 
@@ -407,7 +423,7 @@ def step_metrics(answers: Rollout, scores: Scores, experience: Experience, kl: t
         "non_score_reward": (-kl_coef * sequence_kl).mean().item(),
         "response_length": mask.sum(1).mean().item(),
         "eos_fraction": answers.ended.float().mean().item(),
-        "value_mean": masked_mean(experience.old_values, mask).item(),
+        **({"value_mean": masked_mean(experience.old_values, mask).item()} if "value_loss" in stats[0] else {}),
         "rollout_tokens_per_second": mask.sum().item() / max(answers.seconds, 1e-9),
         **({"gold_mean": sum(scores.gold) / len(scores.gold)} if scores.gold is not None else {}),
         **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
@@ -433,7 +449,8 @@ def write_logs(out: Path, step: int, metrics: dict, batch: list[dict], texts: li
 def stop_check(metrics: dict, params: list[torch.Tensor], max_kl: float | None, step: int) -> tuple[str | None, bool]:
     """7. (why to stop after this step or None, whether that is divergence): the numbers stopped being numbers,
     or the policy ran away from the reference."""
-    broken = [k for k in ("reward_mean", "kl", "policy_loss", "value_loss") if not math.isfinite(metrics[k])]
+    broken = [k for k in ("reward_mean", "kl", "policy_loss", "value_loss") if k in metrics
+              and not math.isfinite(metrics[k])]
     if not torch.stack([torch.isfinite(p).all() for p in params]).all():  # one sync
         broken.append("adapter weights")  # never checkpoint weights that are already NaN/inf
     if broken:
