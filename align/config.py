@@ -542,6 +542,9 @@ class PPOStage(VLLMSampling, RewardModelGate):
         "can reward a reply the policy seldom samples (a decline, 'I don't know') where it is right; [] = off.")
     opening_fraction: float = Field(
         0.25, gt=0, le=1, description="Share of each rollout batch that starts from an opening (they take turns).")
+    balance_openings: bool = Field(
+        False, description="baseline: prompt: a step's prompts where the opened answers beat the free ones and those "
+        "where they lost weigh the same in total, so the policy learns where an opening fits, not how often.")
     missing_eos: Literal["penalty", "zero", "keep"] = Field(
         "penalty", description="Score of responses cut off before EOS: minus missing_eos_penalty, zero, or as is."
     )
@@ -581,6 +584,9 @@ class PPOStage(VLLMSampling, RewardModelGate):
         if self.baseline == "prompt" and self.answers_per_prompt < 2:
             raise ValueError("baseline: prompt measures each answer against the other answers to its prompt: "
                              f"set answers_per_prompt to 2 or more (it is {self.answers_per_prompt})")
+        if self.balance_openings and not (self.openings and self.baseline == "prompt"):
+            raise ValueError("balance_openings weighs the prompts an opening won on against those it lost on: it "
+                             "needs openings and baseline: prompt")
         if not self.use_reward_model and not self.reward_functions:
             raise ValueError("no reward: set use_reward_model: true or list reward_functions")
         if self.reward_model_path and not self.use_reward_model:

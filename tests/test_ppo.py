@@ -230,6 +230,8 @@ def test_interrupted_ppo_resumes_on_the_same_trajectory(tiny_llama, tmp_path):
         ({"rollout_batch_size": 8, "mini_batch_size": 4, "answers_per_prompt": 3}, "answers_per_prompt 3 must divide"),
         ({"baseline": "prompt"}, "set answers_per_prompt to 2 or more"),
         ({"baseline": "critic"}, "baseline"),
+        ({"balance_openings": True, "answers_per_prompt": 2, "baseline": "prompt"}, "needs openings and baseline"),
+        ({"balance_openings": True, "openings": ["Sorry"]}, "needs openings and baseline: prompt"),
         ({"use_reward_model": False}, "no reward"),
         ({"reward_functions": ["tests.toy_rewards:no_such_function"]}, "has no function 'no_such_function'"),
         ({"reward_functions": ["no_such_module_xyz:f"]}, "cannot import no_such_module_xyz"),

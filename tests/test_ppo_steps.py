@@ -180,6 +180,15 @@ def test_the_prompt_baseline_ranks_answers_within_their_prompt_not_across_prompt
     _, advantages, _ = estimate_advantages(experience, scores, 0.0, ppo.cfg)  # baseline: value
     assert (advantages[1] > 0).all() and (advantages[0] < 0).all() and (advantages[2] < 0).all()
 
+    # rows 0 and 1 continued an opening: it won prompt 0 by 3 and lost prompt 1 by 1; balanced, each side weighs 2
+    scores, opened = torch.tensor([3.0, 10.0, 0.0, 11.0]), torch.tensor([True, True, False, False])
+    _, plain, _ = estimate_advantages(experience, scores, 0.0, prompt, opened)
+    assert plain[0].tolist() != pytest.approx(plain[3].tolist()), "unbalanced: the win counts three times the loss"
+    balanced = prompt.model_copy(update={"openings": ["Sorry"], "balance_openings": True})
+    _, advantages, _ = estimate_advantages(experience, scores, 0.0, balanced, opened)
+    assert advantages[0].tolist() == pytest.approx(advantages[3].tolist())
+    assert advantages[1].tolist() == pytest.approx(advantages[2].tolist()) and (advantages[1] < 0).all()
+
 
 def test_with_the_prompt_baseline_only_the_policy_trains(ppo):
     """No value model: the value adapter and head keep their weights and the statistics have no value loss."""

@@ -9,7 +9,7 @@ import torch
 
 from align.generation import mask_after_eos
 from align.stages.ppo.arithmetic import (
-    AdaptiveKLController, RunningMoments, gae, leave_one_out, masked_whiten, per_token_rewards, policy_loss,
+    AdaptiveKLController, RunningMoments, balance_openings, gae, leave_one_out, masked_whiten, per_token_rewards, policy_loss,
     value_loss,
 )
 from align.stages.ppo.steps import prompt_indices
@@ -40,6 +40,24 @@ def test_leave_one_out_measures_each_answer_against_the_others_to_its_prompt():
     # a prompt's level cancels: adding 100 to every answer of prompt 1 changes nothing
     shifted = scores + torch.tensor([0.0, 100.0] * 4)
     assert leave_one_out(shifted, 4).tolist() == pytest.approx(leave_one_out(scores, 4).tolist(), abs=1e-4)
+
+
+def test_balanced_openings_weigh_the_prompts_an_opening_won_on_as_those_it_lost_on():
+    # four prompts answered twice, the first block from an opening: the opening wins prompt 0 by 1 and loses
+    # prompts 1-3 by 1 each, so unbalanced the opening's total signal is 1 for and 3 against
+    centred = leave_one_out(torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]), 2)
+    opened = torch.tensor([True] * 4 + [False] * 4)
+    balanced = balance_openings(centred, opened, 2)
+    assert balanced.tolist() == pytest.approx([2.0, -2 / 3, -2 / 3, -2 / 3, -2.0, 2 / 3, 2 / 3, 2 / 3])
+    opening_signal = balanced[:4]
+    assert opening_signal[opening_signal > 0].sum() == pytest.approx(-opening_signal[opening_signal < 0].sum())
+    # a prompt answered only freely keeps its scores; openings that only lost are left alone
+    # (won by 2, lost by 2 and 2: the winner x 1.5, the losers x 0.75; prompt 3, never opened, as it was)
+    opened = torch.tensor([True, True, True, False] + [False] * 4)
+    assert balance_openings(centred, opened, 2).tolist() == pytest.approx([1.5, -0.75, -0.75, -1.0,
+                                                                           -1.5, 0.75, 0.75, 1.0])
+    assert balance_openings(centred, torch.tensor([False, True, True, True] + [False] * 4), 2).tolist() == \
+        pytest.approx(centred.tolist())
 
 
 def test_whitening_ignores_padding():

@@ -61,6 +61,25 @@ def leave_one_out(scores: torch.Tensor, answers_per_prompt: int) -> torch.Tensor
     return (blocks - others).reshape(-1)
 
 
+def balance_openings(centred: torch.Tensor, opened: torch.Tensor, answers_per_prompt: int) -> torch.Tensor:
+    """Centred scores (leave_one_out's) rescaled per prompt so that the prompts where the opened answers beat the
+    free ones and the prompts where they lost weigh the same in total: the policy learns where an opening fits,
+    not how often it does. A prompt's weight is |mean opened - mean free|; prompts answered only one way, and
+    steps where the openings only won or only lost, are left as they are."""
+    blocks, opened = centred.view(answers_per_prompt, -1), opened.view(answers_per_prompt, -1).to(centred.dtype)
+    free = 1 - opened
+    both = (opened.sum(0) > 0) & (free.sum(0) > 0)
+    margin = (blocks * opened).sum(0) / opened.sum(0).clamp(min=1) - (blocks * free).sum(0) / free.sum(0).clamp(min=1)
+    won, lost = both & (margin > 0), both & (margin < 0)
+    won_weight, lost_weight = margin[won].sum(), -margin[lost].sum()
+    if won_weight == 0 or lost_weight == 0:
+        return centred
+    half = (won_weight + lost_weight) / 2
+    scale = torch.ones_like(margin)
+    scale[won], scale[lost] = half / won_weight, half / lost_weight
+    return (blocks * scale).reshape(-1)
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over each row's valid tokens (a prefix of the row).

@@ -42,8 +42,8 @@ from align.onpolicy import judge_scores
 from align.stages.ppo.ranks import average_gradients, broadcast_from_main, gather_all, mean_over_processes
 from align.reward_functions import call_reward_function, load_reward_function
 from align.stages.ppo.arithmetic import (
-    AdaptiveKLController, FixedKLController, RunningMoments, gae, leave_one_out, masked_mean, masked_whiten,
-    per_token_rewards, policy_loss, token_logprobs, value_loss,
+    AdaptiveKLController, FixedKLController, RunningMoments, balance_openings, gae, leave_one_out, masked_mean,
+    masked_whiten, per_token_rewards, policy_loss, token_logprobs, value_loss,
 )
 from align.runs import replace_dir, temp_dir_for, trim_log
 from align.trainers import TrainingDiverged
@@ -129,7 +129,9 @@ def run(recipe: Recipe, out: Path, inputs: dict) -> dict:
         # 3. old log-probs of policy and reference, and values, before this step's update
         experience = old_logprobs_and_values(training, answers, cfg, autocast)
         # 4. advantages: per-token rewards (KL penalty, score on the last token), GAE or the prompt's other answers
-        kl, advantages, returns = estimate_advantages(experience, scores.trained, training.kl_controller.value, cfg)
+        opened = torch.tensor([bool(o) for o in openings], device=scores.trained.device)
+        kl, advantages, returns = estimate_advantages(experience, scores.trained, training.kl_controller.value, cfg,
+                                                      opened)
         # 5. update: ppo_epochs passes of clipped policy and value updates
         stats = update(training, experience, advantages, returns, cfg, state, autocast)
         # 6. log; the KL coefficient adapts to the KL averaged over processes, and the next step uses it
@@ -360,14 +362,16 @@ def old_logprobs_and_values(training: Training, answers: Rollout, cfg: PPOStage,
                       torch.cat(ref_logprobs).float(), torch.cat(old_values).float() * mask)
 
 
-def estimate_advantages(experience: Experience, scores: torch.Tensor, kl_coef: float, cfg: PPOStage
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def estimate_advantages(experience: Experience, scores: torch.Tensor, kl_coef: float, cfg: PPOStage,
+                        opened: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """4. (per-token KL to the reference, advantages, returns). With baseline: prompt a reward model's score counts
     only against the other answers to the same prompt: Bradley-Terry scores are comparable within a prompt, while
     their level differs between prompts (a right decline of a harmful request can score below a mediocre answer
     to a harmless question), and a batch-wide baseline would teach that level."""
     if cfg.baseline == "prompt":
         scores = leave_one_out(scores, cfg.answers_per_prompt)
+        if cfg.balance_openings and opened is not None:  # opened: which rows continued an opening
+            scores = balance_openings(scores, opened, cfg.answers_per_prompt)
     rewards, kl = per_token_rewards(scores, experience.old_logprobs, experience.ref_logprobs, experience.mask, kl_coef)
     lam = cfg.lam if cfg.baseline == "value" else 1.0  # without values, lambda < 1 would only discount the score
     advantages, returns = gae(rewards, experience.old_values, experience.mask, cfg.gamma, lam)
